@@ -1,0 +1,59 @@
+"""jaxtl.freeze: select, plan and apply freezing over any parameter pytree.
+
+Depends only on jax, optax and numpy, so it can be imported into any training code::
+
+  from jaxtl import freeze
+  plan = freeze.plan(params, [("head/.*", {}), (".*", None)])
+  tx = plan.optimizer(optax.adamw(1e-3))
+"""
+
+from jaxtl.freeze.cost import cost
+from jaxtl.freeze.paths import flatten_with_paths, leaf_paths, path_str
+from jaxtl.freeze.plan import (
+    SETTING_KEYS,
+    FreezePlan,
+    PlanError,
+    PlanOptimizerState,
+    layerwise_lr_rules,
+    plan,
+)
+from jaxtl.freeze.selectors import (
+    EVERYTHING,
+    NOTHING,
+    Selector,
+    SelectorError,
+    as_selector,
+    first_k_groups,
+    glob,
+    predicate,
+    prefix,
+    regex,
+    select,
+)
+from jaxtl.freeze.summary import format_table, tree_size
+
+__all__ = [
+    "EVERYTHING",
+    "NOTHING",
+    "SETTING_KEYS",
+    "FreezePlan",
+    "PlanError",
+    "PlanOptimizerState",
+    "Selector",
+    "SelectorError",
+    "as_selector",
+    "cost",
+    "first_k_groups",
+    "flatten_with_paths",
+    "format_table",
+    "glob",
+    "layerwise_lr_rules",
+    "leaf_paths",
+    "path_str",
+    "plan",
+    "predicate",
+    "prefix",
+    "regex",
+    "select",
+    "tree_size",
+]

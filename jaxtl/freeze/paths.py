@@ -1,0 +1,76 @@
+"""Leaf paths of arbitrary parameter pytrees.
+
+A leaf's path is its keys joined with "/", e.g. ``stage2/block0/Conv_0/kernel``. The same
+string names a leaf whether the tree is a plain dict, a flax ``FrozenDict``, Linen
+``variables["params"]`` or an ``nnx.State`` (whose Variable wrappers are transparent).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
+
+PyTree = Any
+
+# nnx.Variable flattens to a node whose single child sits under this attribute; dropping it makes
+# `layers/0/kernel` name the same parameter in Linen and NNX trees.
+_VARIABLE_VALUE_KEYS = ("value", "raw_value")
+
+
+def _key_str(key: Any) -> str:
+    if isinstance(key, DictKey):
+        return str(key.key)
+    if isinstance(key, GetAttrKey):
+        return key.name
+    if isinstance(key, SequenceKey):
+        return str(key.idx)
+    if isinstance(key, FlattenedIndexKey):
+        return str(key.key)
+    return str(key)
+
+
+def path_str(keypath: Sequence[Any]) -> str:
+    """Joins a JAX key path into jaxtl's "/"-separated path string.
+
+    Args:
+      keypath: a key path as produced by ``jax.tree_util.tree_flatten_with_path``.
+
+    Returns:
+      The path string, e.g. ``"block1/Dense_0/kernel"``.
+
+    Example:
+      >>> import jax
+      >>> [(kp, _)] = jax.tree_util.tree_flatten_with_path({"a": {"b": 1}})[0]
+      >>> path_str(kp)
+      'a/b'
+    """
+    keys = list(keypath)
+    if len(keys) > 1 and isinstance(keys[-1], GetAttrKey) and keys[-1].name in _VARIABLE_VALUE_KEYS:
+        keys = keys[:-1]
+    return "/".join(_key_str(k) for k in keys)
+
+
+def flatten_with_paths(tree: PyTree) -> tuple[list[str], list[Any], Any]:
+    """Flattens ``tree`` into (paths, leaves, treedef), in JAX's leaf order.
+
+    Example:
+      >>> paths, leaves, _ = flatten_with_paths({"b": 2, "a": {"x": 1}})
+      >>> paths
+      ['a/x', 'b']
+    """
+    keyed, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    paths = [path_str(kp) for kp, _ in keyed]
+    leaves = [leaf for _, leaf in keyed]
+    return paths, leaves, treedef
+
+
+def leaf_paths(tree: PyTree) -> list[str]:
+    """Returns the path of every leaf of ``tree``, in JAX's leaf order.
+
+    Example:
+      >>> leaf_paths({"head": {"kernel": 0, "bias": 0}})
+      ['head/bias', 'head/kernel']
+    """
+    return flatten_with_paths(tree)[0]
