@@ -1,0 +1,142 @@
+"""Group runs into cells (everything but the seed) and name them for tables and plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from jaxtl.report.stats import Summary, mean_ci
+
+SIZE_PARAM = "n_per_class"
+# Params that say *which transfer problem* a run belongs to, rather than how it was trained.
+CONTEXT_PARAMS = ("dataset_a", "dataset_b", "model")
+# Strategies whose final phase keeps some parameters frozen (Q1 "frozen" side).
+FROZEN_STRATEGIES = ("linear_probe", "freeze_first_k", "surgical")
+
+
+class Cell(NamedTuple):
+    """All seeds of one (experiment, strategy, params) combination."""
+
+    experiment: str
+    strategy: str
+    params: dict
+    runs: tuple[dict, ...]
+
+
+def group_cells(records: Iterable[dict]) -> list[Cell]:
+    """Group records that differ only in their seed.
+
+    Args:
+      records: validated records (see ``load_results``).
+
+    Returns:
+      Cells sorted by experiment, strategy and params, runs sorted by seed.
+
+    Example:
+      >>> [c.strategy for c in group_cells(records)]  # doctest: +SKIP
+      ['full_ft', 'linear_probe']
+    """
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for record in records:
+        key = (
+            record["experiment"],
+            record["strategy"],
+            json.dumps(record["params"], sort_keys=True, default=str),
+        )
+        groups.setdefault(key, []).append(record)
+    return [
+        Cell(experiment, strategy, json.loads(params), tuple(sorted(runs, key=lambda r: r["seed"])))
+        for (experiment, strategy, params), runs in sorted(groups.items())
+    ]
+
+
+def metric_values(cell: Cell, metric: str) -> list[float]:
+    """Per-seed values of ``metric``, skipping runs where it was not measured (null).
+
+    Example:
+      >>> metric_values(cell, "acc_b")  # doctest: +SKIP
+      [0.91, 0.92, 0.9]
+    """
+    return [float(r["metrics"][metric]) for r in cell.runs if r["metrics"][metric] is not None]
+
+
+def summarize(cell: Cell, metric: str) -> Summary:
+    """Mean and 95% CI of ``metric`` over the cell's seeds.
+
+    Example:
+      >>> summarize(cell, "acc_b").n  # doctest: +SKIP
+      3
+    """
+    return mean_ci(metric_values(cell, metric))
+
+
+def size_of(cell: Cell) -> int | None:
+    """Target-data size (examples per class); None means all of the data."""
+    return cell.params.get(SIZE_PARAM)
+
+
+def size_order(size: int | None) -> float:
+    """Sort key placing "all" (None) after every explicit size."""
+    return float("inf") if size is None else float(size)
+
+
+def size_label(size: int | None) -> str:
+    """Human label of a data size: "10/class" or "all"."""
+    return "all" if size is None else f"{size}/class"
+
+
+def context_of(cell: Cell) -> tuple:
+    """Hashable key of the transfer problem (dataset pair, model) a cell belongs to."""
+    return tuple((p, str(cell.params[p])) for p in CONTEXT_PARAMS if p in cell.params)
+
+
+def context_label(context: tuple) -> str:
+    """ "mnist → fashion_mnist (cnn)" from a ``context_of`` key; "" when the runs name none."""
+    values = dict(context)
+    pair = " → ".join(values[p] for p in ("dataset_a", "dataset_b") if p in values)
+    model = f"({values['model']})" if "model" in values else ""
+    return " ".join(part for part in (pair, model) if part)
+
+
+def varying_params(cells: list[Cell]) -> set[str]:
+    """Param names whose value (absence counts as a value) differs between ``cells``."""
+    names = {name for cell in cells for name in cell.params}
+    missing = object()
+    return {
+        name
+        for name in names
+        if len({json.dumps(c.params.get(name, missing), default=repr) for c in cells}) > 1
+    }
+
+
+def variant_label(cell: Cell, shown: set[str]) -> str:
+    """Strategy name plus the ``shown`` params the cell sets, e.g. "freeze_first_k(k=2)".
+
+    Args:
+      cell: the cell to name.
+      shown: param names worth showing (typically ``varying_params`` minus axis and context params).
+
+    Returns:
+      The label.
+
+    Example:
+      >>> variant_label(cell, {"k"})  # doctest: +SKIP
+      'freeze_first_k(k=2)'
+    """
+    extra = ", ".join(
+        f"{name}={cell.params[name]}" for name in sorted(shown) if name in cell.params
+    )
+    return f"{cell.strategy}({extra})" if extra else cell.strategy
+
+
+def labeller(cells: list[Cell], axes: Iterable[str] = ()) -> Callable[[Cell], str]:
+    """A ``variant_label`` function for ``cells`` that hides context, size and ``axes`` params.
+
+    Example:
+      >>> label = labeller(cells, axes=("depth",))  # doctest: +SKIP
+      >>> label(cells[0])  # doctest: +SKIP
+      'AnB'
+    """
+    shown = varying_params(cells) - set(CONTEXT_PARAMS) - {SIZE_PARAM} - set(axes)
+    return lambda cell: variant_label(cell, shown)

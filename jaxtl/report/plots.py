@@ -1,0 +1,289 @@
+"""PNG plots of aggregated cells.
+
+Uses ``matplotlib.figure.Figure`` directly (Agg canvas, no pyplot), so writing a report never
+touches the caller's backend or global figure state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from jaxtl.report.cells import (
+    Cell,
+    context_label,
+    context_of,
+    labeller,
+    size_label,
+    size_of,
+    size_order,
+    summarize,
+)
+from jaxtl.report.stats import Summary
+
+DPI = 110
+_MARKERS = "osD^v<>PXh*"
+# Yosinski et al. (2014) colour convention: selffer B in blue, transfer A->B in red.
+_YOSINSKI_STYLE = {
+    "BnB": ("tab:blue", "o", "-"),
+    "BnB+": ("tab:cyan", "o", "--"),
+    "AnB": ("tab:red", "D", "-"),
+    "AnB+": ("tab:pink", "D", "--"),
+}
+
+
+def _err(s: Summary, scale: float = 1.0) -> float:
+    """Error-bar half-width; a single seed gets no bar instead of a nan."""
+    return 0.0 if math.isnan(s.half_width) else s.half_width * scale
+
+
+def _panels(cells: list[Cell]) -> tuple[Figure, list, list[tuple]]:
+    """A figure with one axes per transfer problem (context) found in ``cells``."""
+    contexts = sorted({context_of(c) for c in cells})
+    cols = min(len(contexts), 3)
+    rows = math.ceil(len(contexts) / cols)
+    fig = Figure(figsize=(6.4 * cols, 4.0 * rows))
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(len(contexts))]
+    return fig, axes, contexts
+
+
+def _save(fig: Figure, path: Path, title: str) -> Path:
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _legend_outside(ax) -> None:
+    """Legend right of the axes, where it cannot hide points."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _by_variant(cells: list[Cell], label: Callable[[Cell], str]) -> dict[str, list[Cell]]:
+    """Cells per variant label, each list ordered by data size."""
+    groups: dict[str, list[Cell]] = {}
+    for cell in sorted(cells, key=lambda c: (label(c), size_order(size_of(c)))):
+        groups.setdefault(label(cell), []).append(cell)
+    return groups
+
+
+def size_positions(sizes: list[int | None]) -> dict[int | None, float]:
+    """x positions on a log axis; "all" (None) sits one octave right of the largest size.
+
+    Example:
+      >>> size_positions([10, 100, None])
+      {10: 10.0, 100: 100.0, None: 200.0}
+    """
+    explicit = sorted(s for s in set(sizes) if s is not None)
+    positions: dict[int | None, float] = {s: float(s) for s in explicit}
+    if None in sizes:
+        positions[None] = 2.0 * explicit[-1] if explicit else 1.0
+    return positions
+
+
+def plot_yosinski(cells: list[Cell], path: Path, title: str) -> Path:
+    """acc_b vs copied depth n per strategy (mean, 95% CI band); baseB as a horizontal line.
+
+    Args:
+      cells: the yosinski cells of one (dataset_a, dataset_b) pair.
+      path: PNG to write.
+      title: figure title.
+
+    Returns:
+      ``path``.
+
+    Example:
+      >>> plot_yosinski(cells, Path("yosinski_a_b.png"), "a → b")  # doctest: +SKIP
+    """
+    label = labeller(cells, axes=("depth",))
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    for i, (name, group) in enumerate(_by_variant(cells, label).items()):
+        colour, marker, line = _YOSINSKI_STYLE.get(
+            group[0].strategy, (f"C{i}", _MARKERS[i % len(_MARKERS)], "-")
+        )
+        stats = [summarize(c, "acc_b") for c in group]
+        mean = np.array([100 * s.mean for s in stats])
+        half = np.array([_err(s, 100) for s in stats])
+        if group[0].strategy == "baseB":
+            for s in stats:
+                ax.axhline(100 * s.mean, color="black", linestyle=":", label=f"{name} (n={s.n})")
+                ax.axhspan(
+                    100 * s.mean - _err(s, 100),
+                    100 * s.mean + _err(s, 100),
+                    color="grey",
+                    alpha=0.2,
+                )
+            continue
+        depth = np.array([c.params["depth"] for c in group], dtype=float)
+        order = np.argsort(depth)
+        ax.plot(depth[order], mean[order], color=colour, marker=marker, linestyle=line, label=name)
+        ax.fill_between(
+            depth[order], (mean - half)[order], (mean + half)[order], color=colour, alpha=0.2
+        )
+    ax.set_xticks(sorted({c.params["depth"] for c in cells if "depth" in c.params}))
+    ax.set_xlabel("n = number of layers copied from the source network")
+    ax.set_ylabel("accuracy on B (%)")
+    ax.legend(fontsize=8)
+    return _save(fig, path, title)
+
+
+def plot_acc_vs_data(cells: list[Cell], path: Path) -> Path:
+    """acc_b vs examples per class (log x, "all" at the right), one line per strategy.
+
+    Example:
+      >>> plot_acc_vs_data(strategy_cells, Path("acc_vs_data.png"))  # doctest: +SKIP
+    """
+    fig, axes, contexts = _panels(cells)
+    label = labeller(cells)
+    for ax, context in zip(axes, contexts, strict=True):
+        mine = [c for c in cells if context_of(c) == context]
+        positions = size_positions([size_of(c) for c in mine])
+        for i, (name, group) in enumerate(_by_variant(mine, label).items()):
+            stats = [summarize(c, "acc_b") for c in group]
+            ax.errorbar(
+                [positions[size_of(c)] for c in group],
+                [100 * s.mean for s in stats],
+                yerr=[_err(s, 100) for s in stats],
+                marker=_MARKERS[i % len(_MARKERS)],
+                capsize=3,
+                label=name,
+            )
+        ax.set_xscale("log")
+        ax.set_xticks(
+            list(positions.values()), [size_label(s).replace("/class", "") for s in positions]
+        )
+        ax.minorticks_off()
+        ax.set_xlabel("target examples per class (log)")
+        ax.set_ylabel("accuracy on B (%)")
+        ax.set_title(context_label(context), fontsize=9)
+        _legend_outside(ax)
+    return _save(fig, path, "Accuracy on B vs target-data size (mean ± 95% CI)")
+
+
+def _scatter_by_variant(
+    cells: list[Cell],
+    path: Path,
+    title: str,
+    x_metric: str,
+    x_label: str,
+    x_scale: float,
+    log_x: bool,
+    y_metric: str = "acc_b",
+    y_label: str = "accuracy on B (%)",
+) -> Path:
+    """One marker per strategy variant and data size, mean ± 95% CI on both axes."""
+    fig, axes, contexts = _panels(cells)
+    label = labeller(cells)
+    for ax, context in zip(axes, contexts, strict=True):
+        mine = [c for c in cells if context_of(c) == context]
+        for i, (name, group) in enumerate(_by_variant(mine, label).items()):
+            xs = [summarize(c, x_metric) for c in group]
+            ys = [summarize(c, y_metric) for c in group]
+            ax.errorbar(
+                [x_scale * s.mean for s in xs],
+                [100 * s.mean for s in ys],
+                xerr=[_err(s, x_scale) for s in xs],
+                yerr=[_err(s, 100) for s in ys],
+                marker=_MARKERS[i % len(_MARKERS)],
+                linestyle=":",
+                capsize=3,
+                label=name,
+            )
+            for cell, x, y in zip(group, xs, ys, strict=True):
+                ax.annotate(
+                    size_label(size_of(cell)),
+                    (x_scale * x.mean, 100 * y.mean),
+                    fontsize=6,
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                )
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
+        ax.set_title(context_label(context), fontsize=9)
+        _legend_outside(ax)
+    return _save(fig, path, title)
+
+
+def plot_forgetting(cells: list[Cell], path: Path) -> Path:
+    """Retention of A (acc_a) vs accuracy on B per strategy; points labelled by data size.
+
+    Example:
+      >>> plot_forgetting(cells_with_acc_a, Path("forgetting.png"))  # doctest: +SKIP
+    """
+    return _scatter_by_variant(
+        cells,
+        path,
+        "Forgetting: accuracy on A after training on B vs accuracy on B",
+        "acc_b",
+        "accuracy on B (%)",
+        100.0,
+        False,
+        y_metric="acc_a",
+        y_label="accuracy on A (%)",
+    )
+
+
+def plot_acc_vs_cost(cells: list[Cell], path: Path, metric: str, x_label: str) -> Path:
+    """acc_b vs a cost metric (train_flops or wall_time_s) on a log x axis.
+
+    Example:
+      >>> plot_acc_vs_cost(cells, Path("f.png"), "train_flops", "training FLOPs")  # doctest: +SKIP
+    """
+    return _scatter_by_variant(
+        cells,
+        path,
+        f"Accuracy on B vs {x_label} (mean ± 95% CI)",
+        metric,
+        f"{x_label} (log)",
+        1.0,
+        True,
+    )
+
+
+def plot_heatmap(
+    values: np.ndarray, rows: list[str], cols: list[str], path: Path, title: str
+) -> Path:
+    """Annotated heatmap of accuracies in percent; nan cells are left blank.
+
+    Args:
+      values: (len(rows), len(cols)) accuracies in percent.
+      rows: row labels.
+      cols: column labels.
+      path: PNG to write.
+      title: figure title.
+
+    Returns:
+      ``path``.
+
+    Example:
+      >>> grid = np.array([[90.0, 80.0]])
+      >>> plot_heatmap(grid, ["noise"], ["head", "full_ft"], Path("s.png"), "t")  # doctest: +SKIP
+    """
+    fig = Figure(figsize=(1.2 * len(cols) + 3.0, 0.6 * len(rows) + 2.2))
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, label="accuracy on B (%)")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for (r, c), v in np.ndenumerate(values):
+        if not math.isnan(v):
+            light = image.norm(v) > 0.6  # viridis turns yellow at the top: dark text there
+            ax.text(
+                c,
+                r,
+                f"{v:.1f}",
+                ha="center",
+                va="center",
+                color="black" if light else "white",
+                fontsize=8,
+            )
+    ax.set_xlabel("fine-tuned group / strategy")
+    ax.set_ylabel("distribution shift")
+    return _save(fig, path, title)

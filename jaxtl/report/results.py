@@ -1,0 +1,187 @@
+"""Load and validate the ``results.json`` files written by runs (schema: SPEC "Run outputs")."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+
+_TOP_LEVEL = {
+    "experiment": str,
+    "strategy": str,
+    "seed": int,
+    "params": dict,
+    "metrics": dict,
+    "device": str,
+    "finished_at": str,
+}
+_REQUIRED_METRICS = (
+    "acc_b",
+    "flops_per_step",
+    "train_flops",
+    "wall_time_s",
+    "trainable_params",
+    "total_params",
+)
+# Older or partial runs may omit these; an absent key reads as null ("not measured").
+_NULLABLE_METRICS = ("acc_a", "acc_ood", "peak_memory_bytes")
+
+
+class ResultsError(ValueError):
+    """A results directory or a ``results.json`` record that the report cannot use."""
+
+
+def _required_params(record: dict) -> tuple[str, ...]:
+    """Params the report needs to place a record of this experiment in its section."""
+    experiment, strategy = record["experiment"], record["strategy"]
+    if experiment == "yosinski":
+        return (
+            ("dataset_a", "dataset_b")
+            if strategy == "baseB"
+            else ("dataset_a", "dataset_b", "depth")
+        )
+    if experiment == "cross_domain":
+        return ("dataset_a", "dataset_b")
+    if experiment == "surgical":
+        return ("shift", "tuned_group") if strategy == "surgical" else ("shift",)
+    return ()
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_record(record: object, source: str) -> dict:
+    """Check one parsed ``results.json`` and return a normalised copy.
+
+    Args:
+      record: the parsed JSON value.
+      source: file name used in error messages.
+
+    Returns:
+      A copy of the record with absent nullable metrics set to None and ``"source"`` added.
+
+    Raises:
+      ResultsError: one line naming the file and the missing or malformed key.
+
+    Example:
+      >>> validate_record({"experiment": "strategies"}, "r.json")
+      Traceback (most recent call last):
+      ...
+      jaxtl.report.results.ResultsError: r.json: missing key 'strategy' (results.json schema: ...)
+    """
+    if not isinstance(record, dict):
+        raise ResultsError(f"{source}: expected a JSON object, got {type(record).__name__}")
+    for key, kind in _TOP_LEVEL.items():
+        if key not in record:
+            raise ResultsError(
+                f"{source}: missing key '{key}' (results.json schema: SPEC \"Run outputs\")"
+            )
+        value = record[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ResultsError(
+                f"{source}: key '{key}' must be {kind.__name__}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+    try:
+        datetime.fromisoformat(record["finished_at"])
+    except ValueError:
+        raise ResultsError(
+            f"{source}: key 'finished_at' must be an ISO time like 2025-01-31T12:00:00, "
+            f"got {record['finished_at']!r}"
+        ) from None
+    metrics = dict(record["metrics"])
+    for key in _REQUIRED_METRICS:
+        if key not in metrics:
+            raise ResultsError(
+                f"{source}: missing key 'metrics.{key}' (required: {', '.join(_REQUIRED_METRICS)})"
+            )
+        if not _is_number(metrics[key]) or math.isnan(metrics[key]):
+            raise ResultsError(
+                f"{source}: key 'metrics.{key}' must be a number, got {metrics[key]!r}"
+            )
+    for key in _NULLABLE_METRICS:
+        metrics.setdefault(key, None)
+        if metrics[key] is not None and not _is_number(metrics[key]):
+            raise ResultsError(
+                f"{source}: key 'metrics.{key}' must be a number or null, got {metrics[key]!r}"
+            )
+    for key in _required_params(record):
+        if key not in record["params"]:
+            raise ResultsError(
+                f"{source}: missing key 'params.{key}' (experiment {record['experiment']!r} "
+                f"with strategy {record['strategy']!r} needs params "
+                f"{', '.join(_required_params(record))})"
+            )
+    size = record["params"].get("n_per_class")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise ResultsError(
+            f"{source}: key 'params.n_per_class' must be a positive int or null (all), got {size!r}"
+        )
+    return {**record, "metrics": metrics, "source": source}
+
+
+def load_results(results_dir: str | Path) -> list[dict]:
+    """Read and validate every ``results.json`` under ``results_dir`` (recursively).
+
+    Args:
+      results_dir: a run directory, a sweep directory (``DIR/runs/<cell_id>/``) or any parent.
+
+    Returns:
+      The validated records in path order, each with a ``"source"`` key (its file path).
+
+    Raises:
+      ResultsError: the directory is missing or holds no results, or a record is malformed.
+
+    Example:
+      >>> records = load_results("out/strategies")  # doctest: +SKIP
+      >>> sorted({r["strategy"] for r in records})  # doctest: +SKIP
+      ['full_ft', 'linear_probe', 'scratch']
+    """
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise ResultsError(f"results dir {str(root)!r} does not exist or is not a directory")
+    files = sorted(root.rglob("results.json"))
+    if not files:
+        raise ResultsError(
+            f"no results.json found under {str(root)!r} "
+            "(expected DIR/**/results.json, e.g. DIR/runs/<cell_id>/results.json)"
+        )
+    records = []
+    for path in files:
+        try:
+            parsed = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ResultsError(f"{path}: not valid JSON ({err})") from None
+        records.append(validate_record(parsed, str(path)))
+    return records
+
+
+def drop_duplicate_runs(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Keep one record per (experiment, strategy, params, seed): the latest ``finished_at``.
+
+    A re-run copied next to its first attempt would otherwise count as an extra seed and
+    shrink the confidence intervals.
+
+    Args:
+      records: validated records.
+
+    Returns:
+      ``(kept, dropped)``, both in input order.
+
+    Example:
+      >>> kept, dropped = drop_duplicate_runs(load_results("out"))  # doctest: +SKIP
+    """
+    latest: dict[tuple, dict] = {}
+    for record in records:
+        key = (
+            record["experiment"],
+            record["strategy"],
+            json.dumps(record["params"], sort_keys=True),
+            record["seed"],
+        )
+        if key not in latest or record["finished_at"] > latest[key]["finished_at"]:
+            latest[key] = record
+    kept_ids = {id(r) for r in latest.values()}
+    return [r for r in records if id(r) in kept_ids], [r for r in records if id(r) not in kept_ids]

@@ -1,0 +1,320 @@
+"""``write_report``: results.json files -> report.md + PNG plots."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from jaxtl.report.answer import answer_section
+from jaxtl.report.cells import (
+    CONTEXT_PARAMS,
+    SIZE_PARAM,
+    Cell,
+    context_label,
+    context_of,
+    group_cells,
+    labeller,
+    metric_values,
+    size_label,
+    size_of,
+    size_order,
+    summarize,
+    varying_params,
+)
+from jaxtl.report.plots import (
+    plot_acc_vs_cost,
+    plot_acc_vs_data,
+    plot_forgetting,
+    plot_heatmap,
+    plot_yosinski,
+)
+from jaxtl.report.results import drop_duplicate_runs, load_results
+from jaxtl.report.tables import pivot, pivot_table, stats_table
+
+
+def _join(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def header_section(records: list[dict], dropped: list[dict]) -> str:
+    """Title plus what was run, where and when, from the records themselves.
+
+    Example:
+      >>> print(header_section(records, []))  # doctest: +SKIP
+    """
+    experiments: dict[str, int] = {}
+    for r in records:
+        experiments[r["experiment"]] = experiments.get(r["experiment"], 0) + 1
+
+    def param_values(name: str) -> list[str]:
+        return sorted({str(r["params"][name]) for r in records if name in r["params"]})
+
+    sizes = sorted(
+        {r["params"][SIZE_PARAM] for r in records if SIZE_PARAM in r["params"]}, key=size_order
+    )
+    dates = sorted(r["finished_at"][:10] for r in records)
+    lines = ["# jaxtl transfer-learning report", ""]
+    runs = f"- **Runs**: {len(records)}"
+    if dropped:
+        runs += (
+            f" ({len(dropped)} duplicate results.json ignored; "
+            "the latest of each (cell, seed) is kept)"
+        )
+    lines.append(runs)
+    lines.append(
+        "- **Experiments**: "
+        + _join(f"{e} ({n} run{'s' if n != 1 else ''})" for e, n in sorted(experiments.items()))
+    )
+    lines.append("- **Strategies**: " + _join(sorted({r["strategy"] for r in records})))
+    for name, title in (
+        ("dataset_a", "Source datasets (A)"),
+        ("dataset_b", "Target datasets (B)"),
+        ("model", "Models"),
+    ):
+        if param_values(name):
+            lines.append(f"- **{title}**: {_join(param_values(name))}")
+    if sizes:
+        lines.append("- **Target data sizes**: " + _join(size_label(s) for s in sizes))
+    lines.append("- **Seeds**: " + _join(sorted({r["seed"] for r in records})))
+    lines.append("- **Devices**: " + _join(sorted({r["device"] for r in records})))
+    lines.append(
+        f"- **Finished**: {dates[0]} to {dates[-1]}"
+        if dates[0] != dates[-1]
+        else f"- **Finished**: {dates[0]}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _file_stem(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
+
+
+def yosinski_section(cells: list[Cell], out: Path) -> str:
+    """One curve plot and one acc_b-by-depth table per (dataset_a, dataset_b) pair.
+
+    Example:
+      >>> print(yosinski_section(yosinski_cells, Path("out")))  # doctest: +SKIP
+    """
+    if not cells:
+        return ""
+    contexts = sorted({context_of(c) for c in cells})
+    pairs = [(dict(c)["dataset_a"], dict(c)["dataset_b"]) for c in contexts]
+    lines = [
+        "## Yosinski transfer curves",
+        "",
+        (
+            "Accuracy on B after copying the first n layers (AnB/AnB+: from A, BnB/BnB+: from B; "
+            "+ = fine-tuned, otherwise frozen); baseB trains B from scratch."
+        ),
+        "",
+    ]
+    for context, pair in zip(contexts, pairs, strict=True):
+        model = dict(context).get("model")
+        stem = "_".join(pair + ((model,) if pairs.count(pair) > 1 and model else ()))
+        mine = [c for c in cells if context_of(c) == context]
+        title = context_label(context)
+        png = plot_yosinski(
+            mine, out / f"yosinski_{_file_stem(stem)}.png", f"Yosinski curves: {title}"
+        )
+        label = labeller(mine, axes=("depth",))
+        ordered = sorted(mine, key=lambda c: c.params.get("depth", float("inf")))
+        lines += [f"### {title}", "", f"![Yosinski curves {title}]({png.name})", ""]
+        lines += [
+            pivot_table(
+                ordered,
+                label,
+                lambda c: c.params.get("depth"),
+                "strategy",
+                col_name=lambda d: "baseline" if d is None else f"n={d}",
+            ),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def strategies_sections(cells: list[Cell], out: Path) -> str:
+    """Accuracy vs data size, forgetting and compute plots of the "strategies" experiment.
+
+    Example:
+      >>> print(strategies_sections(strategy_cells, Path("out")))  # doctest: +SKIP
+    """
+    if not cells:
+        return ""
+    label = labeller(cells)
+    contexts = sorted({context_of(c) for c in cells})
+    lines = [
+        "## Accuracy vs target-data size",
+        "",
+        f"![accuracy vs data]({plot_acc_vs_data(cells, out / 'acc_vs_data.png').name})",
+        "",
+    ]
+    for context in contexts:
+        mine = sorted(
+            (c for c in cells if context_of(c) == context), key=lambda c: size_order(size_of(c))
+        )
+        if len(contexts) > 1:
+            lines += [f"### {context_label(context)}", ""]
+        lines += [
+            pivot_table(
+                mine, label, size_of, "strategy \\ examples per class", col_name=size_label
+            ),
+            "",
+        ]
+    with_a = [c for c in cells if metric_values(c, "acc_a")]
+    if with_a:
+        lines += [
+            "## Forgetting of A vs accuracy on B",
+            "",
+            f"![forgetting]({plot_forgetting(with_a, out / 'forgetting.png').name})",
+            "",
+        ]
+    flops_png = plot_acc_vs_cost(cells, out / "acc_vs_flops.png", "train_flops", "training FLOPs")
+    time_png = plot_acc_vs_cost(cells, out / "acc_vs_time.png", "wall_time_s", "wall time (s)")
+    lines += [
+        "## Accuracy vs compute",
+        "",
+        f"![accuracy vs FLOPs]({flops_png.name})",
+        f"![accuracy vs wall time]({time_png.name})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def surgical_section(cells: list[Cell], out: Path) -> str:
+    """acc_b by distribution shift x fine-tuned group (plus full_ft / linear_probe columns).
+
+    Example:
+      >>> print(surgical_section(surgical_cells, Path("out")))  # doctest: +SKIP
+    """
+    if not cells:
+        return ""
+    multiple = len({context_of(c) for c in cells}) > 1
+    extra = sorted(varying_params(cells) - {"shift", "tuned_group"} - set(CONTEXT_PARAMS))
+
+    def row_of(cell: Cell) -> str:
+        parts = [context_label(context_of(cell))] if multiple else []
+        parts.append(str(cell.params["shift"]))
+        parts += [f"{p}={cell.params[p]}" for p in extra if p in cell.params]
+        return ", ".join(parts)
+
+    def col_of(cell: Cell) -> str:
+        return str(cell.params["tuned_group"]) if cell.strategy == "surgical" else cell.strategy
+
+    ordered = sorted(cells, key=lambda c: (c.strategy != "surgical", row_of(c), col_of(c)))
+    rows, cols, grid = pivot(ordered, row_of, col_of)
+    values = np.array(
+        [
+            [
+                100 * summarize(grid[(r, c)], "acc_b").mean if (r, c) in grid else np.nan
+                for c in cols
+            ]
+            for r in rows
+        ]
+    )
+    png = plot_heatmap(
+        values, rows, cols, out / "surgical.png", "Surgical fine-tuning: accuracy on B (%)"
+    )
+    return "\n".join(
+        [
+            "## Surgical fine-tuning",
+            "",
+            (
+                "Accuracy on B (%) when only one group is fine-tuned, per distribution shift; "
+                "full_ft and linear_probe for reference."
+            ),
+            "",
+            f"![surgical]({png.name})",
+            "",
+            pivot_table(ordered, row_of, col_of, "shift \\ tuned group"),
+            "",
+        ]
+    )
+
+
+def cross_domain_section(cells: list[Cell]) -> str:
+    """One acc_b table (strategy x data size) per (dataset_a, dataset_b) pair.
+
+    Example:
+      >>> print(cross_domain_section(cross_domain_cells))  # doctest: +SKIP
+    """
+    if not cells:
+        return ""
+    label = labeller(cells)
+    lines = [
+        "## Cross-domain transfer",
+        "",
+        "Accuracy on B (%) per strategy and examples per class.",
+        "",
+    ]
+    for context in sorted({context_of(c) for c in cells}):
+        mine = sorted(
+            (c for c in cells if context_of(c) == context), key=lambda c: size_order(size_of(c))
+        )
+        lines += [
+            f"### {context_label(context)}",
+            "",
+            pivot_table(
+                mine, label, size_of, "strategy \\ examples per class", col_name=size_label
+            ),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def tables_section(cells: list[Cell]) -> str:
+    """Per-experiment tables of every metric, mean ± 95% CI over the n seeds.
+
+    Example:
+      >>> print(tables_section(cells))  # doctest: +SKIP
+    """
+    lines = ["## Tables", "", "Mean ± 95% CI over n seeds (t-distribution); – = not measured.", ""]
+    for experiment in sorted({c.experiment for c in cells}):
+        lines += [
+            f"### {experiment}",
+            "",
+            stats_table([c for c in cells if c.experiment == experiment]),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Read every ``results.json`` under ``results_dir`` and write ``report.md`` plus PNG plots.
+
+    Args:
+      results_dir: directory searched recursively for ``results.json`` (schema: SPEC "Run outputs").
+      out_dir: where to write the report and plots; defaults to ``results_dir``.
+
+    Returns:
+      Path of the written ``report.md``.
+
+    Raises:
+      ResultsError: no results found, or a record is malformed (one line naming file and key).
+
+    Example:
+      >>> path = write_report("out/sweep")  # doctest: +SKIP
+      >>> print(path.read_text()[:40])  # doctest: +SKIP
+      # jaxtl transfer-learning report
+    """
+    records, dropped = drop_duplicate_runs(load_results(results_dir))
+    out = Path(results_dir if out_dir is None else out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = group_cells(records)
+
+    def of(experiment: str) -> list[Cell]:
+        return [c for c in cells if c.experiment == experiment]
+
+    sections = [
+        header_section(records, dropped),
+        answer_section(of("strategies"), of("yosinski")),
+        yosinski_section(of("yosinski"), out),
+        strategies_sections(of("strategies"), out),
+        surgical_section(of("surgical"), out),
+        cross_domain_section(of("cross_domain")),
+        tables_section(cells),
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(s for s in sections if s))
+    return path
