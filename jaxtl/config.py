@@ -1,0 +1,248 @@
+"""Config as code: load an experiment's `get_config()`, apply `key=value` overrides, hash.
+
+An experiment is a Python file exposing `get_config() -> ml_collections.ConfigDict`,
+either given by path or by name (`experiments/<name>.py` in the repository). The
+command line overrides fields with `key=value` strings, type-checked against the
+field's current type; the result is locked so later typos raise instead of adding
+fields.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+
+
+class ConfigError(ValueError):
+    """A config file, experiment name or override is invalid."""
+
+
+def _did_you_mean(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f"; did you mean '{close[0]}'? " if close else "; "
+
+
+def experiment_names(experiments_dir: str | os.PathLike | None = None) -> list[str]:
+    """Lists the experiments that `load_config` accepts by name.
+
+    Args:
+      experiments_dir: folder to scan; defaults to the repository's experiments/.
+
+    Returns:
+      Sorted names (file stems of experiments/*.py, except private `_*.py`).
+
+    Example:
+      >>> "strategies" in experiment_names()
+      True
+    """
+    folder = Path(experiments_dir) if experiments_dir is not None else EXPERIMENTS_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+
+
+def load_config(
+    path_or_name: str, experiments_dir: str | os.PathLike | None = None
+) -> ml_collections.ConfigDict:
+    """Loads a config from a Python file's `get_config()` or an experiment name.
+
+    Args:
+      path_or_name: path to a .py file, or the name of experiments/<name>.py.
+      experiments_dir: where names are looked up; defaults to the repository's
+        experiments/ folder.
+
+    Returns:
+      The locked ConfigDict returned by `get_config()`.
+
+    Raises:
+      ConfigError: missing file, unknown experiment name (lists the available ones),
+        or a file without a `get_config()` returning a ConfigDict.
+
+    Example:
+      >>> config = load_config("strategies")
+      >>> config = load_config("my_configs/quick.py")
+    """
+    looks_like_path = path_or_name.endswith(".py") or os.sep in path_or_name or "/" in path_or_name
+    if looks_like_path:
+        path = Path(path_or_name)
+        if not path.is_file():
+            raise ConfigError(
+                f"no config file at {path}; expected a .py file defining get_config()"
+            )
+    else:
+        folder = Path(experiments_dir) if experiments_dir is not None else EXPERIMENTS_DIR
+        names = experiment_names(folder)
+        if path_or_name not in names:
+            available = ", ".join(names) if names else f"none (no experiments in {folder})"
+            raise ConfigError(
+                f"unknown experiment '{path_or_name}'{_did_you_mean(path_or_name, names)}"
+                f"available: {available}"
+            )
+        path = folder / f"{path_or_name}.py"
+    spec = importlib.util.spec_from_file_location(f"jaxtl_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    # Registered so dataclasses and pickling inside the config file can find their module.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(
+            f"{path} has no get_config(); a config file must define get_config() -> ConfigDict"
+        )
+    config = get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"{path}: get_config() returned {type(config).__name__}, "
+            "expected ml_collections.ConfigDict"
+        )
+    config.lock()
+    return config
+
+
+def _parse(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _coerce(name: str, text: str, field_type: type) -> Any:
+    """Converts the override text to a value of the field's type or raises ConfigError."""
+    value = _parse(text)
+    expects = f"config field '{name}' expects {field_type.__name__}, got {text!r}"
+    if value is None or field_type is type(None):
+        return value
+    if field_type is str:
+        return value if isinstance(value, str) else text
+    if field_type is bool:
+        if isinstance(value, bool):
+            return value
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise ConfigError(f"{expects}; use true or false")
+    if field_type is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(expects)
+    if field_type is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(expects)
+    if field_type in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            return field_type(value)
+        raise ConfigError(f"{expects}; write e.g. {name}=[0,1,2]")
+    if isinstance(value, field_type):
+        return value
+    raise ConfigError(expects)
+
+
+def _set_override(config: ml_collections.ConfigDict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(
+            f"malformed override {override!r}; expected KEY=VALUE, e.g. steps=1000 or optim.lr=1e-3"
+        )
+    key, text = override.split("=", 1)
+    key, text = key.strip(), text.strip()
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(
+            f"malformed override {override!r}; expected KEY=VALUE, e.g. steps=1000 or optim.lr=1e-3"
+        )
+    parent = config
+    for depth, part in enumerate(parts):
+        prefix = ".".join(parts[:depth])
+        if part not in parent:
+            fields = [f"{prefix}.{k}" if prefix else k for k in sorted(parent.keys())]
+            raise ConfigError(
+                f"unknown config field '{key}'{_did_you_mean(key, fields)}"
+                f"fields: {', '.join(fields)}"
+            )
+        if depth == len(parts) - 1:
+            break
+        child = parent[part]
+        if not isinstance(child, ml_collections.ConfigDict):
+            raise ConfigError(
+                f"config field '{'.'.join(parts[: depth + 1])}' is not a group (its value is "
+                f"{child!r}); cannot set '{key}'"
+            )
+        parent = child
+    name = parts[-1]
+    field_type = parent.get_type(name)
+    if issubclass(field_type, ml_collections.ConfigDict):
+        fields = ", ".join(f"{key}.{k}" for k in sorted(parent[name].keys()))
+        raise ConfigError(f"config field '{key}' is a group; set its fields instead: {fields}")
+    parent[name] = _coerce(key, text, field_type)
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Sequence[str]
+) -> ml_collections.ConfigDict:
+    """Returns a locked copy of `config` with `KEY=VALUE` overrides applied in order.
+
+    Values are parsed with `ast.literal_eval` (falling back to the raw string) and
+    checked against the field's current type: an int is accepted for a float field,
+    a list for a tuple field; `None` is accepted for any field.
+
+    Args:
+      config: the base config (not modified).
+      overrides: strings like "steps=1000", "optim.lr=1e-3", "seeds=[0,1,2]",
+        "strategy=lp_ft".
+
+    Returns:
+      A new, locked ConfigDict.
+
+    Raises:
+      ConfigError: malformed override, unknown field (with the closest match and the
+        valid fields), or a value of the wrong type.
+
+    Example:
+      >>> config = apply_overrides(load_config("strategies"), ["steps=200", "seeds=[0,1]"])
+    """
+    result = copy.deepcopy(config)
+    with result.unlocked():
+        for override in overrides:
+            _set_override(result, override)
+    result.lock()
+    return result
+
+
+def _canonical_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> str:
+    data = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    try:
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+    except TypeError as e:
+        raise ConfigError(
+            f"config cannot be hashed: {e}; config values must be JSON-serialisable"
+        ) from None
+
+
+def config_hash(config: ml_collections.ConfigDict | Mapping[str, Any]) -> str:
+    """Stable short hash of a config's canonical JSON (sorted keys; tuples == lists).
+
+    Used as a cache key, e.g. for a task-A model trained with this (sub)config.
+
+    Args:
+      config: ConfigDict or plain mapping of JSON-serialisable values.
+
+    Returns:
+      16 hex characters of the SHA-256 of the canonical JSON.
+
+    Example:
+      >>> config_hash(config.task_a)
+      '3f2a9c...'
+    """
+    return hashlib.sha256(_canonical_json(config).encode()).hexdigest()[:16]
