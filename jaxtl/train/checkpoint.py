@@ -1,0 +1,412 @@
+"""Checkpoints for resumable training runs and for task-A models reused by transfer.
+
+Two kinds of checkpoint live here:
+
+* `Checkpointer` keeps the last K training checkpoints of one run (state pytree +
+  a small JSON `meta` such as phase index and data epoch). Saves are synchronous, so
+  a checkpoint that `save` reported is on disk even if the process is killed right
+  after. Restoring skips a corrupted latest checkpoint (with a warning) and refuses
+  a checkpoint whose tree does not match the expected state.
+* `save_variables` / `load_variables` store a trained model's variables (params,
+  batch_stats) next to a JSON description of the model, for transfer from task A.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxtl.train.outputs import atomic_write_text, json_default
+
+PyTree = Any
+
+_STATE = "state"
+_META = "meta"
+# Not a valid step name for orbax (its step dirs are digits or end in "_<digits>"),
+# so quarantined checkpoints are invisible to the manager.
+_QUARANTINE = "corrupted"
+_VARIABLES = "variables"
+_MODEL_JSON = "model.json"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tree does not match the state it is restored into."""
+
+
+class CheckpointNotFoundError(ValueError):
+    """No jaxtl checkpoint exists at the given path."""
+
+
+def _key_str(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _shapes_by_path(tree: PyTree) -> dict[str, tuple[int, ...]]:
+    """Maps each leaf's "a/b/c" path to its shape; orbax metadata and live pytrees
+    (dataclasses, NamedTuples, dicts) name the same leaf with the same path."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {"/".join(_key_str(k) for k in path): _shape(leaf) for path, leaf in leaves}
+
+
+def _shape(leaf: Any) -> tuple[int, ...]:
+    # Python scalars (e.g. TrainState.step) have no .shape; orbax stores them as shape ().
+    return tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
+
+
+def _first_difference(saved: dict[str, tuple], expected: dict[str, tuple]) -> str | None:
+    for path, shape in expected.items():
+        if path not in saved:
+            return f"'{path}' (shape {shape}) is expected but missing from the checkpoint"
+        if tuple(saved[path]) != tuple(shape):
+            return (
+                f"'{path}' has shape {tuple(saved[path])} in the checkpoint, "
+                f"expected {tuple(shape)}"
+            )
+    for path, shape in saved.items():
+        if path not in expected:
+            return (
+                f"'{path}' (shape {tuple(shape)}) is in the checkpoint "
+                "but not in the expected state"
+            )
+    return None
+
+
+def _check_structure(saved_tree: PyTree, abstract: PyTree, where: str) -> None:
+    difference = _first_difference(_shapes_by_path(saved_tree), _shapes_by_path(abstract))
+    if difference is not None:
+        raise CheckpointMismatchError(
+            f"checkpoint {where} does not match the expected state: {difference} "
+            "(was it written by another model or config?)"
+        )
+
+
+def _to_abstract(tree: PyTree) -> PyTree:
+    """Concrete arrays -> ShapeDtypeStruct (keeping sharding); abstract leaves pass through."""
+
+    def leaf(x: Any) -> Any:
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return x
+        return ocp.utils.to_shape_dtype_struct(x)
+
+    return jax.tree.map(leaf, tree)
+
+
+def _as_json(meta: Mapping[str, Any], what: str) -> dict[str, Any]:
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"{what} must be a dict of JSON values, got {type(meta).__name__}")
+    try:
+        return json.loads(json.dumps(dict(meta), default=json_default))
+    except TypeError as e:
+        raise ValueError(
+            f"{what} must hold only JSON values (numbers, strings, lists, dicts): {e}"
+        ) from None
+
+
+class Checkpointer:
+    """Keeps the last `keep` checkpoints of a run, saving every `every` steps.
+
+    Each checkpoint is `DIR/<step>/` with the state pytree (orbax StandardSave) and a
+    JSON `meta` dict. Saves block until the checkpoint is committed.
+
+    Args:
+      directory: checkpoint root; created if missing.
+      keep: how many of the newest checkpoints to keep (>= 1).
+      every: save when `step % every == 0` (or when `save(..., force=True)`).
+
+    Example:
+      >>> ckpt = Checkpointer("/tmp/run/checkpoints", keep=2, every=100)
+      >>> ckpt.save(100, state, {"phase": 0, "epoch": 3})
+      >>> step, state, meta = ckpt.restore_latest(state)
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 2, every: int = 1000):
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be an int >= 1 (checkpoints to keep), got {keep!r}")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(
+                f"every must be an int >= 1 (steps between checkpoints), got {every!r}"
+            )
+        self.directory = Path(directory).absolute()
+        self.keep = keep
+        self.every = every
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every),
+            preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
+            # Synchronous saves: a step that save() reported must survive a SIGKILL.
+            enable_async_checkpointing=False,
+            # Leftovers of a save killed midway are never valid checkpoints.
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            item_names=(_STATE, _META),
+            item_handlers={
+                _STATE: ocp.StandardCheckpointHandler(),
+                _META: ocp.JsonCheckpointHandler(),
+            },
+            options=options,
+        )
+
+    def all_steps(self) -> list[int]:
+        """Returns the steps of the checkpoints on disk, oldest first.
+
+        Returns:
+          Sorted list of step numbers.
+
+        Example:
+          >>> Checkpointer(d, keep=2, every=10).all_steps()
+          [10, 20]
+        """
+        return sorted(self._manager.all_steps())
+
+    def save(
+        self,
+        step: int,
+        state: PyTree,
+        meta: Mapping[str, Any] | None = None,
+        *,
+        force: bool = False,
+    ) -> bool:
+        """Saves `state` and `meta` at `step` if `step % every == 0` or `force`.
+
+        Returns only once the checkpoint is committed. Saving a step that already
+        exists is a no-op (e.g. a forced phase-end save on a step the interval saved).
+
+        Args:
+          step: global training step.
+          state: pytree of arrays (e.g. a TrainState).
+          meta: small JSON dict (phase index, data epoch, ...); numpy scalars/arrays
+            are converted to Python numbers/lists.
+          force: save regardless of the interval (phase ends, preemption).
+
+        Returns:
+          True if a checkpoint was written.
+
+        Example:
+          >>> ckpt.save(step, state, {"phase": 1}, force=True)
+          True
+        """
+        meta_json = _as_json(meta or {}, "checkpoint meta")
+        if step in self._manager.all_steps():
+            return False
+        saved = self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta_json)}
+            ),
+            force=force,
+        )
+        self._manager.wait_until_finished()
+        return bool(saved)
+
+    def restore_latest(self, abstract_state: PyTree) -> tuple[int, PyTree, dict[str, Any]] | None:
+        """Restores the newest readable checkpoint into the structure of `abstract_state`.
+
+        A checkpoint that cannot be read is skipped with a warning and moved to
+        `DIR/corrupted/` (so the resumed run can save that step again); the next older
+        one is tried. Nothing is deleted.
+
+        Args:
+          abstract_state: pytree with the expected structure; leaves may be arrays or
+            `jax.ShapeDtypeStruct` (their sharding is used for placement). May also be a
+            function `step -> pytree` when the structure depends on the step.
+
+        Returns:
+          `(step, state, meta)`, or None when the directory holds no checkpoint.
+
+        Raises:
+          CheckpointMismatchError: the newest readable checkpoint has another tree
+            structure or shapes (message names the first differing path).
+          ValueError: checkpoints exist but none of them can be read.
+
+        Example:
+          >>> restored = ckpt.restore_latest(state)
+          >>> if restored is not None:
+          ...     step, state, meta = restored
+        """
+        failures: list[tuple[int, str]] = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            where = f"step {step} in {self.directory}"
+            # The expected structure may depend on the step (a phase's optimizer state).
+            abstract = _to_abstract(abstract_state(step) if callable(abstract_state) else abstract_state)
+            try:
+                saved_tree = self._manager.item_metadata(step)[_STATE]
+                if saved_tree is None:
+                    raise FileNotFoundError("state metadata is missing")
+            except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable
+                failures.append((step, _one_line(e)))
+                continue
+            _check_structure(saved_tree, abstract, where)
+            try:
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        **{
+                            _STATE: ocp.args.StandardRestore(abstract),
+                            _META: ocp.args.JsonRestore(),
+                        }
+                    ),
+                )
+            except Exception as e:  # noqa: BLE001 - corrupted data surfaces as many error types
+                failures.append((step, _one_line(e)))
+                continue
+            if failures:
+                self._quarantine(failures, fallback=step)
+            return step, restored[_STATE], dict(restored[_META] or {})
+        if failures:
+            details = "; ".join(f"step {s}: {msg}" for s, msg in failures)
+            raise ValueError(
+                f"no readable checkpoint in {self.directory} ({details}); "
+                "delete the directory to start the run from scratch"
+            )
+        return None
+
+    def _quarantine(self, failures: list[tuple[int, str]], fallback: int) -> None:
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+        target_root = self.directory / _QUARANTINE
+        target_root.mkdir(exist_ok=True)
+        for step, reason in failures:
+            source = self.directory / str(step)
+            target = target_root / f"{step}-{stamp}"
+            os.replace(source, target)
+            warnings.warn(
+                f"checkpoint step {step} in {self.directory} is unreadable ({reason}); "
+                f"moved it to {target} and resumed from step {fallback}",
+                stacklevel=3,
+            )
+        self._manager.reload()
+
+    def wait(self) -> None:
+        """Blocks until pending saves (and deletions of old checkpoints) are finished.
+
+        Example:
+          >>> ckpt.wait()
+        """
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending work and releases the manager.
+
+        Example:
+          >>> ckpt.close()
+        """
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(error).__name__}: {text}"
+
+
+def save_variables(
+    path: str | os.PathLike,
+    variables: Mapping[str, PyTree],
+    meta: Mapping[str, Any],
+    *,
+    force: bool = False,
+) -> Path:
+    """Saves model variables and a JSON description of the model to directory `path`.
+
+    Layout: `path/variables/` (orbax) and `path/model.json` (written last, atomically,
+    so a directory with `model.json` is always complete).
+
+    Args:
+      path: directory to create.
+      variables: Linen variables, e.g. {"params": ..., "batch_stats": ...}.
+      meta: JSON dict describing the model; must contain "model" and "num_classes"
+        (plus e.g. "options", "dataset", "config_hash").
+      force: overwrite an existing checkpoint at `path`.
+
+    Returns:
+      The absolute checkpoint path.
+
+    Example:
+      >>> meta = {"model": "resnet18", "num_classes": 5, "options": {}}
+      >>> save_variables(out / "task_a", variables, meta)
+    """
+    path = Path(path).absolute()
+    meta_json = _as_json(meta, "model checkpoint meta")
+    missing = [k for k in ("model", "num_classes") if k not in meta_json]
+    if missing:
+        raise ValueError(
+            f"model checkpoint meta is missing {missing}; "
+            "expected keys 'model', 'num_classes', 'options'"
+        )
+    if (path / _MODEL_JSON).exists() and not force:
+        raise ValueError(
+            f"a model checkpoint already exists at {path}; pass force=True to overwrite it"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    (path / _MODEL_JSON).unlink(missing_ok=True)
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        checkpointer.save(
+            path / _VARIABLES, args=ocp.args.StandardSave(dict(variables)), force=True
+        )
+    atomic_write_text(path / _MODEL_JSON, json.dumps(meta_json, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_variables(
+    path: str | os.PathLike, abstract_variables: Mapping[str, PyTree] | None = None
+) -> tuple[dict[str, PyTree], dict[str, Any]]:
+    """Loads `(variables, meta)` written by `save_variables`.
+
+    Args:
+      path: checkpoint directory.
+      abstract_variables: optional expected variables (arrays or ShapeDtypeStructs);
+        when given, the checkpoint must match its structure and shapes.
+
+    Returns:
+      `(variables, meta)`; arrays are placed on the default device unless
+      `abstract_variables` carries shardings.
+
+    Raises:
+      CheckpointNotFoundError: nothing written by `save_variables` at `path`.
+      CheckpointMismatchError: structure or shapes differ from `abstract_variables`.
+
+    Example:
+      >>> variables, meta = load_variables(out / "task_a")
+      >>> model = jaxtl.models.create(meta["model"], meta["num_classes"], **meta["options"])
+    """
+    path = Path(path).absolute()
+    if not (path / _MODEL_JSON).is_file() or not (path / _VARIABLES).is_dir():
+        raise CheckpointNotFoundError(
+            f"no checkpoint at {path} (expected a directory written by "
+            "jaxtl.train.checkpoint.save_variables, "
+            f"holding '{_VARIABLES}/' and '{_MODEL_JSON}')"
+        )
+    meta = json.loads((path / _MODEL_JSON).read_text())
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        saved_tree = checkpointer.metadata(path / _VARIABLES).item_metadata
+        if abstract_variables is not None:
+            _check_structure(saved_tree, abstract_variables, f"at {path}")
+            abstract = _to_abstract(dict(abstract_variables))
+        else:
+            # Place on this host's default device, whatever device wrote the checkpoint.
+            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            abstract = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved_tree
+            )
+        variables = checkpointer.restore(path / _VARIABLES, args=ocp.args.StandardRestore(abstract))
+    return dict(variables), meta

@@ -1,0 +1,437 @@
+"""Compiled train and eval steps that differentiate only the trainable partition.
+
+A step closes over one freeze plan, so each freeze phase compiles its own step. The loss is a
+function of the trainable partition alone; the frozen partition enters as a plain input, so XLA
+never builds the gradient of a frozen weight (equinox's partition/combine).
+
+BatchNorm policy for frozen modules (``bn_policy``):
+
+* ``"frozen"`` (default): groups whose parameters are all frozen run in inference mode (running
+  averages, no dropout), and after the step the ``batch_stats`` of every frozen module are
+  restored, so a frozen module is bit-identical through training.
+* ``"train"``: every module normalises with batch statistics and updates its running averages.
+* ``"adabn"``: like ``"frozen"`` during training; the running averages are first re-estimated on
+  the target data with :func:`adabn` (the runner calls it before a phase with this policy).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from jaxtl.data.pipeline import data_sharding
+from jaxtl.freeze import FreezePlan, flatten_with_paths
+from jaxtl.train.state import TrainState, variables_of
+
+PyTree = Any
+StepFn = Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict]]
+
+BN_POLICIES = ("frozen", "train", "adabn")
+
+
+def check_bn_policy(bn_policy: str) -> str:
+    """Returns ``bn_policy`` if it is known, else raises a one-line ValueError with the choices."""
+    if bn_policy not in BN_POLICIES:
+        close = difflib.get_close_matches(str(bn_policy), BN_POLICIES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"unknown bn_policy {bn_policy!r}{hint}; choose one of {', '.join(BN_POLICIES)}"
+        )
+    return bn_policy
+
+
+def frozen_groups(plan: FreezePlan, layer_groups: Sequence[str]) -> tuple[int, ...]:
+    """Indices of the layer groups whose parameters are all frozen.
+
+    Args:
+      plan: a freeze plan over the model's params.
+      layer_groups: the model's ``layer_groups`` (top-level keys of its params).
+
+    Returns:
+      Sorted group indices, e.g. ``(0, 1)`` for a linear probe of a 3-group model.
+
+    Example:
+      >>> frozen_groups(plan, ("stem", "block1", "head"))  # doctest: +SKIP
+      (0, 1)
+    """
+    by_group: dict[str, list[bool]] = {}
+    for path, frozen in zip(plan.paths, plan.frozen_flags):
+        by_group.setdefault(path.split("/", 1)[0], []).append(frozen)
+    return tuple(i for i, g in enumerate(layer_groups) if g in by_group and all(by_group[g]))
+
+
+def _inference_groups(plan: FreezePlan, model: nn.Module, bn_policy: str) -> tuple[int, ...]:
+    if check_bn_policy(bn_policy) == "train":
+        return ()
+    return frozen_groups(plan, model.layer_groups)
+
+
+def _cast_floating(tree: PyTree, dtype: Any) -> PyTree:
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
+def _l2sp_mask(plan: FreezePlan, head: str) -> PyTree:
+    """True on trainable leaves outside the head: the leaves L2-SP pulls towards A's weights."""
+    flags = [
+        (not frozen) and not (path == head or path.startswith(head + "/"))
+        for path, frozen in zip(plan.paths, plan.frozen_flags)
+    ]
+    return jax.tree_util.tree_unflatten(plan.treedef, flags)
+
+
+def l2sp_penalty(params: PyTree, reference: PyTree, mask: PyTree, alpha: float) -> jax.Array:
+    """``alpha / 2 * ||w - w_A||^2`` summed over the leaves where ``mask`` is True.
+
+    Args:
+      params: current parameters.
+      reference: the starting point (A's weights), shaped like params.
+      mask: bool pytree shaped like params (static Python bools).
+      alpha: penalty strength.
+
+    Returns:
+      A float32 scalar.
+
+    Example:
+      >>> l2sp_penalty({"w": jnp.ones(2)}, {"w": jnp.zeros(2)}, {"w": True}, 0.1)
+      Array(0.1, dtype=float32)
+    """
+    terms = [
+        jnp.sum(jnp.square(p.astype(jnp.float32) - r.astype(jnp.float32)))
+        for p, r, m in zip(
+            jax.tree.leaves(params), jax.tree.leaves(reference), jax.tree.leaves(mask)
+        )
+        if m
+    ]
+    return 0.5 * alpha * sum(terms, jnp.zeros([], jnp.float32))
+
+
+def _restore_frozen_stats(plan: FreezePlan, old: PyTree, new: PyTree) -> PyTree:
+    if not old:
+        return new
+    mask = plan.collection_mask(old)
+    return jax.tree.map(lambda m, o, n: o if m else n.astype(o.dtype), mask, old, new)
+
+
+def build_step(
+    model: nn.Module,
+    plan: FreezePlan,
+    tx: optax.GradientTransformation,
+    *,
+    bn_policy: str = "frozen",
+    l2sp: float | None = None,
+    compute_dtype: Any = None,
+    start: int = 0,
+) -> StepFn:
+    """The un-jitted step function behind :func:`make_train_step` and :func:`make_train_loop`.
+
+    Same arguments as :func:`make_train_step`; use it to embed a step in your own jitted code.
+    """
+    inference_groups = _inference_groups(plan, model, bn_policy)
+    optimizer = plan.optimizer(tx)
+    penalty_mask = _l2sp_mask(plan, model.layer_groups[-1]) if l2sp else None
+
+    def loss_fn(trainable, frozen, batch_stats, reference, x, y, rng):
+        params = plan.merge(trainable, frozen)
+        penalty = (
+            l2sp_penalty(params, reference, penalty_mask, l2sp)
+            if l2sp
+            else jnp.zeros([], jnp.float32)
+        )
+        if compute_dtype is not None:
+            params = _cast_floating(params, compute_dtype)
+            x = x.astype(compute_dtype)
+        logits, updates = model.apply(
+            variables_of(params, batch_stats),
+            x,
+            train=True,
+            start=start,
+            inference_groups=inference_groups,
+            rngs={"dropout": rng},
+            mutable=["batch_stats"],
+        )
+        logits = logits.astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        acc = jnp.mean(jnp.argmax(logits, -1) == y)
+        aux = (updates.get("batch_stats", {}), {"loss": loss, "acc": acc, "l2sp": penalty})
+        return loss + penalty, aux
+
+    def step(state: TrainState, x: jax.Array, y: jax.Array, rng: jax.Array):
+        if l2sp and state.reference is None:
+            raise ValueError(
+                "l2sp is set but state.reference is None; pass"
+                " create_train_state(..., reference=source_params)"
+            )
+        trainable, frozen = plan.split(state.params)
+        dropout_rng = jax.random.fold_in(rng, state.step)
+        grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
+            trainable, frozen, state.batch_stats, state.reference, x, y, dropout_rng
+        )
+        # The plan's optimizer takes full trees; zeros stand in for frozen gradients, which it
+        # ignores (and XLA removes).
+        full_grads = plan.merge(grads, jax.tree.map(jnp.zeros_like, frozen))
+        updates, opt_state = optimizer.update(full_grads, state.opt_state, state.params)
+        params = plan.apply_updates(state.params, updates)
+        if bn_policy != "train":
+            batch_stats = _restore_frozen_stats(plan, state.batch_stats, batch_stats)
+        else:
+            batch_stats = jax.tree.map(
+                lambda o, n: n.astype(o.dtype), state.batch_stats, batch_stats
+            )
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        if not l2sp:
+            metrics = {k: v for k, v in metrics.items() if k != "l2sp"}
+        return new_state, metrics
+
+    return step
+
+
+def make_train_step(
+    model: nn.Module,
+    plan: FreezePlan,
+    tx: optax.GradientTransformation,
+    *,
+    bn_policy: str = "frozen",
+    l2sp: float | None = None,
+    compute_dtype: Any = None,
+    start: int = 0,
+) -> StepFn:
+    """Compiles one train step for a freeze phase: ``(state, x, y, rng) -> (state, metrics)``.
+
+    Gradients are taken only w.r.t. ``plan``'s trainable partition; the optimizer is
+    ``plan.optimizer(tx)``; the state's buffers are donated. Dropout is keyed by
+    ``fold_in(rng, state.step)``, so pass the same ``rng`` every step.
+
+    Args:
+      model: a jaxtl Linen model (``layer_groups``, ``start``/``inference_groups`` in apply).
+      plan: the phase's freeze plan; static, so each phase compiles once.
+      tx: optax transformation (learning rate included).
+      bn_policy: "frozen", "train" or "adabn" (see the module docstring).
+      l2sp: L2-SP strength alpha: adds ``alpha/2 * ||w - state.reference||^2`` over trainable
+        non-head leaves; None disables it.
+      compute_dtype: e.g. ``jnp.bfloat16``: params and inputs are cast inside the loss, master
+        params, gradients and optimizer state stay float32.
+      start: first group to run; inputs are then the features entering that group (feature
+        caching, see :mod:`jaxtl.train.features`).
+
+    Returns:
+      The jitted step. Metrics: "loss" (cross-entropy), "acc" (batch accuracy) and, with L2-SP,
+      "l2sp" (the penalty).
+
+    Example:
+      >>> step = make_train_step(model, plan, optax.adam(1e-3))  # doctest: +SKIP
+      >>> state, metrics = step(state, x, y, jax.random.key(0))  # doctest: +SKIP
+    """
+    step = build_step(
+        model, plan, tx, bn_policy=bn_policy, l2sp=l2sp, compute_dtype=compute_dtype, start=start
+    )
+    return jax.jit(step, donate_argnums=0)
+
+
+def make_train_loop(
+    model: nn.Module,
+    plan: FreezePlan,
+    tx: optax.GradientTransformation,
+    *,
+    bn_policy: str = "frozen",
+    l2sp: float | None = None,
+    compute_dtype: Any = None,
+    start: int = 0,
+    mesh: Mesh | None = None,
+) -> Callable[..., tuple[TrainState, dict]]:
+    """Compiles K train steps as one ``lax.scan`` over on-device data.
+
+    The returned ``loop(state, x_all, y_all, batch_idx, rng)`` gathers batch ``k`` as
+    ``x_all[batch_idx[k]]``, so the whole training set stays on device and Python runs once per
+    K steps instead of once per step (what dominates small models). Steps are identical to
+    :func:`make_train_step`'s, so K scanned steps equal K single steps.
+
+    Args:
+      model, plan, tx, bn_policy, l2sp, compute_dtype, start: as in :func:`make_train_step`.
+      mesh: when given, each gathered batch is sharded over the mesh's "data" axis.
+
+    Returns:
+      The jitted loop; metrics are stacked with a leading axis of length K. K is
+      ``batch_idx.shape[0]``; each distinct K compiles once.
+
+    Example:
+      >>> loop = make_train_loop(model, plan, optax.adam(1e-3))  # doctest: +SKIP
+      >>> idx = np.stack([pipeline.batch_indices(n, 32, seed=0, epoch=0)[:10]])  # doctest: +SKIP
+      >>> state, metrics = loop(state, x_all, y_all, idx[0], jax.random.key(0))  # doctest: +SKIP
+    """
+    step = build_step(
+        model, plan, tx, bn_policy=bn_policy, l2sp=l2sp, compute_dtype=compute_dtype, start=start
+    )
+    batch_sharding = None if mesh is None else data_sharding(mesh)
+
+    def loop(state, x_all, y_all, batch_idx, rng):
+        def body(state, idx):
+            x, y = x_all[idx], y_all[idx]
+            if batch_sharding is not None:
+                x = jax.lax.with_sharding_constraint(x, batch_sharding)
+                y = jax.lax.with_sharding_constraint(y, batch_sharding)
+            return step(state, x, y, rng)
+
+        return jax.lax.scan(body, state, batch_idx)
+
+    return jax.jit(loop, donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=64)
+def make_eval_step(
+    model: nn.Module, *, compute_dtype: Any = None, start: int = 0
+) -> Callable[..., dict]:
+    """Compiles ``(variables, x, y, mask) -> {"loss_sum", "correct", "count"}`` in inference mode.
+
+    Sums (not means) so that padded final batches (``mask`` False) average correctly. Cached per
+    (model, compute_dtype, start), so repeated evaluation does not recompile.
+
+    Example:
+      >>> sums = make_eval_step(model)(variables, x, y, jnp.ones(len(y), bool))  # doctest: +SKIP
+    """
+
+    @jax.jit
+    def eval_step(variables, x, y, mask):
+        if compute_dtype is not None:
+            variables = {**variables, "params": _cast_floating(variables["params"], compute_dtype)}
+            x = x.astype(compute_dtype)
+        logits = model.apply(variables, x, train=False, start=start).astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        correct = (jnp.argmax(logits, -1) == y) & mask
+        return {
+            "loss_sum": jnp.sum(jnp.where(mask, loss, 0.0)),
+            "correct": jnp.sum(correct),
+            "count": jnp.sum(mask),
+        }
+
+    return eval_step
+
+
+def _padded_batches(n: int, batch_size: int):
+    for lo in range(0, n, batch_size):
+        idx = np.arange(lo, lo + batch_size)
+        yield np.minimum(idx, n - 1), idx < n
+
+
+def evaluate(
+    model: nn.Module,
+    variables: Mapping[str, PyTree],
+    x: np.ndarray | jax.Array,
+    y: np.ndarray | jax.Array,
+    *,
+    batch_size: int = 256,
+    compute_dtype: Any = None,
+    start: int = 0,
+) -> dict[str, float]:
+    """Mean loss and accuracy of ``model`` on ``(x, y)`` in inference mode.
+
+    Args:
+      model: a jaxtl model.
+      variables: its variables.
+      x, y: inputs (or cached features entering group ``start``) and int labels.
+      batch_size: eval batch; the last batch is padded and masked so every batch has one shape.
+      compute_dtype: as in :func:`make_train_step`.
+      start: first group to run.
+
+    Returns:
+      ``{"loss": float, "acc": float}``.
+
+    Example:
+      >>> evaluate(model, state.variables, ds.x_test, ds.y_test)  # doctest: +SKIP
+      {'loss': 0.31, 'acc': 0.9}
+    """
+    n = len(y)
+    if n == 0:
+        raise ValueError("evaluate got an empty dataset; pass at least one example")
+    eval_step = make_eval_step(model, compute_dtype=compute_dtype, start=start)
+    batch_size = min(batch_size, n)
+    loss_sum, correct = 0.0, 0
+    for idx, mask in _padded_batches(n, batch_size):
+        out = eval_step(dict(variables), x[idx], y[idx], jnp.asarray(mask))
+        loss_sum += float(out["loss_sum"])
+        correct += int(out["correct"])
+    return {"loss": loss_sum / n, "acc": correct / n}
+
+
+def adabn(
+    model: nn.Module,
+    variables: Mapping[str, PyTree],
+    x: np.ndarray | jax.Array,
+    batch_size: int = 256,
+    *,
+    rng: jax.Array | None = None,
+) -> dict[str, PyTree]:
+    """AdaBN: re-estimates every BatchNorm's running statistics on target data, params fixed.
+
+    Each batch is run in train mode and its per-module batch mean and variance are read off;
+    the new running statistics are the example-weighted average over all batches (what
+    PyTorch's ``momentum=None`` cumulative average gives), independent of the model's
+    BatchNorm momentum. The batch moments are recovered from Linen's update
+    ``new = m * old + (1 - m) * batch``: a pass from zero statistics gives ``(1 - m) * batch``,
+    and one pass from unit statistics gives ``m``.
+
+    Args:
+      model: a jaxtl model.
+      variables: its variables; returned unchanged when there is no ``batch_stats``.
+      x: target inputs (train split); labels are not used.
+      batch_size: examples per pass; the last partial batch is used as is.
+      rng: dropout key for the train-mode passes (default ``jax.random.key(0)``).
+
+    Returns:
+      Variables with new ``batch_stats`` and the same params.
+
+    Example:
+      >>> variables = adabn(model, variables, ds_b.x_train, 256)  # doctest: +SKIP
+    """
+    batch_stats = variables.get("batch_stats")
+    if not batch_stats:
+        return dict(variables)
+    rng = jax.random.key(0) if rng is None else rng
+
+    params = variables["params"]
+
+    @jax.jit
+    def updated_stats(params, stats, xb):
+        _, updates = model.apply(
+            {"params": params, "batch_stats": stats},
+            xb,
+            train=True,
+            rngs={"dropout": rng},
+            mutable=["batch_stats"],
+        )
+        return updates["batch_stats"]
+
+    zeros = jax.tree.map(jnp.zeros_like, batch_stats)
+    ones = jax.tree.map(jnp.ones_like, batch_stats)
+    first = x[: min(batch_size, len(x))]
+    from_zeros = updated_stats(params, zeros, first)
+    momentum = jax.tree.map(jnp.subtract, updated_stats(params, ones, first), from_zeros)
+    paths, leaves, _ = flatten_with_paths(momentum)
+    for path, m in zip(paths, leaves):
+        if np.any(np.isclose(np.asarray(m), 1.0)):
+            raise ValueError(
+                f"adabn cannot read batch statistics at batch_stats/{path}: BatchNorm momentum"
+                " is 1 (running averages never move); use a momentum < 1"
+            )
+    total = jax.tree.map(jnp.zeros_like, batch_stats)
+    for lo in range(0, len(x), batch_size):
+        xb = x[lo : lo + batch_size]
+        weight = len(xb)
+        moments = jax.tree.map(
+            lambda s, m: s / (1.0 - m), updated_stats(params, zeros, xb), momentum
+        )
+        total = jax.tree.map(lambda t, s, w=weight: t + w * s, total, moments)
+    new_stats = jax.tree.map(lambda t, old: (t / len(x)).astype(old.dtype), total, batch_stats)
+    return {**variables, "batch_stats": new_stats}

@@ -1,0 +1,703 @@
+"""Transfer strategies as sequences of freeze phases, and the driver that runs them.
+
+A :class:`Phase` is a freeze plan factory (rules from the model's ``layer_groups``) plus a step
+budget, a learning-rate multiplier and optional BatchNorm / L2-SP settings. A :class:`Strategy`
+is an ordered tuple of phases. :func:`run_phases` compiles one scanned train loop per phase and,
+at each switch, carries the optimizer state of leaves trainable in both phases
+(:func:`carry_optimizer_state`), so LP-FT's head keeps its Adam moments when the body thaws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import inspect
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from jaxtl import freeze
+from jaxtl.data.pipeline import batch_indices
+from jaxtl.freeze import FreezePlan, path_str
+from jaxtl.train import features as features_lib
+from jaxtl.train import sharding
+from jaxtl.train.state import TrainState, create_train_state
+from jaxtl.train.steps import adabn, check_bn_policy, make_train_loop
+
+if TYPE_CHECKING:
+    from jaxtl.train.checkpoint import Checkpointer
+
+PyTree = Any
+Rules = list[tuple[Any, Any]]
+RulesFactory = Callable[[Sequence[str]], Rules]
+
+
+class StrategyError(ValueError):
+    """An unknown strategy or option, or an option that does not fit the model's groups."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One stretch of training under one freeze plan.
+
+    Attributes:
+      name: shown in metrics ("lp", "ft", "unfreeze2", ...).
+      rules: ``layer_groups -> rules`` for :func:`jaxtl.freeze.plan`.
+      fraction: share of the total step budget (used when ``steps`` is None).
+      steps: a fixed number of steps instead of a fraction.
+      lr: multiplier on the optimizer's updates during this phase.
+      bn_policy: BatchNorm policy override ("frozen", "train", "adabn"); None = the run's.
+      l2sp: L2-SP strength alpha towards the source weights; None = off.
+    """
+
+    name: str
+    rules: RulesFactory
+    fraction: float | None = 1.0
+    steps: int | None = None
+    lr: float = 1.0
+    bn_policy: str | None = None
+    l2sp: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """A named, ordered tuple of phases, built for a model's layer groups.
+
+    Attributes:
+      name: registry name ("lp_ft", ...).
+      build: ``layer_groups -> tuple[Phase, ...]``; the phase count may depend on the model
+        (gradual unfreezing, FreezeOut).
+      from_source: False when the model starts from its own init instead of A's weights
+        ("scratch"); the runner decides which variables to pass to :func:`run_phases`.
+      options: the options it was built with (for run records).
+    """
+
+    name: str
+    build: Callable[[Sequence[str]], tuple[Phase, ...]]
+    from_source: bool = True
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def phases(self, layer_groups: Sequence[str]) -> tuple[Phase, ...]:
+        """The phases for a model's groups; every phase's rules are checked against them.
+
+        Example:
+          >>> [p.name for p in get_strategy("gradual_unfreeze").phases(("a", "b", "head"))]
+          ['unfreeze0', 'unfreeze1', 'unfreeze2']
+        """
+        layer_groups = tuple(layer_groups)
+        phases = tuple(self.build(layer_groups))
+        for phase in phases:
+            phase.rules(layer_groups)
+            if phase.bn_policy is not None:
+                check_bn_policy(phase.bn_policy)
+        return phases
+
+
+def _fixed(*phases: Phase) -> Callable[[Sequence[str]], tuple[Phase, ...]]:
+    return lambda layer_groups: phases
+
+
+# ---- rules factories -----------------------------------------------------------------------------
+
+
+def _group_pattern(group: str) -> str:
+    return f"{re.escape(group)}/.*"
+
+
+def train_groups_rules(trainable: Sequence[str]) -> RulesFactory:
+    """Rules factory: train exactly the named groups, freeze the rest.
+
+    Example:
+      >>> train_groups_rules(["head"])(("stem", "head"))
+      [('head/.*', {}), ('.*', None)]
+    """
+
+    def rules(layer_groups: Sequence[str]) -> Rules:
+        _check_groups(trainable, layer_groups)
+        out: Rules = [(_group_pattern(g), {}) for g in layer_groups if g in trainable]
+        if len(out) < len(layer_groups):
+            out.append((".*", None))
+        return out
+
+    return rules
+
+
+def _check_groups(groups: Sequence[str], layer_groups: Sequence[str]) -> None:
+    for g in groups:
+        if g not in layer_groups:
+            close = difflib.get_close_matches(g, layer_groups, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise StrategyError(
+                f"unknown layer group {g!r}{hint}; groups: {', '.join(layer_groups)}"
+            )
+
+
+def _all_trainable(layer_groups: Sequence[str]) -> Rules:
+    return [(".*", {})]
+
+
+def _head_only(layer_groups: Sequence[str]) -> Rules:
+    return train_groups_rules([layer_groups[-1]])(layer_groups)
+
+
+def _last_n(n: int) -> RulesFactory:
+    return lambda layer_groups: train_groups_rules(layer_groups[-n:])(layer_groups)
+
+
+def _freeze_first(k: int) -> RulesFactory:
+    def rules(layer_groups: Sequence[str]) -> Rules:
+        if not 0 <= k < len(layer_groups):
+            raise StrategyError(
+                f"k={k} must be in 0..{len(layer_groups) - 1} for groups"
+                f" {', '.join(layer_groups)} (k={len(layer_groups)} would freeze the head too)"
+            )
+        return train_groups_rules(layer_groups[k:])(layer_groups)
+
+    return rules
+
+
+# ---- strategies ----------------------------------------------------------------------------------
+
+
+def _check_fraction(name: str, value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise StrategyError(f"{name}={value!r} must be a fraction strictly between 0 and 1")
+    return float(value)
+
+
+def scratch() -> Strategy:
+    """Train every parameter from the target model's own init (no transfer)."""
+    return Strategy("scratch", _fixed(Phase("scratch", _all_trainable)), from_source=False)
+
+
+def linear_probe() -> Strategy:
+    """Train the head only on top of A's frozen features."""
+    return Strategy("linear_probe", _fixed(Phase("lp", _head_only)))
+
+
+def freeze_first_k(k: int = 1) -> Strategy:
+    """Freeze the first ``k`` layer groups (Yosinski et al.'s AnB+ at depth k); train the rest."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise StrategyError(f"k={k!r} must be an int >= 0 (number of leading groups to freeze)")
+    return Strategy("freeze_first_k", _fixed(Phase(f"freeze{k}", _freeze_first(k))))
+
+
+def full_ft() -> Strategy:
+    """Fine-tune every parameter from A's weights."""
+    return Strategy("full_ft", _fixed(Phase("ft", _all_trainable)))
+
+
+def lp_ft(lp_fraction: float = 0.5, ft_lr: float = 0.1) -> Strategy:
+    """Linear probe, then full fine-tuning at ``ft_lr`` times the learning rate (Kumar et al.)."""
+    lp_fraction = _check_fraction("lp_fraction", lp_fraction)
+    if not ft_lr > 0:
+        raise StrategyError(f"ft_lr={ft_lr!r} must be > 0 (a multiplier on the learning rate)")
+    return Strategy(
+        "lp_ft",
+        _fixed(
+            Phase("lp", _head_only, fraction=lp_fraction),
+            Phase("ft", _all_trainable, fraction=1.0 - lp_fraction, lr=float(ft_lr)),
+        ),
+    )
+
+
+def gradual_unfreeze(num_groups: int | None = None) -> Strategy:
+    """ULMFiT: train the head, then thaw one more group per phase from the top.
+
+    Args:
+      num_groups: phases to run (head + ``num_groups - 1`` thawed groups); None = every group, so
+        the last phase trains the whole model. Phases share the budget equally.
+    """
+    if num_groups is not None and (not isinstance(num_groups, int) or num_groups < 1):
+        raise StrategyError(f"num_groups={num_groups!r} must be an int >= 1 or None (all groups)")
+
+    def build(layer_groups: Sequence[str]) -> tuple[Phase, ...]:
+        n = len(layer_groups) if num_groups is None else num_groups
+        if n > len(layer_groups):
+            raise StrategyError(
+                f"num_groups={n} exceeds the model's {len(layer_groups)} groups"
+                f" ({', '.join(layer_groups)})"
+            )
+        return tuple(Phase(f"unfreeze{i}", _last_n(i + 1), fraction=1.0 / n) for i in range(n))
+
+    return Strategy("gradual_unfreeze", build)
+
+
+def discriminative_lr(decay: float = 0.5) -> Strategy:
+    """Fine-tune all groups with layer-wise LR decay: d groups below the head get decay**d."""
+    if not 0.0 < decay <= 1.0:
+        raise StrategyError(f"decay={decay!r} must be in (0, 1]; e.g. 0.5 or 0.8")
+    return Strategy(
+        "discriminative_lr",
+        _fixed(Phase("ft", lambda layer_groups: freeze.layerwise_lr_rules(layer_groups, decay))),
+    )
+
+
+def l2_sp(alpha: float = 0.01) -> Strategy:
+    """Full fine-tuning plus ``alpha/2 * ||w - w_A||^2`` on trainable non-head leaves (L2-SP)."""
+    if not alpha >= 0:
+        raise StrategyError(f"alpha={alpha!r} must be >= 0 (L2-SP strength)")
+    return Strategy("l2_sp", _fixed(Phase("ft", _all_trainable, l2sp=float(alpha))))
+
+
+def surgical(group: int | str = 0, train_head: bool = True) -> Strategy:
+    """Tune a single layer group (Lee et al., surgical fine-tuning).
+
+    Args:
+      group: index into ``layer_groups`` (negative counts from the head) or a group name.
+      train_head: also train the head, which a new label space needs (it starts re-initialised).
+    """
+    if isinstance(group, bool) or not isinstance(group, (int, str)):
+        raise StrategyError(f"group={group!r} must be a group index or name")
+
+    def rules(layer_groups: Sequence[str]) -> Rules:
+        if isinstance(group, int):
+            if not -len(layer_groups) <= group < len(layer_groups):
+                raise StrategyError(
+                    f"group={group} is out of range for groups {', '.join(layer_groups)}"
+                    f" (use 0..{len(layer_groups) - 1})"
+                )
+            name = layer_groups[group]
+        else:
+            name = group
+        trainable = {name, layer_groups[-1]} if train_head else {name}
+        return train_groups_rules(sorted(trainable))(layer_groups)
+
+    return Strategy("surgical", _fixed(Phase(f"surgical_{group}", rules)))
+
+
+def freezeout(t0: float = 0.5) -> Strategy:
+    """FreezeOut (Brock et al.): freeze groups front-to-back during training to save compute.
+
+    Group ``i`` of ``n`` trains until ``t_i = t0 + (1 - t0) * i / (n - 1)`` of the budget (the
+    head trains to the end), so phase ``j`` runs with the first ``j`` groups frozen. Frozen
+    groups cost no backward pass, and with the "frozen" BN policy their forward can be cached.
+    """
+    t0 = _check_fraction("t0", t0)
+
+    def build(layer_groups: Sequence[str]) -> tuple[Phase, ...]:
+        n = len(layer_groups)
+        ends = [t0 + (1.0 - t0) * i / max(n - 1, 1) for i in range(n)]
+        starts = [0.0] + ends[:-1]
+        return tuple(
+            Phase(f"freezeout{j}", _freeze_first(j), fraction=end - begin)
+            for j, (begin, end) in enumerate(zip(starts, ends))
+            if end > begin
+        )
+
+    return Strategy("freezeout", build)
+
+
+STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    "scratch": scratch,
+    "linear_probe": linear_probe,
+    "freeze_first_k": freeze_first_k,
+    "full_ft": full_ft,
+    "lp_ft": lp_ft,
+    "gradual_unfreeze": gradual_unfreeze,
+    "discriminative_lr": discriminative_lr,
+    "l2_sp": l2_sp,
+    "surgical": surgical,
+    "freezeout": freezeout,
+}
+
+
+def get_strategy(name: str, **options: Any) -> Strategy:
+    """Builds a registered strategy.
+
+    Args:
+      name: one of ``STRATEGIES``.
+      **options: the strategy's options (e.g. ``k=2`` for "freeze_first_k").
+
+    Returns:
+      The :class:`Strategy`; ``strategy.phases(model.layer_groups)`` gives its phases.
+
+    Raises:
+      StrategyError: one line naming the unknown strategy/option and the valid choices.
+
+    Example:
+      >>> [p.name for p in get_strategy("lp_ft", ft_lr=0.1).phases(("body", "head"))]
+      ['lp', 'ft']
+    """
+    if name not in STRATEGIES:
+        close = difflib.get_close_matches(str(name), STRATEGIES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise StrategyError(
+            f"unknown strategy {name!r}{hint}; choose one of {', '.join(STRATEGIES)}"
+        )
+    builder = STRATEGIES[name]
+    valid = list(inspect.signature(builder).parameters)
+    for option in options:
+        if option not in valid:
+            close = difflib.get_close_matches(option, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise StrategyError(
+                f"unknown option {option!r} for strategy {name!r}{hint};"
+                f" valid options: {', '.join(valid) or 'none'}"
+            )
+    return dataclasses.replace(builder(**options), options=dict(options))
+
+
+def phase_steps(phases: Sequence[Phase], total_steps: int) -> list[int]:
+    """Splits a step budget over phases: fixed ``steps`` first, fractions of the rest after.
+
+    Fractional boundaries are rounded cumulatively, so the counts add up exactly.
+
+    Example:
+      >>> phase_steps(get_strategy("lp_ft", lp_fraction=0.3).phases(("body", "head")), 10)
+      [3, 7]
+    """
+    fixed = sum(p.steps for p in phases if p.steps is not None)
+    fractions = [p.fraction for p in phases if p.steps is None]
+    if fixed > total_steps:
+        raise StrategyError(f"phases fix {fixed} steps but the budget is total_steps={total_steps}")
+    if fractions and not math.isclose(sum(fractions), 1.0, rel_tol=1e-6):
+        raise StrategyError(f"phase fractions sum to {sum(fractions):.4f}; they must sum to 1")
+    share = total_steps - fixed
+    out, cumulative, done = [], 0.0, 0
+    for phase in phases:
+        if phase.steps is not None:
+            out.append(phase.steps)
+            continue
+        cumulative += phase.fraction
+        end = round(cumulative * share)
+        out.append(end - done)
+        done = end
+    return out
+
+
+# ---- optimizer state carry-over ------------------------------------------------------------------
+
+
+def _param_leaf_index(state: PyTree, param_paths: frozenset[str]) -> dict[tuple[str, str], Any]:
+    """Maps (state prefix, param path) -> leaf for every state leaf shaped like a parameter.
+
+    A state leaf belongs to a parameter when a suffix of its key path spells the parameter's path
+    (``inner[0].mu['head']['kernel']`` -> prefix ``.inner[0].mu``, param ``head/kernel``).
+    """
+    index = {}
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        keys = list(keypath)
+        for cut in range(len(keys)):
+            path = path_str(keys[cut:])
+            if path in param_paths:
+                index[(jax.tree_util.keystr(tuple(keys[:cut])), path)] = leaf
+                break
+    return index
+
+
+def carry_optimizer_state(
+    old_state: PyTree, old_plan: FreezePlan, new_state: PyTree, new_plan: FreezePlan
+) -> tuple[PyTree, tuple[str, ...]]:
+    """Copies per-parameter optimizer state of leaves trainable in both phases into a new state.
+
+    Works for any optax state: it walks ``new_state``, and every leaf that sits under a
+    parameter's path (Adam's ``mu``/``nu``, momentum traces, ...) takes the old phase's value at
+    the same place when that parameter was trainable before and is now, with the same shape.
+    All other leaves (step counters, newly thawed parameters) keep their fresh init, so bias
+    correction and schedules restart with the phase.
+
+    Args:
+      old_state, old_plan: the finished phase's optimizer state and plan.
+      new_state, new_plan: the next phase's freshly initialised state and plan.
+
+    Returns:
+      ``(state, carried)``: the merged state and the sorted parameter paths whose state carried.
+
+    Example:
+      >>> opt_state, carried = carry_optimizer_state(s_lp, plan_lp, s_ft, plan_ft)  # doctest: +SKIP
+    """
+    trainable_old = {p for p, f in zip(old_plan.paths, old_plan.frozen_flags) if not f}
+    trainable_new = {p for p, f in zip(new_plan.paths, new_plan.frozen_flags) if not f}
+    both = frozenset(trainable_old & trainable_new)
+    old_index = _param_leaf_index(old_state, frozenset(old_plan.paths))
+    carried = set()
+    leaves = []
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(new_state)[0]:
+        keys = list(keypath)
+        value = leaf
+        for cut in range(len(keys)):
+            path = path_str(keys[cut:])
+            if path in new_plan.paths:
+                old = old_index.get((jax.tree_util.keystr(tuple(keys[:cut])), path))
+                if (
+                    path in both
+                    and old is not None
+                    and np.shape(old) == np.shape(leaf)
+                    and jnp.result_type(old) == jnp.result_type(leaf)
+                ):
+                    value = old
+                    carried.add(path)
+                break
+        leaves.append(value)
+    treedef = jax.tree_util.tree_structure(new_state)
+    return jax.tree_util.tree_unflatten(treedef, leaves), tuple(sorted(carried))
+
+
+# ---- driver --------------------------------------------------------------------------------------
+
+
+class _PlanKey:
+    """Hashes a freeze plan by what it decides (paths, structure, per-leaf settings)."""
+
+    def __init__(self, plan: FreezePlan):
+        self.plan = plan
+        settings = tuple(
+            None if s is None else tuple(sorted(s.items()))
+            for s in (plan.rules[r][1] for r in plan.rule_of_leaf)
+        )
+        self.key = (plan.paths, plan.treedef, settings)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _PlanKey) and self.key == other.key
+
+
+@functools.lru_cache(maxsize=32)
+def _phase_loop(model, plan_key, tx, lr, bn_policy, l2sp, compute_dtype, start, mesh):
+    """One compiled loop per distinct phase, shared by every run in the process (sweeps)."""
+    return make_train_loop(
+        model,
+        plan_key.plan,
+        optax.chain(tx, optax.scale(lr)),
+        bn_policy=bn_policy,
+        l2sp=l2sp,
+        compute_dtype=compute_dtype,
+        start=start,
+        mesh=mesh,
+    )
+
+
+@dataclasses.dataclass
+class PhaseRun:
+    """Result of :func:`run_phases`.
+
+    Attributes:
+      variables: the trained Linen variables.
+      state: the final phase's train state.
+      history: one dict per scanned chunk: phase, step (global, after the chunk), loss, acc.
+      plans: the freeze plan of each phase that ran, by phase name.
+      carried: per phase switch ("lp->ft"), the parameter paths whose optimizer state carried.
+      cached_groups: per phase, how many leading groups ran from a feature cache (0 = none).
+    """
+
+    variables: dict[str, PyTree]
+    state: TrainState
+    history: list[dict[str, Any]]
+    plans: dict[str, FreezePlan]
+    carried: dict[str, tuple[str, ...]]
+    cached_groups: dict[str, int]
+
+
+def batch_schedule(
+    n: int, batch_size: int, seed: int, start_step: int, num_steps: int
+) -> np.ndarray:
+    """Index batches for global steps ``[start_step, start_step + num_steps)``: (num_steps, batch).
+
+    Step ``s`` takes batch ``s % per_epoch`` of epoch ``s // per_epoch`` from
+    :func:`jaxtl.data.batch_indices` (last partial batch dropped), so the data order is a
+    function of (seed, epoch, step) and a resumed run sees the same batches.
+
+    Example:
+      >>> batch_schedule(10, 4, seed=0, start_step=0, num_steps=3).shape
+      (3, 4)
+    """
+    per_epoch = n // batch_size if batch_size <= n else 1
+    rows, epochs = [], {}
+    for step in range(start_step, start_step + num_steps):
+        epoch, within = divmod(step, per_epoch)
+        if epoch not in epochs:
+            epochs[epoch] = batch_indices(n, batch_size, seed, epoch)
+        rows.append(epochs[epoch][within])
+    return np.asarray(rows, np.int32).reshape(num_steps, batch_size)
+
+
+def run_phases(
+    model: nn.Module,
+    variables: Mapping[str, PyTree],
+    strategy: Strategy,
+    tx: optax.GradientTransformation,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    total_steps: int,
+    batch_size: int,
+    seed: int = 0,
+    bn_policy: str = "frozen",
+    steps_per_call: int = 100,
+    compute_dtype: Any = None,
+    reference: PyTree = None,
+    cache_features: bool = False,
+    mesh: Mesh | None = None,
+    on_chunk: Callable[[dict[str, Any]], None] | None = None,
+    on_phase_start: Callable[[str, TrainState], None] | None = None,
+    on_phase_end: Callable[[str, TrainState], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+    on_resume: Callable[[int], None] | None = None,
+) -> PhaseRun:
+    """Trains ``model`` through a strategy's phases with one compiled scan loop per phase.
+
+    Args:
+      model: a jaxtl model.
+      variables: starting variables (A's weights transferred, or B's init for "scratch").
+      strategy: from :func:`get_strategy` (built here for ``model.layer_groups``).
+      tx: base optax transformation; each phase chains ``optax.scale(phase.lr)`` onto it.
+      x, y: training inputs and int labels (numpy); they are put on device once.
+      total_steps: step budget shared by the phases (:func:`phase_steps`).
+      batch_size: examples per step (global, across devices when ``mesh`` is given).
+      seed: keys the data order and dropout.
+      bn_policy: default BatchNorm policy; a phase's ``bn_policy`` overrides it. On entering an
+        "adabn" phase the running statistics are re-estimated on ``x`` with :func:`adabn`.
+      steps_per_call: steps per compiled scan (one metrics record per chunk).
+      compute_dtype: e.g. ``jnp.bfloat16`` (float32 master weights).
+      reference: L2-SP anchor; defaults to ``variables["params"]`` (A's weights).
+      cache_features: when a phase's frozen prefix is deterministic (see
+        :func:`jaxtl.train.features.can_cache`; no augmentation happens here), compute its
+        output once and train the remaining groups on the cache.
+      mesh: data-parallel mesh (:func:`jaxtl.train.sharding.data_mesh`); None = one device.
+      on_chunk: called with each history record as it is produced (logging).
+      on_phase_start, on_phase_end: called with (phase name, state) when a phase begins (after
+        the optimizer-state carry-over) and ends (checkpointing, per-phase evaluation). The
+        state's buffers are donated to the next step: copy what you keep.
+      checkpointer: saves the state after every chunk whose global step is a multiple of its
+        ``every`` and at each phase end; when it already holds a checkpoint the run resumes
+        from the newest readable one. Chunk boundaries are global multiples of
+        ``steps_per_call`` (and phase ends), so a resumed run repeats exactly the same compiled
+        calls on the same batches as an uninterrupted one: on CPU the results are bit-identical.
+      on_resume: called with the restored step before training continues (e.g. to drop
+        metrics logged after that checkpoint).
+
+    Returns:
+      A :class:`PhaseRun`.
+
+    Example:
+      >>> run = run_phases(model, variables, get_strategy("lp_ft"), optax.adam(1e-3),
+      ...                  ds.x_train, ds.y_train, total_steps=500, batch_size=64)  # doctest: +SKIP
+    """
+    phases = strategy.phases(model.layer_groups)
+    check_bn_policy(bn_policy)
+    if mesh is not None and batch_size % mesh.size:
+        raise ValueError(
+            f"batch_size={batch_size} does not split over the mesh's {mesh.size} devices;"
+            f" use a multiple of {mesh.size}"
+        )
+    budgets = phase_steps(phases, total_steps)
+    variables = dict(variables)
+    if reference is None and any(p.l2sp for p in phases):
+        reference = variables["params"]
+    rng = jax.random.fold_in(jax.random.key(seed), 1)
+    # Host arrays in, so every process of a multi-host run builds the same replicated copy.
+    x_device, y_device = sharding.put_replicated(mesh, (np.asarray(x), np.asarray(y)))
+
+    history: list[dict[str, Any]] = []
+    plans: dict[str, FreezePlan] = {}
+    carried: dict[str, tuple[str, ...]] = {}
+    cached: dict[str, int] = {}
+    ends = np.cumsum(budgets).tolist()
+
+    def phase_plan(index: int) -> FreezePlan:
+        return freeze.plan(variables["params"], phases[index].rules(model.layer_groups))
+
+    def phase_state(index: int, start_step: int) -> TrainState:
+        phase = phases[index]
+        return create_train_state(
+            variables,
+            phase_plan(index),
+            optax.chain(tx, optax.scale(phase.lr)),
+            reference=reference if phase.l2sp else None,
+            step=start_step,
+        )
+
+    def phase_of(step: int) -> int:
+        return next(i for i, end in enumerate(ends) if step <= end and budgets[i] > 0)
+
+    restored = None
+    if checkpointer is not None:
+        restored = checkpointer.restore_latest(
+            lambda s: jax.eval_shape(lambda: phase_state(phase_of(s), s))
+        )
+    resume_step = restored[0] if restored is not None else 0
+    if restored is not None and on_resume is not None:
+        on_resume(resume_step)
+
+    state: TrainState | None = None
+    previous: tuple[str, FreezePlan, PyTree] | None = None
+    previous_policy = None
+    step = 0
+    for index, (phase, budget) in enumerate(zip(phases, budgets)):
+        if budget <= 0:
+            continue
+        policy = phase.bn_policy or bn_policy
+        plan = phase_plan(index)
+        phase_begin = ends[index] - budget
+        if restored is not None and resume_step >= ends[index]:
+            # Finished before the checkpoint: only its plan matters (for the carry-over).
+            step = ends[index]
+            previous_policy = policy
+            plans[phase.name] = plan
+            if resume_step == ends[index]:
+                state = restored[1]
+                variables = state.variables
+                previous = (phase.name, plan, state.opt_state)
+            continue
+        if restored is not None and phase_begin < resume_step:
+            state = restored[1]  # resumed inside this phase: its state is the checkpoint's
+            variables = state.variables
+            step = resume_step
+        else:
+            if policy == "adabn" and previous_policy != "adabn":
+                variables = adabn(model, variables, x, batch_size)
+            state = phase_state(index, step)
+            if previous is not None:
+                previous_name, previous_plan, previous_opt_state = previous
+                opt_state, carried[f"{previous_name}->{phase.name}"] = carry_optimizer_state(
+                    previous_opt_state, previous_plan, state.opt_state, plan
+                )
+                state = state.replace(opt_state=opt_state)
+        previous_policy = policy
+        start = 0
+        inputs = x_device
+        if cache_features:
+            start = features_lib.can_cache(plan, model.layer_groups, policy)
+            if start:
+                features = features_lib.compute_features(model, variables, x, stop=start)
+                inputs = sharding.put_replicated(mesh, np.asarray(features))
+        cached[phase.name] = start
+        state = sharding.put_replicated(mesh, state)
+        loop = _phase_loop(
+            model, _PlanKey(plan), tx, phase.lr, policy, phase.l2sp, compute_dtype, start, mesh
+        )
+        if on_phase_start is not None:
+            on_phase_start(phase.name, state)
+        while step < ends[index]:
+            # Boundaries at global multiples of steps_per_call: a resumed run replays the same calls.
+            chunk = min(steps_per_call - step % steps_per_call, ends[index] - step)
+            idx = batch_schedule(len(y), batch_size, seed, step, chunk)
+            state, metrics = loop(state, inputs, y_device, idx, rng)
+            step += chunk
+            record = {"phase": phase.name, "step": step, "chunk_steps": chunk}
+            record.update({k: float(jnp.mean(v)) for k, v in metrics.items()})
+            history.append(record)
+            if on_chunk is not None:
+                on_chunk(record)
+            if checkpointer is not None:
+                checkpointer.save(step, state, {"phase": phase.name}, force=step == ends[index])
+        if on_phase_end is not None:
+            on_phase_end(phase.name, state)
+        variables = state.variables
+        plans[phase.name] = plan
+        previous = (phase.name, plan, state.opt_state)
+    if state is None:
+        raise StrategyError(f"total_steps={total_steps} gives every phase 0 steps; raise it")
+    return PhaseRun(dict(variables), state, history, plans, carried, cached)
