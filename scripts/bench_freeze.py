@@ -1,0 +1,15 @@
+"""Benchmark what freezing buys: every strategy's step time vs its limits and the naive recipe.
+
+A thin wrapper around :func:`jaxtl.bench.main` (also available as ``jaxtl bench``).
+
+Example:
+  $ python scripts/bench_freeze.py --json /tmp/bench.json            # CPU preset, ~1-3 min
+  $ python scripts/bench_freeze.py --size gpu --json bench_gpu.json  # ResNet-18, batch 256
+"""
+
+import sys
+
+from jaxtl.bench import main
+
+if __name__ == "__main__":
+    sys.exit(main())
