@@ -30,7 +30,7 @@ from jaxtl.config import ConfigError, config_hash
 from jaxtl.train import checkpoint as ckpt_lib
 from jaxtl.train import outputs
 from jaxtl.train.state import create_train_state
-from jaxtl.train.steps import build_step, evaluate
+from jaxtl.train.steps import build_step, check_bn_policy, evaluate
 from jaxtl.train.strategies import get_strategy, run_phases
 from jaxtl.train.transfer import transfer_variables
 
@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.yosinski = ml_collections.ConfigDict(
         {"depths": [1, 2, 3], "conditions": list(YOSINSKI_CONDITIONS), "n_per_class": None})
     c.shifts = {}  # surgical: name -> {"level": input|feature|output, "shift": ..., "params": {}}
+    c.vmap_seeds = True  # train all seeds of a cell in one vmapped loop (False: one at a time)
     c.steps_per_call = 50  # steps per compiled scan; one metrics record each
     c.checkpoint_every = 100  # steps (a multiple of steps_per_call)
     c.checkpoint_keep = 2
@@ -276,28 +277,43 @@ def _init(model, seed: int, x: np.ndarray) -> dict:
     return models.init_variables(model, jax.random.key(seed), jnp.asarray(x[:1]))
 
 
-def train_source(config: ml_collections.ConfigDict, tasks: Tasks, which: str, seed: int,
-                 out_dir: Path) -> dict:
-    """Trains (or loads from the cache) the source model on task A (or B for BnB)."""
+def _stack(trees: Sequence[Any]) -> Any:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _unstack(tree: Any, i: int) -> Any:
+    return jax.tree.map(lambda leaf: leaf[i], tree)
+
+
+def train_sources(config: ml_collections.ConfigDict, tasks: Tasks, which: str,
+                  seeds: Sequence[int], out_dir: Path) -> list[dict]:
+    """Source models trained on task A (or B, for BnB), one per seed, cached on disk.
+
+    The cache key is the hash of everything that determines the source model (data, model,
+    training config, seed), so every B run of a sweep, and every later sweep into the same
+    output directory, reuses it. Missing seeds are trained together in one vmapped loop.
+    """
     task = tasks.a if which == "a" else tasks.b
-    key = config_hash({"data": config.data.to_dict(), "model": config.model.to_dict(),
-                       "train": config.train_a.to_dict(), "which": which, "seed": seed,
-                       "bn_policy": config.bn_policy})
-    path = out_dir / "sources" / f"{which}-{key}" / f"seed_{seed}"
     model = model_for(config, task.num_classes)
-    init = _init(model, seed, task.x_train)
-    if (path / "model.json").exists():
-        variables, _ = ckpt_lib.load_variables(path, init)
-        return variables
-    train = config.train_a
-    run = run_phases(model, init, get_strategy("scratch"), make_tx(train), task.x_train,
-                     task.y_train, total_steps=train.steps,
-                     batch_size=min(train.batch_size, len(task.y_train)), seed=seed,
-                     bn_policy=config.bn_policy, steps_per_call=config.steps_per_call)
-    ckpt_lib.save_variables(path, run.variables, {"model": config.model.name,
-                                                  "num_classes": task.num_classes,
-                                                  "options": config.model.options.to_dict()})
-    return run.variables
+    key = config_hash({"data": config.data.to_dict(), "model": config.model.to_dict(),
+                       "train": config.train_a.to_dict(), "which": which,
+                       "bn_policy": config.bn_policy})
+    paths = {s: out_dir / "sources" / f"{which}-{key}" / f"seed_{s}" for s in seeds}
+    inits = {s: _init(model, s, task.x_train) for s in seeds}
+    missing = [s for s in seeds if not (paths[s] / "model.json").exists()]
+    if missing:
+        train = config.train_a
+        batch_size = min(train.batch_size, len(task.y_train))
+        run = run_phases(model, _stack([inits[s] for s in missing]), get_strategy("scratch"),
+                         make_tx(train), np.stack([task.x_train] * len(missing)),
+                         np.stack([task.y_train] * len(missing)), total_steps=train.steps,
+                         batch_size=batch_size, bn_policy=config.bn_policy,
+                         steps_per_call=config.steps_per_call, seeds=missing)
+        for i, s in enumerate(missing):
+            ckpt_lib.save_variables(paths[s], _unstack(run.variables, i), {
+                "model": config.model.name, "num_classes": task.num_classes,
+                "options": config.model.options.to_dict(), "task": which, "seed": s})
+    return [ckpt_lib.load_variables(paths[s], inits[s])[0] for s in seeds]
 
 
 def _reinit_groups(variables: Mapping, init: Mapping, groups: Sequence[str]) -> dict:
@@ -316,7 +332,7 @@ def _with_head(variables: Mapping, head_source: Mapping, head: str) -> dict:
 _COSTS: dict[tuple, dict[str, float]] = {}
 
 
-def _phase_costs(model, run, tx, config, x_shape_for) -> list[dict[str, float]]:
+def _phase_costs(model, run, tx, config, variables, x_shape_for) -> list[dict[str, float]]:
     """XLA cost of one train step per phase; compiled once per distinct (plan, shape) per process."""
     costs = []
     for name, plan in run.plans.items():
@@ -324,7 +340,7 @@ def _phase_costs(model, run, tx, config, x_shape_for) -> list[dict[str, float]]:
         key = (model, plan.paths, plan.frozen_flags, start, x_shape_for(start), config.bn_policy)
         if key not in _COSTS:
             step = build_step(model, plan, tx, bn_policy=config.bn_policy, start=start)
-            state = jax.eval_shape(lambda: create_train_state(run.variables, plan, tx))
+            state = jax.eval_shape(lambda: create_train_state(variables, plan, tx))
             x = jax.ShapeDtypeStruct(x_shape_for(start), jnp.float32)
             y = jax.ShapeDtypeStruct(x.shape[:1], jnp.int32)
             _COSTS[key] = freeze.cost(step, state, x, y, jax.random.key(0))
@@ -338,32 +354,51 @@ def _steady_seconds(chunks: Sequence[tuple[str, float, int]], phase: str, steps:
     return min(per_step) * steps if per_step else 0.0
 
 
-def run_cell(config: ml_collections.ConfigDict, cell: Cell, seed: int, out_dir: Path) -> dict:
-    """Runs one cell for one seed into ``OUT/runs/<cell>/seed_<k>`` and returns its results."""
-    run_dir = outputs.RunDir(out_dir / "runs" / cell.id / f"seed_{seed}")
-    if run_dir.is_finished():
-        return run_dir.read_results()
+def run_cell(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequence[int],
+             out_dir: Path) -> list[dict]:
+    """Runs one cell for ``seeds`` into ``OUT/runs/<cell>/seed_<k>/`` and returns the results.
+
+    Seeds are trained together in one ``jax.vmap``-ed loop (``config.vmap_seeds``), each on its
+    own few-shot subset, source model and initialisation; finished seeds are skipped.
+    """
+    run_dirs = {s: outputs.RunDir(out_dir / "runs" / cell.id / f"seed_{s}") for s in seeds}
+    todo = [s for s in seeds if not run_dirs[s].is_finished()]
+    groups = [todo] if config.vmap_seeds else [[s] for s in todo]
+    for group in filter(None, groups):
+        _run_seed_group(config, cell, group, out_dir, {s: run_dirs[s] for s in group})
+    return [run_dirs[s].read_results() for s in seeds]
+
+
+def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequence[int],
+                    out_dir: Path, run_dirs: Mapping[int, outputs.RunDir]) -> None:
+    vmapped = bool(config.vmap_seeds)
     tasks = build_tasks(config, cell.shift)
-    task_b = data_lib.few_shot(tasks.b, cell.n_per_class, seed=seed)
-    model = model_for(config, task_b.num_classes)
+    tasks_b = [data_lib.few_shot(tasks.b, cell.n_per_class, seed=s) for s in seeds]
+    model = model_for(config, tasks.b.num_classes)
     head = model.layer_groups[-1]
-    init = _init(model, 1000 + seed, task_b.x_train)
-    source = None
-    transfer_report = None
-    if cell.source is not None:
-        source = train_source(config, tasks, cell.source, seed, out_dir)
+    inits = [_init(model, 1000 + s, tasks.b.x_train) for s in seeds]
+    sources = (train_sources(config, tasks, cell.source, seeds, out_dir)
+               if cell.source is not None else [None] * len(seeds))
+    starts, transfer_reports = [], []
+    for init, source in zip(inits, sources):
+        if source is None:
+            starts.append(init)
+            transfer_reports.append(None)
+            continue
         variables, transfer_report = transfer_variables(
             source, init, reinit_head=config.reinit_head or None)
         if cell.reinit_from is not None:
             variables = _reinit_groups(variables, init, model.layer_groups[cell.reinit_from:])
-    else:
-        variables = init
+        starts.append(variables)
+        transfer_reports.append(transfer_report)
     strategy = get_strategy(cell.train_strategy, **dict(cell.options))
     train = config.train_b
     tx = make_tx(train)
-    batch_size = min(train.batch_size, len(task_b.y_train))
-    checkpointer = ckpt_lib.Checkpointer(run_dir.checkpoint_dir, keep=config.checkpoint_keep,
-                                         every=config.checkpoint_every)
+    batch_size = min(train.batch_size, len(tasks_b[0].y_train))
+    # One checkpoint holds the whole seed group (its state is stacked over seeds).
+    checkpointer = ckpt_lib.Checkpointer(
+        out_dir / "runs" / cell.id / f"checkpoints-seeds_{'_'.join(map(str, seeds))}",
+        keep=config.checkpoint_keep, every=config.checkpoint_every)
     chunk_times: list[tuple[str, float, int]] = []
     last = [time.perf_counter()]
 
@@ -372,78 +407,93 @@ def run_cell(config: ml_collections.ConfigDict, cell: Cell, seed: int, out_dir: 
         seconds, steps = now - last[0], record["chunk_steps"]
         last[0] = now
         chunk_times.append((record["phase"], seconds, steps))
-        if not math.isfinite(record["loss"]):
-            latest = checkpointer.all_steps()
-            raise outputs.NonFiniteLossError(
-                record["step"], record["phase"], record["loss"],
-                latest[-1] if latest else None, str(run_dir.checkpoint_dir))
-        logged = {k: v for k, v in record.items() if k != "chunk_steps"}
-        logged.update(step_time_s=seconds / steps, examples_per_s=batch_size * steps / seconds)
-        run_dir.append_metrics(logged)
+        losses = record["loss"] if vmapped else [record["loss"]]
+        for i, s in enumerate(seeds):
+            if not math.isfinite(losses[i]):
+                latest = checkpointer.all_steps()
+                raise outputs.NonFiniteLossError(
+                    record["step"], record["phase"], losses[i],
+                    latest[-1] if latest else None, str(checkpointer.directory))
+        for i, s in enumerate(seeds):
+            logged = {k: (v[i] if vmapped and isinstance(v, list) else v)
+                      for k, v in record.items() if k != "chunk_steps"}
+            logged.update(step_time_s=seconds / steps,
+                          examples_per_s=batch_size * len(seeds) * steps / seconds)
+            run_dirs[s].append_metrics(logged)
+
+    def on_resume(step: int) -> None:
+        for run_dir in run_dirs.values():
+            run_dir.truncate_after(step)
 
     if not checkpointer.all_steps():
-        run_dir.truncate_after(None)  # a run killed before its first checkpoint starts over
+        on_resume(None)  # a run killed before its first checkpoint starts over
     started = time.perf_counter()
-    run = run_phases(model, variables, strategy, tx, task_b.x_train, task_b.y_train,
-                     total_steps=train.steps, batch_size=batch_size, seed=seed,
-                     bn_policy=config.bn_policy, steps_per_call=config.steps_per_call,
-                     cache_features=config.cache_features,
-                     reference=None if source is None else variables["params"],
-                     checkpointer=checkpointer, on_resume=run_dir.truncate_after,
-                     on_chunk=on_chunk)
+    x = np.stack([t.x_train for t in tasks_b]) if vmapped else tasks_b[0].x_train
+    y = np.stack([t.y_train for t in tasks_b]) if vmapped else tasks_b[0].y_train
+    start_variables = _stack(starts) if vmapped else starts[0]
+    run = run_phases(model, start_variables, strategy, tx, x, y, total_steps=train.steps,
+                     batch_size=batch_size, seed=seeds[0], bn_policy=config.bn_policy,
+                     steps_per_call=config.steps_per_call, cache_features=config.cache_features,
+                     reference=None if cell.source is None else start_variables["params"],
+                     checkpointer=checkpointer, on_resume=on_resume, on_chunk=on_chunk,
+                     pad_to=len(tasks.b.y_train), seeds=seeds if vmapped else None)
     checkpointer.close()
     elapsed = time.perf_counter() - started
-    final = run.variables
-    acc_b = evaluate(model, final, task_b.x_test, task_b.y_test)["acc"]
-    acc_ood = evaluate(model, final, *tasks.ood_b)["acc"]
-    acc_a = None
-    if source is not None and cell.reinit_from is None and config.reinit_head:
-        # Retention of A: the fine-tuned body with A's own head, on A's test set.
-        model_a = model_for(config, tasks.a.num_classes)
-        acc_a = evaluate(model_a, _with_head(final, source, head), tasks.a.x_test,
-                         tasks.a.y_test)["acc"]
-    elif source is not None and not config.reinit_head:
-        acc_a = evaluate(model, final, tasks.a.x_test, tasks.a.y_test)["acc"]
-    run_dir.append_metrics({"step": int(run.state.step), "phase": "final", "acc_b": acc_b,
-                            "acc_a": acc_a, "acc_ood": acc_ood})
+
+    one_variables = _unstack(run.variables, 0) if vmapped else run.variables
 
     def x_shape_for(start: int) -> tuple[int, ...]:
+        example = jax.ShapeDtypeStruct((batch_size, *tasks.b.x_train.shape[1:]), jnp.float32)
         if start == 0:
-            return (batch_size, *task_b.x_train.shape[1:])
-        shape = jax.eval_shape(lambda v, x: model.apply(v, x, stop=start), final,
-                               jax.ShapeDtypeStruct((batch_size, *task_b.x_train.shape[1:]),
-                                                    jnp.float32))
-        return shape.shape
+            return example.shape
+        return jax.eval_shape(lambda v, x: model.apply(v, x, stop=start), one_variables,
+                              example).shape
 
-    costs = _phase_costs(model, run, tx, config, x_shape_for)
+    costs = _phase_costs(model, run, tx, config, one_variables, x_shape_for)
     steps_per_phase = [sum(r["chunk_steps"] for r in run.history if r["phase"] == name)
                        for name in run.plans]
+    # Compute time without compilation, amortised over the seeds trained together.
+    seconds = sum(_steady_seconds(chunk_times, n, k)
+                  for n, k in zip(run.plans, steps_per_phase)) / len(seeds)
     final_plan = list(run.plans.values())[-1]
-    results = {
-        "experiment": cell.experiment, "strategy": cell.strategy, "seed": seed,
-        "params": dict(cell.params),
-        "metrics": {
-            "acc_b": acc_b, "acc_a": acc_a, "acc_ood": acc_ood,
-            "flops_per_step": max(c["flops"] for c in costs),
-            "train_flops": float(sum(c["flops"] * s for c, s in zip(costs, steps_per_phase))),
-            "wall_time_s": sum(_steady_seconds(chunk_times, n, s)
-                               for n, s in zip(run.plans, steps_per_phase)),
-            "wall_time_with_compile_s": elapsed,
-            "peak_memory_bytes": int(max(c.get("argument_bytes", 0) + c.get("output_bytes", 0)
-                                         + c.get("temp_bytes", 0) for c in costs)),
-            "trainable_params": final_plan.num_trainable,
-            "total_params": final_plan.num_trainable + final_plan.num_frozen,
-        },
-        "phases": [{"name": n, "steps": s, "flops_per_step": c["flops"],
-                    "cached_groups": run.cached_groups.get(n, 0),
-                    "trainable_params": p.num_trainable}
-                   for (n, p), s, c in zip(run.plans.items(), steps_per_phase, costs)],
-        "transfer": None if transfer_report is None else transfer_report.as_dict(),
-        "config": config.to_dict(),
-    }
-    results.update(outputs.environment_info())
-    run_dir.write_results(results)
-    return results
+    model_a = model_for(config, tasks.a.num_classes)
+    for i, s in enumerate(seeds):
+        final = _unstack(run.variables, i) if vmapped else run.variables
+        task_b, source = tasks_b[i], sources[i]
+        acc_b = evaluate(model, final, task_b.x_test, task_b.y_test)["acc"]
+        acc_ood = evaluate(model, final, *tasks.ood_b)["acc"]
+        acc_a = None
+        if source is not None and cell.reinit_from is None:
+            # Retention of A: the fine-tuned body with A's own head, on A's test set.
+            acc_a = evaluate(model_a, _with_head(final, source, head), tasks.a.x_test,
+                             tasks.a.y_test)["acc"]
+        run_dirs[s].append_metrics({"step": train.steps, "phase": "final", "acc_b": acc_b,
+                                    "acc_a": acc_a, "acc_ood": acc_ood})
+        results = {
+            "experiment": cell.experiment, "strategy": cell.strategy, "seed": s,
+            "params": dict(cell.params),
+            "metrics": {
+                "acc_b": acc_b, "acc_a": acc_a, "acc_ood": acc_ood,
+                "flops_per_step": max(c["flops"] for c in costs),
+                "train_flops": float(sum(c["flops"] * k for c, k in zip(costs, steps_per_phase))),
+                "wall_time_s": seconds,
+                "wall_time_with_compile_s": elapsed / len(seeds),
+                "peak_memory_bytes": int(max(
+                    c.get("argument_bytes", 0) + c.get("output_bytes", 0) + c.get("temp_bytes", 0)
+                    for c in costs)),
+                "trainable_params": final_plan.num_trainable,
+                "total_params": final_plan.num_trainable + final_plan.num_frozen,
+            },
+            "phases": [{"name": n, "steps": k, "flops_per_step": c["flops"],
+                        "cached_groups": run.cached_groups.get(n, 0),
+                        "trainable_params": p.num_trainable}
+                       for (n, p), k, c in zip(run.plans.items(), steps_per_phase, costs)],
+            "seeds_vmapped": len(seeds) if vmapped else 1,
+            "transfer": None if transfer_reports[i] is None else transfer_reports[i].as_dict(),
+            "config": config.to_dict(),
+        }
+        results.update(outputs.environment_info())
+        run_dirs[s].write_results(results)
 
 
 def run_experiment(config: ml_collections.ConfigDict, out_dir: str | Path, *,
@@ -463,16 +513,36 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str | Path, *,
     jobs = []
     for part in configs:
         groups = model_for(part, 2).layer_groups
-        jobs += [(part, cell, seed) for cell in experiment_cells(part, groups)
-                 for seed in part.seeds]
-    bar = outputs.progress(len(jobs), desc=f"jaxtl {config.experiment}", disable=
-                           None if show_progress is None else not show_progress)
-    for part, cell, seed in jobs:
-        bar.set_postfix_str(f"{cell.id} seed {seed}", refresh=False)
-        run_cell(part, cell, seed, out_dir)
+        cells = experiment_cells(part, groups)
+        _check_part(part, cells, groups)
+        jobs += [(part, cell) for cell in cells]
+    bar = outputs.progress(len(jobs), desc=f"jaxtl {config.experiment}",
+                           disable=None if show_progress is None else not show_progress)
+    for part, cell in jobs:
+        bar.set_postfix_str(cell.id, refresh=False)
+        run_cell(part, cell, list(part.seeds), out_dir)
         bar.update(1)
     bar.close()
     return report.write_report(out_dir)
+
+
+def _check_part(config: ml_collections.ConfigDict, cells: Sequence[Cell],
+                layer_groups: Sequence[str]) -> None:
+    """Fails a sweep on a bad name, option or size before anything trains (one-line errors)."""
+    check_bn_policy(config.bn_policy)
+    every, per_call = config.checkpoint_every, config.steps_per_call
+    if per_call < 1 or every < 1:
+        raise ConfigError(f"steps_per_call={per_call} and checkpoint_every={every} must be >= 1")
+    if every % per_call:
+        raise ConfigError(
+            f"checkpoint_every={every} must be a multiple of steps_per_call={per_call} (checkpoints"
+            f" are saved between compiled calls), e.g. {-(-every // per_call) * per_call}")
+    for cell in cells:
+        get_strategy(cell.train_strategy, **dict(cell.options)).phases(layer_groups)
+    for shift in dict.fromkeys(cell.shift for cell in cells):
+        task_b = build_tasks(config, shift).b  # cached: the runs reuse these tasks
+        for n in dict.fromkeys(cell.n_per_class for cell in cells if cell.shift == shift):
+            data_lib.few_shot(task_b, n, seed=0)
 
 
 def _expand_parts(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:

@@ -465,9 +465,13 @@ class _PlanKey:
 
 
 @functools.lru_cache(maxsize=32)
-def _phase_loop(model, plan_key, tx, lr, bn_policy, l2sp, compute_dtype, start, mesh):
-    """One compiled loop per distinct phase, shared by every run in the process (sweeps)."""
-    return make_train_loop(
+def _phase_loop(model, plan_key, tx, lr, bn_policy, l2sp, compute_dtype, start, mesh, vmapped):
+    """One compiled loop per distinct phase, shared by every run in the process (sweeps).
+
+    ``vmapped``: the loop maps over a leading seed axis of every argument (state, data, batch
+    indices, rng), so S seeds train in one compiled call.
+    """
+    loop = make_train_loop(
         model,
         plan_key.plan,
         optax.chain(tx, optax.scale(lr)),
@@ -477,6 +481,7 @@ def _phase_loop(model, plan_key, tx, lr, bn_policy, l2sp, compute_dtype, start, 
         start=start,
         mesh=mesh,
     )
+    return jax.jit(jax.vmap(loop), donate_argnums=0) if vmapped else loop
 
 
 @dataclasses.dataclass
@@ -523,6 +528,13 @@ def batch_schedule(
     return np.asarray(rows, np.int32).reshape(num_steps, batch_size)
 
 
+def _pad(a: Any, rows: int | None) -> np.ndarray:
+    a = np.asarray(a)
+    if rows is None or rows == len(a):
+        return a
+    return np.concatenate([a, np.zeros((rows - len(a), *a.shape[1:]), a.dtype)])
+
+
 def run_phases(
     model: nn.Module,
     variables: Mapping[str, PyTree],
@@ -545,6 +557,8 @@ def run_phases(
     on_phase_end: Callable[[str, TrainState], None] | None = None,
     checkpointer: Checkpointer | None = None,
     on_resume: Callable[[int], None] | None = None,
+    pad_to: int | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> PhaseRun:
     """Trains ``model`` through a strategy's phases with one compiled scan loop per phase.
 
@@ -577,6 +591,12 @@ def run_phases(
         calls on the same batches as an uninterrupted one: on CPU the results are bit-identical.
       on_resume: called with the restored step before training continues (e.g. to drop
         metrics logged after that checkpoint).
+      pad_to: pad the on-device training arrays to this many rows (never sampled), so runs
+        on different subset sizes of one dataset share one compiled loop per phase.
+      seeds: train one model per seed in a single compiled, ``jax.vmap``-ed loop. Then
+        ``variables``, ``reference``, ``x`` and ``y`` carry a leading axis of ``len(seeds)``
+        (one training set per seed), ``seed`` is unused, the returned variables and state are
+        stacked the same way, and history values are per-seed lists. Not combined with ``mesh``.
 
     Returns:
       A :class:`PhaseRun`.
@@ -596,9 +616,27 @@ def run_phases(
     variables = dict(variables)
     if reference is None and any(p.l2sp for p in phases):
         reference = variables["params"]
-    rng = jax.random.fold_in(jax.random.key(seed), 1)
+    vmapped = seeds is not None
+    if vmapped and mesh is not None:
+        raise ValueError("seeds= (vmapped seeds) and mesh= (data parallel) are exclusive; pick one")
+    seed_list = list(seeds) if vmapped else [seed]
+    rngs = [jax.random.fold_in(jax.random.key(s), 1) for s in seed_list]
+    rng = jnp.stack(rngs) if vmapped else rngs[0]
+    per_seed = (lambda tree, i: jax.tree.map(lambda a: a[i], tree)) if vmapped else None
+    n = y.shape[-1] if vmapped else len(y)
+    if pad_to is not None and pad_to < n:
+        raise ValueError(f"pad_to={pad_to} is smaller than the {n} training examples")
+    pad = (lambda a: np.stack([_pad(r, pad_to) for r in np.asarray(a)])) if vmapped else (
+        lambda a: _pad(a, pad_to))
     # Host arrays in, so every process of a multi-host run builds the same replicated copy.
-    x_device, y_device = sharding.put_replicated(mesh, (np.asarray(x), np.asarray(y)))
+    x_device, y_device = sharding.put_replicated(mesh, (pad(x), pad(y)))
+
+    def for_each_seed(fn, variables, x):
+        """Applies a per-model host function (adabn, feature caching) to every seed."""
+        if not vmapped:
+            return fn(variables, x)
+        outs = [fn(per_seed(variables, i), x[i]) for i in range(len(seed_list))]
+        return jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
     history: list[dict[str, Any]] = []
     plans: dict[str, FreezePlan] = {}
@@ -606,18 +644,21 @@ def run_phases(
     cached: dict[str, int] = {}
     ends = np.cumsum(budgets).tolist()
 
+    one_model = per_seed(variables["params"], 0) if vmapped else variables["params"]
+
     def phase_plan(index: int) -> FreezePlan:
-        return freeze.plan(variables["params"], phases[index].rules(model.layer_groups))
+        return freeze.plan(one_model, phases[index].rules(model.layer_groups))
 
     def phase_state(index: int, start_step: int) -> TrainState:
         phase = phases[index]
-        return create_train_state(
-            variables,
+        create = lambda v, r: create_train_state(
+            v,
             phase_plan(index),
             optax.chain(tx, optax.scale(phase.lr)),
-            reference=reference if phase.l2sp else None,
+            reference=r if phase.l2sp else None,
             step=start_step,
         )
+        return jax.vmap(create)(variables, reference) if vmapped else create(variables, reference)
 
     def phase_of(step: int) -> int:
         return next(i for i, end in enumerate(ends) if step <= end and budgets[i] > 0)
@@ -657,7 +698,7 @@ def run_phases(
             step = resume_step
         else:
             if policy == "adabn" and previous_policy != "adabn":
-                variables = adabn(model, variables, x, batch_size)
+                variables = for_each_seed(lambda v, xs: adabn(model, v, xs, batch_size), variables, x)
             state = phase_state(index, step)
             if previous is not None:
                 previous_name, previous_plan, previous_opt_state = previous
@@ -671,23 +712,29 @@ def run_phases(
         if cache_features:
             start = features_lib.can_cache(plan, model.layer_groups, policy)
             if start:
-                features = features_lib.compute_features(model, variables, x, stop=start)
-                inputs = sharding.put_replicated(mesh, np.asarray(features))
+                features = for_each_seed(
+                    lambda v, xs: features_lib.compute_features(model, v, xs, stop=start),
+                    variables, x)
+                inputs = sharding.put_replicated(mesh, pad(features))
         cached[phase.name] = start
         state = sharding.put_replicated(mesh, state)
         loop = _phase_loop(
-            model, _PlanKey(plan), tx, phase.lr, policy, phase.l2sp, compute_dtype, start, mesh
+            model, _PlanKey(plan), tx, phase.lr, policy, phase.l2sp, compute_dtype, start, mesh,
+            vmapped,
         )
         if on_phase_start is not None:
             on_phase_start(phase.name, state)
         while step < ends[index]:
             # Boundaries at global multiples of steps_per_call: a resumed run replays the same calls.
             chunk = min(steps_per_call - step % steps_per_call, ends[index] - step)
-            idx = batch_schedule(len(y), batch_size, seed, step, chunk)
-            state, metrics = loop(state, inputs, y_device, idx, rng)
+            idx = np.stack([batch_schedule(n, batch_size, s, step, chunk) for s in seed_list])
+            state, metrics = loop(state, inputs, y_device, idx if vmapped else idx[0], rng)
             step += chunk
             record = {"phase": phase.name, "step": step, "chunk_steps": chunk}
-            record.update({k: float(jnp.mean(v)) for k, v in metrics.items()})
+            if vmapped:  # one value per seed: mean over the chunk's steps
+                record.update({k: np.asarray(jnp.mean(v, axis=1)).tolist() for k, v in metrics.items()})
+            else:
+                record.update({k: float(jnp.mean(v)) for k, v in metrics.items()})
             history.append(record)
             if on_chunk is not None:
                 on_chunk(record)
