@@ -31,7 +31,7 @@ from jaxtl.train import checkpoint as ckpt_lib
 from jaxtl.train import outputs
 from jaxtl.train.state import create_train_state
 from jaxtl.train.steps import build_step, check_bn_policy, evaluate
-from jaxtl.train.strategies import get_strategy, run_phases
+from jaxtl.train.strategies import get_strategy, phase_steps, run_phases
 from jaxtl.train.transfer import transfer_variables
 
 EXPERIMENTS = ("strategies", "yosinski", "surgical", "cross_domain", "study")
@@ -75,6 +75,12 @@ def base_config() -> ml_collections.ConfigDict:
         {"depths": [1, 2, 3], "conditions": list(YOSINSKI_CONDITIONS), "n_per_class": None})
     c.shifts = {}  # surgical: name -> {"level": input|feature|output, "shift": ..., "params": {}}
     c.vmap_seeds = True  # train all seeds of a cell in one vmapped loop (False: one at a time)
+    # Data parallel over every local device (jax.sharding, batch split on a "data" mesh axis);
+    # with vmap_seeds=False. Multi-host (TPU pods, several GPU hosts): distributed.distributed.
+    c.data_parallel = False
+    c.distributed = ml_collections.ConfigDict(
+        {"distributed": False, "coordinator_address": None, "num_processes": None,
+         "process_id": None})
     c.steps_per_call = 50  # steps per compiled scan; one metrics record each
     c.checkpoint_every = 100  # steps (a multiple of steps_per_call)
     c.checkpoint_keep = 2
@@ -233,14 +239,19 @@ def _build_tasks(data_json: str, shift_json: str) -> Tasks:
                  (np.asarray(data_lib.normalize(x_ood, stats), np.float32), y_ood))
 
 
+def _plain(value: Any) -> Any:
+    """Config values as plain Python (nested ConfigDicts become dicts)."""
+    return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+
+
 def build_tasks(config: ml_collections.ConfigDict, shift: str | None = None) -> Tasks:
     """Task A, task B and B's OOD test set for a config (and a surgical shift)."""
     d = config.data
-    data_json = json.dumps({"a": d.a, "b": d.b, "options": dict(d.options),
+    data_json = json.dumps({"a": d.a, "b": d.b, "options": _plain(d.options),
                             "classes_a": list(d.classes_a), "classes_b": list(d.classes_b),
                             "resize": d.resize, "ood_shift": d.ood_shift,
-                            "ood_params": dict(d.ood_params)}, sort_keys=True)
-    spec = {} if shift is None else dict(config.shifts[shift])
+                            "ood_params": _plain(d.ood_params)}, sort_keys=True)
+    spec = {} if shift is None else _plain(config.shifts[shift])
     return _build_tasks(data_json, json.dumps(spec, sort_keys=True, default=str))
 
 
@@ -277,6 +288,16 @@ def _init(model, seed: int, x: np.ndarray) -> dict:
     return models.init_variables(model, jax.random.key(seed), jnp.asarray(x[:1]))
 
 
+def _mesh(config: ml_collections.ConfigDict):
+    """The data-parallel mesh over all devices (all hosts' devices when distributed), or None."""
+    if not config.data_parallel:
+        return None
+    if config.vmap_seeds:
+        raise ConfigError("data_parallel=True needs vmap_seeds=False (seeds run one at a time,"
+                          " each sharded over the devices)")
+    return data_lib.data_mesh()
+
+
 def _stack(trees: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
@@ -304,13 +325,20 @@ def train_sources(config: ml_collections.ConfigDict, tasks: Tasks, which: str,
     if missing:
         train = config.train_a
         batch_size = min(train.batch_size, len(task.y_train))
-        run = run_phases(model, _stack([inits[s] for s in missing]), get_strategy("scratch"),
-                         make_tx(train), np.stack([task.x_train] * len(missing)),
-                         np.stack([task.y_train] * len(missing)), total_steps=train.steps,
-                         batch_size=batch_size, bn_policy=config.bn_policy,
-                         steps_per_call=config.steps_per_call, seeds=missing)
-        for i, s in enumerate(missing):
-            ckpt_lib.save_variables(paths[s], _unstack(run.variables, i), {
+        vmapped = bool(config.vmap_seeds)
+        trained = []
+        for group in ([missing] if vmapped else [[s] for s in missing]):
+            stacked = lambda trees: _stack(trees) if vmapped else trees[0]
+            run = run_phases(model, stacked([inits[s] for s in group]), get_strategy("scratch"),
+                             make_tx(train), stacked([task.x_train] * len(group)),
+                             stacked([task.y_train] * len(group)), total_steps=train.steps,
+                             batch_size=batch_size, seed=group[0], bn_policy=config.bn_policy,
+                             steps_per_call=config.steps_per_call, mesh=_mesh(config),
+                             seeds=group if vmapped else None)
+            trained += [_unstack(run.variables, i) if vmapped else run.variables
+                        for i in range(len(group))]
+        for s, variables in zip(missing, trained):
+            ckpt_lib.save_variables(paths[s], variables, {
                 "model": config.model.name, "num_classes": task.num_classes,
                 "options": config.model.options.to_dict(), "task": which, "seed": s})
     return [ckpt_lib.load_variables(paths[s], inits[s])[0] for s in seeds]
@@ -436,7 +464,8 @@ def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequen
                      steps_per_call=config.steps_per_call, cache_features=config.cache_features,
                      reference=None if cell.source is None else start_variables["params"],
                      checkpointer=checkpointer, on_resume=on_resume, on_chunk=on_chunk,
-                     pad_to=len(tasks.b.y_train), seeds=seeds if vmapped else None)
+                     pad_to=len(tasks.b.y_train), seeds=seeds if vmapped else None,
+                     mesh=_mesh(config))
     checkpointer.close()
     elapsed = time.perf_counter() - started
 
@@ -450,8 +479,11 @@ def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequen
                               example).shape
 
     costs = _phase_costs(model, run, tx, config, one_variables, x_shape_for)
-    steps_per_phase = [sum(r["chunk_steps"] for r in run.history if r["phase"] == name)
-                       for name in run.plans]
+    # From the budgets, not run.history: a resumed run's history lacks the steps before its
+    # checkpoint, and its results must equal an uninterrupted run's.
+    phases = strategy.phases(model.layer_groups)
+    budgets = dict(zip((p.name for p in phases), phase_steps(phases, train.steps)))
+    steps_per_phase = [budgets[name] for name in run.plans]
     # Compute time without compilation, amortised over the seeds trained together.
     seconds = sum(_steady_seconds(chunk_times, n, k)
                   for n, k in zip(run.plans, steps_per_phase)) / len(seeds)
@@ -507,6 +539,9 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str | Path, *,
     """
     from jaxtl import report
 
+    from jaxtl.train.sharding import maybe_initialize_distributed
+
+    maybe_initialize_distributed(config.distributed.to_dict())
     out_dir = Path(out_dir)
     outputs.RunDir(out_dir)  # validates the output directory before any work
     configs = _expand_parts(config)

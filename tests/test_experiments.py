@@ -1,0 +1,92 @@
+"""Every experiment config, reduced, end to end through the runner; GPU configs on mock tfds data."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from jaxtl import runner
+from jaxtl.config import apply_overrides, load_config
+
+TINY = [
+    "seeds=[0,1]", "train_a.steps=20", "train_b.steps=20", "steps_per_call=10",
+    "checkpoint_every=10", "model.options.widths=(16,)",
+]
+
+
+def run(name: str, out: pathlib.Path, *overrides: str, shifts: dict | None = None) -> list[dict]:
+    config = apply_overrides(load_config(name), [*TINY, *overrides])
+    if shifts is not None:
+        config.unlock()
+        config.shifts = shifts
+    report = runner.run_experiment(config, out, show_progress=False)
+    assert report == out / "report.md" and report.read_text().startswith("# jaxtl")
+    return [json.loads(p.read_text()) for p in sorted(out.glob("runs/*/seed_*/results.json"))]
+
+
+def test_strategies_reduced(tmp_path):
+    results = run("strategies", tmp_path, "strategies=['scratch','linear_probe','full_ft']",
+                  "n_per_class=[5,None]")
+    assert len(results) == 3 * 2 * 2
+    by = {(r["strategy"], r["params"]["n_per_class"], r["seed"]): r for r in results}
+    probe, full = by[("linear_probe", 5, 0)], by[("full_ft", 5, 0)]
+    # A linear probe trains only the head: fewer trainable params and fewer FLOPs per step.
+    assert probe["metrics"]["trainable_params"] < full["metrics"]["trainable_params"]
+    assert probe["metrics"]["flops_per_step"] < 0.5 * full["metrics"]["flops_per_step"]
+    assert probe["phases"][0]["cached_groups"] == 1  # layer0 (frozen) runs once, from a cache
+    assert by[("scratch", 5, 0)]["metrics"]["acc_a"] is None
+    assert 0.0 <= full["metrics"]["acc_a"] <= 1.0
+    assert {r["seeds_vmapped"] for r in results} == {2}
+    assert (tmp_path / "acc_vs_data.png").exists()
+
+
+def test_yosinski_reduced(tmp_path):
+    results = run("yosinski", tmp_path, "yosinski.depths=[1]", "yosinski.conditions=['AnB','BnB+']")
+    assert sorted({r["strategy"] for r in results}) == ["AnB", "BnB+", "baseB"]
+    anb = next(r for r in results if r["strategy"] == "AnB")
+    assert anb["params"]["depth"] == 1 and anb["transfer"]["loaded"]
+    assert list((tmp_path / "sources").glob("b-*/seed_0/model.json"))  # BnB trains on B
+    assert "Yosinski" in (tmp_path / "report.md").read_text()
+
+
+def test_surgical_reduced(tmp_path):
+    results = run("surgical", tmp_path, "data.options.num_samples=400", "n_per_class=[5]",
+                  "seeds=[0]", shifts={"labels": {"level": "output", "shift": "permute_labels"}})
+    tuned = sorted(r["params"]["tuned_group"] for r in results if r["strategy"] == "surgical")
+    assert tuned == ["head", "layer0"]
+    assert {r["strategy"] for r in results} == {"surgical", "full_ft", "linear_probe"}
+    head_only = next(r for r in results if r["params"].get("tuned_group") == "head")
+    probe = next(r for r in results if r["strategy"] == "linear_probe")
+    assert head_only["metrics"]["trainable_params"] == probe["metrics"]["trainable_params"]
+
+
+def test_cross_domain_reduced(tmp_path):
+    results = run("cross_domain", tmp_path, "strategies=['scratch','lp_ft']", "n_per_class=[5]",
+                  "data.resize=8")
+    assert {r["params"]["dataset_b"] for r in results} == {"digits"}
+    assert len(results) == 4
+
+
+def test_study_lists_every_pipeline():
+    config = load_config("study")
+    assert list(config.parts) == ["strategies", "yosinski", "surgical", "cross_domain"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cifar100_halves", "cifar10_to_cifar100"])
+def test_gpu_configs_take_their_first_steps_on_mock_tfds(tmp_path, name):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    overrides = [
+        "seeds=[0]", "train_a.steps=2", "train_b.steps=2", "train_a.batch_size=8",
+        "train_b.batch_size=8", "steps_per_call=1", "checkpoint_every=1",
+        "model.options.base_width=4", "n_per_class=[None]",
+        "strategies=['linear_probe']",
+    ]
+    config = apply_overrides(load_config(name), overrides)
+    assert config.model.name == "resnet18" and config.data_parallel
+    with tfds.testing.mock_data(num_examples=256):
+        runner.run_experiment(config, tmp_path, show_progress=False)
+    [result] = [json.loads(p.read_text()) for p in tmp_path.glob("runs/*/seed_0/results.json")]
+    assert result["metrics"]["trainable_params"] < result["metrics"]["total_params"]
