@@ -22,6 +22,14 @@ from typing import Sequence
 _USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError)
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    # Imported when an error is being handled, so `jaxtl --help` does not pay for jax.
+    from jaxtl.train.outputs import NonFiniteLossError
+
+    # A diverged run is a config problem (its message names the step and checkpoint), not a bug.
+    return (*_USER_ERRORS, NonFiniteLossError)
+
+
 def _parse_option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise ValueError(f"option {text!r} is not of the form name=value, e.g. k=2")
@@ -161,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         call = lambda: args.handler(args)
     try:
         return call()
-    except _USER_ERRORS as err:
+    except _user_errors() as err:
         if os.environ.get("JAXTL_DEBUG"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -63,8 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.options = {"widths": (256, 256, 128), "norm": "batchnorm"}
     c.train_a = ml_collections.ConfigDict(
         {"steps": 600, "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-4, "clip_norm": 1.0})
+    # Batch 25 = the smallest B (5 per class x 5 classes): every data size then runs the same
+    # compiled step, so a sweep over sizes compiles each phase once.
     c.train_b = ml_collections.ConfigDict(
-        {"steps": 300, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "clip_norm": 1.0})
+        {"steps": 300, "batch_size": 25, "lr": 1e-3, "weight_decay": 1e-4, "clip_norm": 1.0})
     c.bn_policy = "frozen"
     c.cache_features = True
     c.reinit_head = True  # B has a new label space: re-create the head
@@ -74,6 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.yosinski = ml_collections.ConfigDict(
         {"depths": [1, 2, 3], "conditions": list(YOSINSKI_CONDITIONS), "n_per_class": None})
     c.shifts = {}  # surgical: name -> {"level": input|feature|output, "shift": ..., "params": {}}
+    c.compute_dtype = ""  # e.g. "bfloat16": compute in bf16, params and optimizer state in fp32
+    c.tensorboard = False  # also write TensorBoard events per run (needs tensorboardX)
     c.vmap_seeds = True  # train all seeds of a cell in one vmapped loop (False: one at a time)
     # Data parallel over every local device (jax.sharding, batch split on a "data" mesh axis);
     # with vmap_seeds=False. Multi-host (TPU pods, several GPU hosts): distributed.distributed.
@@ -334,7 +338,8 @@ def train_sources(config: ml_collections.ConfigDict, tasks: Tasks, which: str,
                              stacked([task.y_train] * len(group)), total_steps=train.steps,
                              batch_size=batch_size, seed=group[0], bn_policy=config.bn_policy,
                              steps_per_call=config.steps_per_call, mesh=_mesh(config),
-                             seeds=group if vmapped else None)
+                             seeds=group if vmapped else None,
+                             compute_dtype=config.compute_dtype or None)
             trained += [_unstack(run.variables, i) if vmapped else run.variables
                         for i in range(len(group))]
         for s, variables in zip(missing, trained):
@@ -376,9 +381,12 @@ def _phase_costs(model, run, tx, config, variables, x_shape_for) -> list[dict[st
     return costs
 
 
-def _steady_seconds(chunks: Sequence[tuple[str, float, int]], phase: str, steps: int) -> float:
-    """Compute time of a phase without compilation: its fastest chunk's per-step time x steps."""
-    per_step = [seconds / n for name, seconds, n in chunks if name == phase]
+def _steady_seconds(metrics: Sequence[Mapping[str, Any]], phase: str, steps: int) -> float:
+    """Compute time of a phase without compilation: its fastest chunk's per-step time x steps.
+
+    Read from metrics.jsonl, so a resumed run counts the chunks timed before the interruption.
+    """
+    per_step = [m["step_time_s"] for m in metrics if m.get("phase") == phase and "step_time_s" in m]
     return min(per_step) * steps if per_step else 0.0
 
 
@@ -389,7 +397,8 @@ def run_cell(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequence[int]
     Seeds are trained together in one ``jax.vmap``-ed loop (``config.vmap_seeds``), each on its
     own few-shot subset, source model and initialisation; finished seeds are skipped.
     """
-    run_dirs = {s: outputs.RunDir(out_dir / "runs" / cell.id / f"seed_{s}") for s in seeds}
+    run_dirs = {s: outputs.RunDir(out_dir / "runs" / cell.id / f"seed_{s}",
+                                  tensorboard=config.tensorboard) for s in seeds}
     todo = [s for s in seeds if not run_dirs[s].is_finished()]
     groups = [todo] if config.vmap_seeds else [[s] for s in todo]
     for group in filter(None, groups):
@@ -427,14 +436,12 @@ def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequen
     checkpointer = ckpt_lib.Checkpointer(
         out_dir / "runs" / cell.id / f"checkpoints-seeds_{'_'.join(map(str, seeds))}",
         keep=config.checkpoint_keep, every=config.checkpoint_every)
-    chunk_times: list[tuple[str, float, int]] = []
     last = [time.perf_counter()]
 
     def on_chunk(record: dict) -> None:
         now = time.perf_counter()
         seconds, steps = now - last[0], record["chunk_steps"]
         last[0] = now
-        chunk_times.append((record["phase"], seconds, steps))
         losses = record["loss"] if vmapped else [record["loss"]]
         for i, s in enumerate(seeds):
             if not math.isfinite(losses[i]):
@@ -459,14 +466,17 @@ def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequen
     x = np.stack([t.x_train for t in tasks_b]) if vmapped else tasks_b[0].x_train
     y = np.stack([t.y_train for t in tasks_b]) if vmapped else tasks_b[0].y_train
     start_variables = _stack(starts) if vmapped else starts[0]
-    run = run_phases(model, start_variables, strategy, tx, x, y, total_steps=train.steps,
-                     batch_size=batch_size, seed=seeds[0], bn_policy=config.bn_policy,
-                     steps_per_call=config.steps_per_call, cache_features=config.cache_features,
-                     reference=None if cell.source is None else start_variables["params"],
-                     checkpointer=checkpointer, on_resume=on_resume, on_chunk=on_chunk,
-                     pad_to=len(tasks.b.y_train), seeds=seeds if vmapped else None,
-                     mesh=_mesh(config))
-    checkpointer.close()
+    try:
+        run = run_phases(model, start_variables, strategy, tx, x, y, total_steps=train.steps,
+                         batch_size=batch_size, seed=seeds[0], bn_policy=config.bn_policy,
+                         steps_per_call=config.steps_per_call,
+                         cache_features=config.cache_features,
+                         reference=None if cell.source is None else start_variables["params"],
+                         checkpointer=checkpointer, on_resume=on_resume, on_chunk=on_chunk,
+                         pad_to=len(tasks.b.y_train), seeds=seeds if vmapped else None,
+                         mesh=_mesh(config), compute_dtype=config.compute_dtype or None)
+    finally:
+        checkpointer.close()
     elapsed = time.perf_counter() - started
 
     one_variables = _unstack(run.variables, 0) if vmapped else run.variables
@@ -485,7 +495,8 @@ def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequen
     budgets = dict(zip((p.name for p in phases), phase_steps(phases, train.steps)))
     steps_per_phase = [budgets[name] for name in run.plans]
     # Compute time without compilation, amortised over the seeds trained together.
-    seconds = sum(_steady_seconds(chunk_times, n, k)
+    logged = run_dirs[seeds[0]].read_metrics()
+    seconds = sum(_steady_seconds(logged, n, k)
                   for n, k in zip(run.plans, steps_per_phase)) / len(seeds)
     final_plan = list(run.plans.values())[-1]
     model_a = model_for(config, tasks.a.num_classes)
@@ -499,8 +510,11 @@ def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequen
             # Retention of A: the fine-tuned body with A's own head, on A's test set.
             acc_a = evaluate(model_a, _with_head(final, source, head), tasks.a.x_test,
                              tasks.a.y_test)["acc"]
-        run_dirs[s].append_metrics({"step": train.steps, "phase": "final", "acc_b": acc_b,
-                                    "acc_a": acc_a, "acc_ood": acc_ood})
+        # A run killed between this record and results.json resumes from its last step, where
+        # nothing is truncated: the record it already logged is the one this state gives.
+        if not any(r.get("phase") == "final" for r in run_dirs[s].read_metrics()):
+            run_dirs[s].append_metrics({"step": train.steps, "phase": "final", "acc_b": acc_b,
+                                        "acc_a": acc_a, "acc_ood": acc_ood})
         results = {
             "experiment": cell.experiment, "strategy": cell.strategy, "seed": s,
             "params": dict(cell.params),

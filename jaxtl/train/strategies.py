@@ -683,10 +683,14 @@ def run_phases(
         plan = phase_plan(index)
         phase_begin = ends[index] - budget
         if restored is not None and resume_step >= ends[index]:
-            # Finished before the checkpoint: only its plan matters (for the carry-over).
+            # Finished before the checkpoint: only its plan (for the carry-over) and how it ran
+            # (from a feature cache or not) matter.
             step = ends[index]
             previous_policy = policy
             plans[phase.name] = plan
+            cached[phase.name] = (
+                features_lib.can_cache(plan, model.layer_groups, policy) if cache_features else 0
+            )
             if resume_step == ends[index]:
                 state = restored[1]
                 variables = state.variables

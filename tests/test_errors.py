@@ -1,0 +1,361 @@
+"""Bad inputs fail at the boundary with one line naming what was wrong and the valid choices.
+
+Driven the way a user meets them: the ``jaxtl`` command (``jaxtl: error: ...`` on stderr, exit
+status 2, no traceback) and the Python API (one-line ``ValueError`` subclasses). A bad sweep
+config fails before anything trains.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtl import cli, models, runner
+from jaxtl.train import checkpoint as ckpt_lib
+from jaxtl.train.transfer import TransferError, transfer_variables
+
+TINY = "@TINY"  # expands to the tiny run's --set overrides (conftest.TINY_OVERRIDES)
+
+
+def _run(*overrides: str) -> list[str]:
+    return ["run", "strategies", "--out", "@OUT", "--set", TINY, *overrides]
+
+
+def _summary(*args: str) -> list[str]:
+    return ["summary", "--model", "mlp", "--input-shape", "8,8,1", *args]
+
+
+CLI_CASES = [
+    # -- what to run ------------------------------------------------------------------------
+    pytest.param(
+        ["run", "stratgies"],
+        ["unknown experiment 'stratgies'", "did you mean 'strategies'", "yosinski"],
+        id="unknown-experiment-name",
+    ),
+    pytest.param(
+        ["run", "@TMP/nope.py"],
+        ["no config file at", "nope.py", "get_config()"],
+        id="config-file-missing",
+    ),
+    pytest.param(
+        ["run", "@TMP/no_get_config.py"],
+        ["no_get_config.py has no get_config()"],
+        id="config-file-without-get_config",
+    ),
+    pytest.param(
+        _run("experiment=strategy"),
+        ["unknown experiment 'strategy'", "did you mean 'strategies'"],
+        id="unknown-experiment-field",
+    ),
+    # -- overrides --------------------------------------------------------------------------
+    pytest.param(
+        ["run", "strategies", "--set", "train_b.stepz=3"],
+        ["unknown config field 'train_b.stepz'", "did you mean 'train_b.steps'", "train_b.lr"],
+        id="unknown-config-field",
+    ),
+    pytest.param(
+        ["run", "strategies", "--set", "train_b.steps=abc"],
+        ["config field 'train_b.steps' expects int, got 'abc'"],
+        id="wrong-value-type",
+    ),
+    pytest.param(
+        ["run", "strategies", "--set", "seeds"],
+        ["malformed override 'seeds'", "KEY=VALUE"],
+        id="set-without-equals",
+    ),
+    # -- names in the config, checked before anything trains ---------------------------------
+    pytest.param(
+        _run("data.a=mnist6k"),
+        ["unknown dataset 'mnist6k'", "did you mean", "'mnist5k'", "tfds:<name>"],
+        id="unknown-dataset",
+    ),
+    pytest.param(
+        _run("model.name=resnet19"),
+        ["unknown model 'resnet19'", "did you mean 'resnet18'", "vit"],
+        id="unknown-model",
+    ),
+    pytest.param(
+        _run("strategies=['linear_probe', 'linear_prob']"),
+        ["unknown strategy 'linear_prob'", "did you mean 'linear_probe'", "lp_ft"],
+        id="unknown-strategy-second-cell",
+    ),
+    pytest.param(
+        ["run", "@TMP/bad_option.py", "--out", "@OUT", "--set", TINY, "strategies=['lp_ft']"],
+        ["unknown option 'lp_frac' for strategy 'lp_ft'", "did you mean 'lp_fraction'"],
+        id="unknown-strategy-option",
+    ),
+    pytest.param(
+        _run("strategies=['freeze_first_k']", "strategy_options.freeze_first_k.k=7"),
+        ["k=7 must be in 0..1 for groups layer0, head"],
+        id="freeze_first_k-out-of-range",
+    ),
+    pytest.param(
+        _run("bn_policy=frozn"),
+        ["unknown bn_policy 'frozn'", "did you mean 'frozen'", "adabn"],
+        id="unknown-bn-policy",
+    ),
+    pytest.param(
+        _run("n_per_class=[5, 100000]"),
+        ["has 400 training examples, fewer than n_per_class=100000"],
+        id="few-shot-larger-than-available",
+    ),
+    pytest.param(
+        _run("data.a=npz:@TMP/no_y.npz"),
+        ["no_y.npz: needs arrays 'x' and 'y'", "found ['x']"],
+        id="npz-without-y",
+    ),
+    pytest.param(
+        _run("checkpoint_every=15"),
+        ["checkpoint_every=15 must be a multiple of steps_per_call=10", "e.g. 20"],
+        id="checkpoint-every-not-multiple",
+    ),
+    pytest.param(
+        ["run", "yosinski", "--out", "@OUT", "--set", TINY, "yosinski.depths=[5]"],
+        ["yosinski depth 5 is out of range; choose 1..1 for groups layer0, head"],
+        id="yosinski-depth-out-of-range",
+    ),
+    pytest.param(
+        ["run", "yosinski", "--out", "@OUT", "--set", TINY, "yosinski.conditions=['AnC']"],
+        ["unknown yosinski condition 'AnC'", "AnB+"],
+        id="unknown-yosinski-condition",
+    ),
+    pytest.param(
+        ["run", "surgical", "--out", "@OUT", "--set", TINY, "shifts.permute_pixels.shift=invrt"],
+        ["unknown shift 'invrt'", "did you mean", "'invert'", "gaussian_noise"],
+        id="unknown-surgical-shift",
+    ),
+    pytest.param(
+        ["run", "surgical", "--out", "@OUT", "--set", TINY, "shifts.permute_pixels.level=pixel"],
+        ["unknown shift level 'pixel'", "input, feature, output"],
+        id="unknown-surgical-shift-level",
+    ),
+    # -- where to write, what to read ------------------------------------------------------
+    pytest.param(
+        ["run", "strategies", "--out", "@TMP/a_file/out", "--set", TINY],
+        ["cannot use output directory", "a_file/out", "choose a writable directory"],
+        id="output-dir-under-a-file",
+    ),
+    pytest.param(
+        ["report", "@TMP/empty"], ["no results.json found under", "empty"], id="report-on-empty-dir"
+    ),
+    pytest.param(
+        ["report", "@TMP/bad_results"],
+        ["results.json: not valid JSON"],
+        id="report-on-malformed-results",
+    ),
+    # -- list and summary -------------------------------------------------------------------
+    pytest.param(
+        ["list", "nonsense"],
+        ["unknown list 'nonsense'; choices: experiments"],
+        id="list-unknown-section",
+    ),
+    pytest.param(
+        _summary("--rules", "stage9/.*={}", ".*=None"),
+        ["rule 0 ('stage9/.*') matches no parameter", "closest paths: layer"],
+        id="summary-rule-matching-nothing",
+    ),
+    pytest.param(
+        _summary("--rules", "head/.*"),
+        ["rule 'head/.*' is not PATTERN=SETTING"],
+        id="summary-rule-without-setting",
+    ),
+    pytest.param(
+        _summary("--model-option", "widthz=(3,)"),
+        ["unknown option for model 'mlp': 'widthz'", "did you mean 'widths'"],
+        id="summary-unknown-model-option",
+    ),
+    pytest.param(
+        _summary("--strategy", "freeze_first_k", "--option", "k"),
+        ["option 'k' is not of the form name=value"],
+        id="summary-option-without-equals",
+    ),
+    pytest.param(
+        _summary("--strategy", "lp_ft", "--option", "lp_frac=0.3"),
+        ["unknown option 'lp_frac' for strategy 'lp_ft'"],
+        id="summary-unknown-strategy-option",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    """Files a user could point jaxtl at by mistake."""
+    tmp = tmp_path_factory.mktemp("bad_inputs")
+    (tmp / "a_file").write_text("not a directory\n")
+    (tmp / "empty").mkdir()
+    (tmp / "bad_results" / "runs" / "cell").mkdir(parents=True)
+    (tmp / "bad_results" / "runs" / "cell" / "results.json").write_text('{"experiment": ')
+    np.savez(tmp / "no_y.npz", x=np.zeros((10, 4, 4), np.float32))
+    (tmp / "no_get_config.py").write_text("CONFIG = {}\n")
+    (tmp / "bad_option.py").write_text(
+        textwrap.dedent("""
+        from jaxtl.runner import base_config
+
+        def get_config():
+            config = base_config()
+            config.strategy_options = {"lp_ft": {"lp_frac": 0.3}}
+            return config
+    """)
+    )
+    return tmp
+
+
+def _expand(argv, tmp, out, tiny_overrides):
+    expanded = []
+    for arg in argv:
+        if arg == TINY:
+            expanded += tiny_overrides
+        else:
+            expanded.append(arg.replace("@TMP", str(tmp)).replace("@OUT", str(out)))
+    return expanded
+
+
+@pytest.mark.parametrize("argv, expected", CLI_CASES)
+def test_cli_reports_bad_input_in_one_line(
+    argv, expected, bad_inputs, tiny_overrides, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.delenv("JAXTL_DEBUG", raising=False)
+    out = tmp_path / "out"
+    assert cli.main(_expand(argv, bad_inputs, out, tiny_overrides)) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("jaxtl: error: ")
+    assert captured.err.count("\n") == 1, captured.err
+    assert "Traceback" not in captured.err
+    for text in expected:
+        assert text in captured.err
+    # A bad sweep fails before anything trains: no source model, no run directory.
+    assert not (out / "sources").exists() and not (out / "runs").exists()
+
+
+def test_debug_env_reraises_for_a_traceback(monkeypatch):
+    monkeypatch.setenv("JAXTL_DEBUG", "1")
+    with pytest.raises(ValueError, match="unknown list 'nonsense'"):
+        cli.main(["list", "nonsense"])
+
+
+# ---- Python API -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlp_checkpoint(tmp_path_factory):
+    """A saved task-A model: an MLP of width 16 on 8x8x1 inputs."""
+    model = models.create("mlp", 3, widths=(16,), norm="batchnorm")
+    variables = models.init_variables(model, jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))
+    path = tmp_path_factory.mktemp("ckpt") / "mlp"
+    ckpt_lib.save_variables(
+        path, variables, {"model": "mlp", "num_classes": 3, "options": {"widths": [16]}}
+    )
+    return path
+
+
+def _init(name, **options):
+    model = models.create(name, 3, **options)
+    return models.init_variables(model, jax.random.key(1), np.zeros((1, 8, 8, 1), np.float32))
+
+
+def _one_line_error(error_type, fn, *expected, match=None):
+    with pytest.raises(error_type, match=match) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message, message
+    for text in expected:
+        assert text in message, message
+
+
+def test_transfer_from_another_architecture(mlp_checkpoint):
+    source, meta = ckpt_lib.load_variables(mlp_checkpoint)
+    assert meta["model"] == "mlp"
+    _one_line_error(
+        TransferError,
+        lambda: transfer_variables(source, _init("cnn")),
+        "checkpoint does not match the model",
+        "another architecture",
+    )
+
+
+def test_load_into_another_architecture(mlp_checkpoint):
+    _one_line_error(
+        ckpt_lib.CheckpointMismatchError,
+        lambda: ckpt_lib.load_variables(mlp_checkpoint, _init("cnn")),
+        "does not match the expected state",
+        "missing from the checkpoint",
+    )
+
+
+def test_transfer_with_other_widths_names_the_shape_mismatch(mlp_checkpoint):
+    source, _ = ckpt_lib.load_variables(mlp_checkpoint)
+    _one_line_error(
+        TransferError,
+        lambda: transfer_variables(source, _init("mlp", widths=(32,))),
+        "shape mismatch at layer0/",
+        "widths, depth",
+        match=r"checkpoint \([^)]*16[^)]*\) vs model \([^)]*32",
+    )
+    _one_line_error(
+        ckpt_lib.CheckpointMismatchError,
+        lambda: ckpt_lib.load_variables(mlp_checkpoint, _init("mlp", widths=(32,))),
+        "does not match the expected state",
+        match=r"has shape \([^)]*16[^)]*\) in the checkpoint, expected \([^)]*32",
+    )
+
+
+def test_load_variables_from_a_missing_path(tmp_path):
+    _one_line_error(
+        ckpt_lib.CheckpointNotFoundError,
+        lambda: ckpt_lib.load_variables(tmp_path / "no_such_checkpoint"),
+        "no checkpoint at",
+        "no_such_checkpoint",
+        "save_variables",
+    )
+
+
+def test_unknown_model_option_in_a_config_fails_before_training(tiny_config, tmp_path):
+    config = tiny_config()
+    with config.unlocked():
+        config.model.options = {"widthz": (32,)}
+    _one_line_error(
+        ValueError,
+        lambda: runner.run_experiment(config, tmp_path / "out"),
+        "unknown option for model 'mlp': 'widthz'",
+        "did you mean 'widths'",
+    )
+    assert not (tmp_path / "out" / "sources").exists()
+
+
+_SHARDED_BATCH = textwrap.dedent("""
+    import jax, numpy as np, optax
+    from jaxtl import models
+    from jaxtl.data import data_mesh
+    from jaxtl.train import get_strategy, run_phases
+
+    model = models.create("mlp", 3, widths=(8,), norm="none")
+    x = np.zeros((20, 4, 4, 1), np.float32)
+    y = np.zeros(20, np.int32)
+    variables = models.init_variables(model, 0, x[:1])
+    try:
+        run_phases(model, variables, get_strategy("full_ft"), optax.adam(1e-3), x, y,
+                   total_steps=2, batch_size=5, steps_per_call=1, mesh=data_mesh())
+    except ValueError as e:
+        print(e)
+""")
+
+
+def test_batch_size_not_divisible_by_device_count():
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHARDED_BATCH],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines == ["batch_size=5 does not split over the mesh's 2 devices; use a multiple of 2"]
