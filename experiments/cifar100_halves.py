@@ -21,12 +21,30 @@ def get_config():
     config.data.ood_params = {"std": 0.1}
     config.model.name = "resnet18"
     config.model.options = {"norm": "batchnorm", "base_width": 64}
-    config.train_a = {"steps": 20000, "batch_size": 256, "lr": 1e-3, "weight_decay": 5e-5,
-                      "clip_norm": 1.0}
-    config.train_b = {"steps": 5000, "batch_size": 256, "lr": 3e-4, "weight_decay": 5e-5,
-                      "clip_norm": 1.0}
-    config.strategies = ["scratch", "linear_probe", "lp_ft", "full_ft", "freeze_first_k",
-                         "gradual_unfreeze", "discriminative_lr", "l2_sp"]
+    config.train_a = {
+        "steps": 20000,
+        "batch_size": 256,
+        "lr": 1e-3,
+        "weight_decay": 5e-5,
+        "clip_norm": 1.0,
+    }
+    config.train_b = {
+        "steps": 5000,
+        "batch_size": 256,
+        "lr": 3e-4,
+        "weight_decay": 5e-5,
+        "clip_norm": 1.0,
+    }
+    config.strategies = [
+        "scratch",
+        "linear_probe",
+        "lp_ft",
+        "full_ft",
+        "freeze_first_k",
+        "gradual_unfreeze",
+        "discriminative_lr",
+        "l2_sp",
+    ]
     config.strategy_options = {"freeze_first_k": {"k": 3}}
     config.n_per_class = [5, 50, None]
     config.vmap_seeds = False

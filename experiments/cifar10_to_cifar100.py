@@ -1,6 +1,6 @@
 """GPU/TPU scale cross-dataset transfer: CIFAR-10 (A) -> CIFAR-100 (B), ResNet-18 (CIFAR stem).
 
-  jaxtl run cifar10_to_cifar100 --out runs/c10_c100
+jaxtl run cifar10_to_cifar100 --out runs/c10_c100
 """
 
 import sys

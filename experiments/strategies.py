@@ -13,10 +13,22 @@ from jaxtl.runner import base_config
 def get_config():
     config = base_config()
     config.experiment = "strategies"
-    config.strategies = ["scratch", "linear_probe", "lp_ft", "full_ft", "freeze_first_k",
-                         "gradual_unfreeze", "discriminative_lr", "l2_sp"]
-    config.strategy_options = {"freeze_first_k": {"k": 2}, "lp_ft": {"lp_fraction": 0.5},
-                               "discriminative_lr": {"decay": 0.5}, "l2_sp": {"alpha": 0.01}}
+    config.strategies = [
+        "scratch",
+        "linear_probe",
+        "lp_ft",
+        "full_ft",
+        "freeze_first_k",
+        "gradual_unfreeze",
+        "discriminative_lr",
+        "l2_sp",
+    ]
+    config.strategy_options = {
+        "freeze_first_k": {"k": 2},
+        "lp_ft": {"lp_fraction": 0.5},
+        "discriminative_lr": {"decay": 0.5},
+        "l2_sp": {"alpha": 0.01},
+    }
     config.n_per_class = [5, 20, None]
     return config
 

@@ -1,6 +1,6 @@
 """The embedded default study: all four pipelines, offline, sized for a 2-core CPU in < 10 min.
 
-  jaxtl run study --out runs/study       # then open runs/study/report.md
+jaxtl run study --out runs/study       # then open runs/study/report.md
 """
 
 import sys

@@ -1,11 +1,11 @@
 """The ``jaxtl`` command: run experiments, write reports, list what exists, show freeze plans.
 
-  jaxtl run study --out runs/study               # the embedded offline study
-  jaxtl run strategies --set seeds=[0,1] n_per_class=[5]
-  jaxtl report runs/study
-  jaxtl list
-  jaxtl summary --model resnet18 --strategy freeze_first_k --option k=3
-  jaxtl bench --json bench.json
+jaxtl run study --out runs/study               # the embedded offline study
+jaxtl run strategies --set seeds=[0,1] n_per_class=[5]
+jaxtl report runs/study
+jaxtl list
+jaxtl summary --model resnet18 --strategy freeze_first_k --option k=3
+jaxtl bench --json bench.json
 """
 
 from __future__ import annotations
@@ -89,16 +89,21 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from jaxtl import freeze, models
     from jaxtl.train.strategies import get_strategy
 
-    model = models.create(args.model, args.num_classes, **dict(map(_parse_option, args.model_option)))
+    model = models.create(
+        args.model, args.num_classes, **dict(map(_parse_option, args.model_option))
+    )
     shape = tuple(int(s) for s in args.input_shape.split(","))
     variables = jax.eval_shape(
-        lambda: models.init_variables(model, jax.random.key(0), jnp.zeros((1, *shape))))
+        lambda: models.init_variables(model, jax.random.key(0), jnp.zeros((1, *shape)))
+    )
     print(f"model {args.model}: layer groups {', '.join(model.layer_groups)}")
     if args.rules:
         phases = [("rules", [_parse_rule(r) for r in args.rules])]
     else:
         strategy = get_strategy(args.strategy, **dict(map(_parse_option, args.option)))
-        phases = [(p.name, p.rules(model.layer_groups)) for p in strategy.phases(model.layer_groups)]
+        phases = [
+            (p.name, p.rules(model.layer_groups)) for p in strategy.phases(model.layer_groups)
+        ]
     for name, rules in phases:
         print(f"\n== phase {name} ==")
         print(freeze.plan(variables["params"], rules))
@@ -124,8 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run an experiment (name in experiments/ or a .py config)")
     run.add_argument("config", help="experiment name (see `jaxtl list`) or path to a config file")
-    run.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                     help="override config fields, e.g. --set seeds=[0,1] train_b.steps=200")
+    run.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config fields, e.g. --set seeds=[0,1] train_b.steps=200",
+    )
     run.add_argument("--out", help="output directory (default: runs/<config name>)")
     run.set_defaults(handler=_cmd_run)
 
@@ -142,17 +153,29 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--model", default="resnet18")
     summary.add_argument("--num-classes", type=int, default=10)
     summary.add_argument("--input-shape", default="32,32,3", help="one example, e.g. 28,28,1")
-    summary.add_argument("--model-option", nargs="+", action="extend", default=[],
-                         metavar="NAME=VALUE")
+    summary.add_argument(
+        "--model-option", nargs="+", action="extend", default=[], metavar="NAME=VALUE"
+    )
     summary.add_argument("--strategy", default="linear_probe")
-    summary.add_argument("--option", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
-                         help="strategy options, e.g. k=2")
-    summary.add_argument("--rules", nargs="+", metavar="PATTERN=SETTING",
-                         help="explicit rules instead of a strategy, e.g. 'head/.*={}' '.*=None'")
+    summary.add_argument(
+        "--option",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME=VALUE",
+        help="strategy options, e.g. k=2",
+    )
+    summary.add_argument(
+        "--rules",
+        nargs="+",
+        metavar="PATTERN=SETTING",
+        help="explicit rules instead of a strategy, e.g. 'head/.*={}' '.*=None'",
+    )
     summary.set_defaults(handler=_cmd_summary)
 
-    bench = sub.add_parser("bench", help="benchmark the cost of freezing (see scripts/bench_freeze.py)",
-                           add_help=False)
+    bench = sub.add_parser(
+        "bench", help="benchmark the cost of freezing (see scripts/bench_freeze.py)", add_help=False
+    )
     bench.set_defaults(handler=_cmd_bench)
     return parser
 

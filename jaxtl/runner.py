@@ -62,11 +62,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "mlp"
     c.model.options = {"widths": (256, 256, 128), "norm": "batchnorm"}
     c.train_a = ml_collections.ConfigDict(
-        {"steps": 600, "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-4, "clip_norm": 1.0})
+        {"steps": 600, "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-4, "clip_norm": 1.0}
+    )
     # Batch 25 = the smallest B (5 per class x 5 classes): every data size then runs the same
     # compiled step, so a sweep over sizes compiles each phase once.
     c.train_b = ml_collections.ConfigDict(
-        {"steps": 300, "batch_size": 25, "lr": 1e-3, "weight_decay": 1e-4, "clip_norm": 1.0})
+        {"steps": 300, "batch_size": 25, "lr": 1e-3, "weight_decay": 1e-4, "clip_norm": 1.0}
+    )
     c.bn_policy = "frozen"
     c.cache_features = True
     c.reinit_head = True  # B has a new label space: re-create the head
@@ -74,7 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.strategy_options = {"freeze_first_k": {"k": 2}}
     c.n_per_class = [5, 20, None]  # None = all of B's training data
     c.yosinski = ml_collections.ConfigDict(
-        {"depths": [1, 2, 3], "conditions": list(YOSINSKI_CONDITIONS), "n_per_class": None})
+        {"depths": [1, 2, 3], "conditions": list(YOSINSKI_CONDITIONS), "n_per_class": None}
+    )
     c.shifts = {}  # surgical: name -> {"level": input|feature|output, "shift": ..., "params": {}}
     c.compute_dtype = ""  # e.g. "bfloat16": compute in bf16, params and optimizer state in fp32
     c.tensorboard = False  # also write TensorBoard events per run (needs tensorboardX)
@@ -83,8 +86,13 @@ def base_config() -> ml_collections.ConfigDict:
     # with vmap_seeds=False. Multi-host (TPU pods, several GPU hosts): distributed.distributed.
     c.data_parallel = False
     c.distributed = ml_collections.ConfigDict(
-        {"distributed": False, "coordinator_address": None, "num_processes": None,
-         "process_id": None})
+        {
+            "distributed": False,
+            "coordinator_address": None,
+            "num_processes": None,
+            "process_id": None,
+        }
+    )
     c.steps_per_call = 50  # steps per compiled scan; one metrics record each
     c.checkpoint_every = 100  # steps (a multiple of steps_per_call)
     c.checkpoint_keep = 2
@@ -125,8 +133,7 @@ class Cell:
     @property
     def id(self) -> str:
         parts = [self.experiment, self.strategy.replace("+", "plus")]
-        parts += [f"{k}{v}" for k, v in self.params
-                  if k not in ("dataset_a", "dataset_b", "model")]
+        parts += [f"{k}{v}" for k, v in self.params if k not in ("dataset_a", "dataset_b", "model")]
         return "-".join(str(p).replace("/", "_").replace(" ", "") for p in parts)
 
 
@@ -147,49 +154,91 @@ def experiment_cells(config: ml_collections.ConfigDict, layer_groups: Sequence[s
       ['scratch', 'scratch']
     """
     _check_choice("experiment", config.experiment, EXPERIMENTS[:-1])
-    common = (("dataset_a", config.data.a), ("dataset_b", config.data.b or config.data.a),
-              ("model", config.model.name))
+    common = (
+        ("dataset_a", config.data.a),
+        ("dataset_b", config.data.b or config.data.a),
+        ("model", config.model.name),
+    )
     options = lambda name: tuple(sorted(dict(config.strategy_options.get(name, {})).items()))
     cells = []
     if config.experiment in ("strategies", "cross_domain"):
         for name in config.strategies:
             for n in config.n_per_class:
                 extra = (("n_per_class", n),) + tuple(
-                    (k, v) for k, v in options(name) if k in ("k", "group"))
-                cells.append(Cell(config.experiment, name, name, options(name),
-                                  source=None if name == "scratch" else "a", n_per_class=n,
-                                  params=common + extra))
+                    (k, v) for k, v in options(name) if k in ("k", "group")
+                )
+                cells.append(
+                    Cell(
+                        config.experiment,
+                        name,
+                        name,
+                        options(name),
+                        source=None if name == "scratch" else "a",
+                        n_per_class=n,
+                        params=common + extra,
+                    )
+                )
     elif config.experiment == "yosinski":
         y = config.yosinski
         n = y.n_per_class
-        cells.append(Cell("yosinski", "baseB", "scratch", source=None, n_per_class=n,
-                          params=common + (("n_per_class", n),)))
+        cells.append(
+            Cell(
+                "yosinski",
+                "baseB",
+                "scratch",
+                source=None,
+                n_per_class=n,
+                params=common + (("n_per_class", n),),
+            )
+        )
         for condition in y.conditions:
             _check_choice("yosinski condition", condition, YOSINSKI_CONDITIONS)
             for depth in y.depths:
                 if not 1 <= depth < len(layer_groups):
-                    raise ConfigError(f"yosinski depth {depth} is out of range; choose 1.."
-                                      f"{len(layer_groups) - 1} for groups {', '.join(layer_groups)}")
+                    raise ConfigError(
+                        f"yosinski depth {depth} is out of range; choose 1.."
+                        f"{len(layer_groups) - 1} for groups {', '.join(layer_groups)}"
+                    )
                 frozen = not condition.endswith("+")
                 strategy, opts = ("freeze_first_k", (("k", depth),)) if frozen else ("full_ft", ())
-                cells.append(Cell("yosinski", condition, strategy, opts,
-                                  source=condition[0].lower(), reinit_from=depth, n_per_class=n,
-                                  params=common + (("depth", depth), ("n_per_class", n))))
+                cells.append(
+                    Cell(
+                        "yosinski",
+                        condition,
+                        strategy,
+                        opts,
+                        source=condition[0].lower(),
+                        reinit_from=depth,
+                        n_per_class=n,
+                        params=common + (("depth", depth), ("n_per_class", n)),
+                    )
+                )
     elif config.experiment == "surgical":
         if not config.shifts:
-            raise ConfigError("surgical needs config.shifts, e.g. {'invert': {'level': 'input',"
-                              " 'shift': 'invert'}}")
+            raise ConfigError(
+                "surgical needs config.shifts, e.g. {'invert': {'level': 'input',"
+                " 'shift': 'invert'}}"
+            )
         n = config.n_per_class[0]
         for shift_name, spec in config.shifts.items():
             _check_choice("shift level", spec.get("level", ""), SHIFT_LEVELS)
             base = common + (("shift", shift_name), ("level", spec["level"]), ("n_per_class", n))
             for group in layer_groups:
-                cells.append(Cell("surgical", "surgical", "surgical",
-                                  (("group", group), ("train_head", False)), n_per_class=n,
-                                  shift=shift_name, params=base + (("tuned_group", group),)))
+                cells.append(
+                    Cell(
+                        "surgical",
+                        "surgical",
+                        "surgical",
+                        (("group", group), ("train_head", False)),
+                        n_per_class=n,
+                        shift=shift_name,
+                        params=base + (("tuned_group", group),),
+                    )
+                )
             for name in ("full_ft", "linear_probe"):
-                cells.append(Cell("surgical", name, name, n_per_class=n, shift=shift_name,
-                                  params=base))
+                cells.append(
+                    Cell("surgical", name, name, n_per_class=n, shift=shift_name, params=base)
+                )
     return cells
 
 
@@ -227,8 +276,9 @@ def _build_tasks(data_json: str, shift_json: str) -> Tasks:
         task_a, task_b = ds_a, ds_a
     if shift:
         if "options" in shift:  # regenerate B with other generator parameters (mnist1d)
-            task_b = _prepare(data_lib.load(d["a"], **{**d["options"], **shift["options"]}),
-                              d["resize"])
+            task_b = _prepare(
+                data_lib.load(d["a"], **{**d["options"], **shift["options"]}), d["resize"]
+            )
         elif shift["level"] == "output":
             task_b = data_lib.permute_labels(task_b, seed=0)
         else:
@@ -236,11 +286,16 @@ def _build_tasks(data_json: str, shift_json: str) -> Tasks:
     x_ood, y_ood = data_lib.ood_split(task_b, d["ood_shift"], seed=0, **d["ood_params"])
     stats = data_lib.normalization_stats(task_a.x_train)
     norm = lambda ds: dataclasses.replace(
-        ds, x_train=np.asarray(data_lib.normalize(ds.x_train, stats), np.float32),
-        x_test=np.asarray(data_lib.normalize(ds.x_test, stats), np.float32))
+        ds,
+        x_train=np.asarray(data_lib.normalize(ds.x_train, stats), np.float32),
+        x_test=np.asarray(data_lib.normalize(ds.x_test, stats), np.float32),
+    )
     # Normalised with A's statistics: the ones the transferred weights were trained with.
-    return Tasks(norm(task_a), norm(task_b),
-                 (np.asarray(data_lib.normalize(x_ood, stats), np.float32), y_ood))
+    return Tasks(
+        norm(task_a),
+        norm(task_b),
+        (np.asarray(data_lib.normalize(x_ood, stats), np.float32), y_ood),
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -251,10 +306,19 @@ def _plain(value: Any) -> Any:
 def build_tasks(config: ml_collections.ConfigDict, shift: str | None = None) -> Tasks:
     """Task A, task B and B's OOD test set for a config (and a surgical shift)."""
     d = config.data
-    data_json = json.dumps({"a": d.a, "b": d.b, "options": _plain(d.options),
-                            "classes_a": list(d.classes_a), "classes_b": list(d.classes_b),
-                            "resize": d.resize, "ood_shift": d.ood_shift,
-                            "ood_params": _plain(d.ood_params)}, sort_keys=True)
+    data_json = json.dumps(
+        {
+            "a": d.a,
+            "b": d.b,
+            "options": _plain(d.options),
+            "classes_a": list(d.classes_a),
+            "classes_b": list(d.classes_b),
+            "resize": d.resize,
+            "ood_shift": d.ood_shift,
+            "ood_params": _plain(d.ood_params),
+        },
+        sort_keys=True,
+    )
     spec = {} if shift is None else _plain(config.shifts[shift])
     return _build_tasks(data_json, json.dumps(spec, sort_keys=True, default=str))
 
@@ -273,8 +337,9 @@ def make_tx(train: Mapping[str, Any]) -> optax.GradientTransformation:
 
 @functools.lru_cache(maxsize=16)
 def _adamw(clip_norm: float, lr: float, weight_decay: float) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(clip_norm),
-                       optax.adamw(lr, weight_decay=weight_decay))
+    return optax.chain(
+        optax.clip_by_global_norm(clip_norm), optax.adamw(lr, weight_decay=weight_decay)
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -297,8 +362,10 @@ def _mesh(config: ml_collections.ConfigDict):
     if not config.data_parallel:
         return None
     if config.vmap_seeds:
-        raise ConfigError("data_parallel=True needs vmap_seeds=False (seeds run one at a time,"
-                          " each sharded over the devices)")
+        raise ConfigError(
+            "data_parallel=True needs vmap_seeds=False (seeds run one at a time,"
+            " each sharded over the devices)"
+        )
     return data_lib.data_mesh()
 
 
@@ -310,8 +377,9 @@ def _unstack(tree: Any, i: int) -> Any:
     return jax.tree.map(lambda leaf: leaf[i], tree)
 
 
-def train_sources(config: ml_collections.ConfigDict, tasks: Tasks, which: str,
-                  seeds: Sequence[int], out_dir: Path) -> list[dict]:
+def train_sources(
+    config: ml_collections.ConfigDict, tasks: Tasks, which: str, seeds: Sequence[int], out_dir: Path
+) -> list[dict]:
     """Source models trained on task A (or B, for BnB), one per seed, cached on disk.
 
     The cache key is the hash of everything that determines the source model (data, model,
@@ -320,9 +388,15 @@ def train_sources(config: ml_collections.ConfigDict, tasks: Tasks, which: str,
     """
     task = tasks.a if which == "a" else tasks.b
     model = model_for(config, task.num_classes)
-    key = config_hash({"data": config.data.to_dict(), "model": config.model.to_dict(),
-                       "train": config.train_a.to_dict(), "which": which,
-                       "bn_policy": config.bn_policy})
+    key = config_hash(
+        {
+            "data": config.data.to_dict(),
+            "model": config.model.to_dict(),
+            "train": config.train_a.to_dict(),
+            "which": which,
+            "bn_policy": config.bn_policy,
+        }
+    )
     paths = {s: out_dir / "sources" / f"{which}-{key}" / f"seed_{s}" for s in seeds}
     inits = {s: _init(model, s, task.x_train) for s in seeds}
     missing = [s for s in seeds if not (paths[s] / "model.json").exists()]
@@ -331,35 +405,56 @@ def train_sources(config: ml_collections.ConfigDict, tasks: Tasks, which: str,
         batch_size = min(train.batch_size, len(task.y_train))
         vmapped = bool(config.vmap_seeds)
         trained = []
-        for group in ([missing] if vmapped else [[s] for s in missing]):
+        for group in [missing] if vmapped else [[s] for s in missing]:
             stacked = lambda trees: _stack(trees) if vmapped else trees[0]
-            run = run_phases(model, stacked([inits[s] for s in group]), get_strategy("scratch"),
-                             make_tx(train), stacked([task.x_train] * len(group)),
-                             stacked([task.y_train] * len(group)), total_steps=train.steps,
-                             batch_size=batch_size, seed=group[0], bn_policy=config.bn_policy,
-                             steps_per_call=config.steps_per_call, mesh=_mesh(config),
-                             seeds=group if vmapped else None,
-                             compute_dtype=config.compute_dtype or None)
-            trained += [_unstack(run.variables, i) if vmapped else run.variables
-                        for i in range(len(group))]
+            run = run_phases(
+                model,
+                stacked([inits[s] for s in group]),
+                get_strategy("scratch"),
+                make_tx(train),
+                stacked([task.x_train] * len(group)),
+                stacked([task.y_train] * len(group)),
+                total_steps=train.steps,
+                batch_size=batch_size,
+                seed=group[0],
+                bn_policy=config.bn_policy,
+                steps_per_call=config.steps_per_call,
+                mesh=_mesh(config),
+                seeds=group if vmapped else None,
+                compute_dtype=config.compute_dtype or None,
+            )
+            trained += [
+                _unstack(run.variables, i) if vmapped else run.variables for i in range(len(group))
+            ]
         for s, variables in zip(missing, trained):
-            ckpt_lib.save_variables(paths[s], variables, {
-                "model": config.model.name, "num_classes": task.num_classes,
-                "options": config.model.options.to_dict(), "task": which, "seed": s})
+            ckpt_lib.save_variables(
+                paths[s],
+                variables,
+                {
+                    "model": config.model.name,
+                    "num_classes": task.num_classes,
+                    "options": config.model.options.to_dict(),
+                    "task": which,
+                    "seed": s,
+                },
+            )
     return [ckpt_lib.load_variables(paths[s], inits[s])[0] for s in seeds]
 
 
 def _reinit_groups(variables: Mapping, init: Mapping, groups: Sequence[str]) -> dict:
     out = {}
     for collection, tree in variables.items():
-        out[collection] = {g: (init[collection][g] if g in groups else sub)
-                           for g, sub in tree.items()}
+        out[collection] = {
+            g: (init[collection][g] if g in groups else sub) for g, sub in tree.items()
+        }
     return out
 
 
 def _with_head(variables: Mapping, head_source: Mapping, head: str) -> dict:
-    return {c: {**tree, head: head_source[c][head]} if head in head_source.get(c, {}) else tree
-            for c, tree in variables.items()}
+    return {
+        c: {**tree, head: head_source[c][head]} if head in head_source.get(c, {}) else tree
+        for c, tree in variables.items()
+    }
 
 
 _COSTS: dict[tuple, dict[str, float]] = {}
@@ -390,15 +485,18 @@ def _steady_seconds(metrics: Sequence[Mapping[str, Any]], phase: str, steps: int
     return min(per_step) * steps if per_step else 0.0
 
 
-def run_cell(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequence[int],
-             out_dir: Path) -> list[dict]:
+def run_cell(
+    config: ml_collections.ConfigDict, cell: Cell, seeds: Sequence[int], out_dir: Path
+) -> list[dict]:
     """Runs one cell for ``seeds`` into ``OUT/runs/<cell>/seed_<k>/`` and returns the results.
 
     Seeds are trained together in one ``jax.vmap``-ed loop (``config.vmap_seeds``), each on its
     own few-shot subset, source model and initialisation; finished seeds are skipped.
     """
-    run_dirs = {s: outputs.RunDir(out_dir / "runs" / cell.id / f"seed_{s}",
-                                  tensorboard=config.tensorboard) for s in seeds}
+    run_dirs = {
+        s: outputs.RunDir(out_dir / "runs" / cell.id / f"seed_{s}", tensorboard=config.tensorboard)
+        for s in seeds
+    }
     todo = [s for s in seeds if not run_dirs[s].is_finished()]
     groups = [todo] if config.vmap_seeds else [[s] for s in todo]
     for group in filter(None, groups):
@@ -406,16 +504,24 @@ def run_cell(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequence[int]
     return [run_dirs[s].read_results() for s in seeds]
 
 
-def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequence[int],
-                    out_dir: Path, run_dirs: Mapping[int, outputs.RunDir]) -> None:
+def _run_seed_group(
+    config: ml_collections.ConfigDict,
+    cell: Cell,
+    seeds: Sequence[int],
+    out_dir: Path,
+    run_dirs: Mapping[int, outputs.RunDir],
+) -> None:
     vmapped = bool(config.vmap_seeds)
     tasks = build_tasks(config, cell.shift)
     tasks_b = [data_lib.few_shot(tasks.b, cell.n_per_class, seed=s) for s in seeds]
     model = model_for(config, tasks.b.num_classes)
     head = model.layer_groups[-1]
     inits = [_init(model, 1000 + s, tasks.b.x_train) for s in seeds]
-    sources = (train_sources(config, tasks, cell.source, seeds, out_dir)
-               if cell.source is not None else [None] * len(seeds))
+    sources = (
+        train_sources(config, tasks, cell.source, seeds, out_dir)
+        if cell.source is not None
+        else [None] * len(seeds)
+    )
     starts, transfer_reports = [], []
     for init, source in zip(inits, sources):
         if source is None:
@@ -423,9 +529,10 @@ def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequen
             transfer_reports.append(None)
             continue
         variables, transfer_report = transfer_variables(
-            source, init, reinit_head=config.reinit_head or None)
+            source, init, reinit_head=config.reinit_head or None
+        )
         if cell.reinit_from is not None:
-            variables = _reinit_groups(variables, init, model.layer_groups[cell.reinit_from:])
+            variables = _reinit_groups(variables, init, model.layer_groups[cell.reinit_from :])
         starts.append(variables)
         transfer_reports.append(transfer_report)
     strategy = get_strategy(cell.train_strategy, **dict(cell.options))
@@ -435,7 +542,9 @@ def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequen
     # One checkpoint holds the whole seed group (its state is stacked over seeds).
     checkpointer = ckpt_lib.Checkpointer(
         out_dir / "runs" / cell.id / f"checkpoints-seeds_{'_'.join(map(str, seeds))}",
-        keep=config.checkpoint_keep, every=config.checkpoint_every)
+        keep=config.checkpoint_keep,
+        every=config.checkpoint_every,
+    )
     last = [time.perf_counter()]
 
     def on_chunk(record: dict) -> None:
@@ -447,13 +556,22 @@ def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequen
             if not math.isfinite(losses[i]):
                 latest = checkpointer.all_steps()
                 raise outputs.NonFiniteLossError(
-                    record["step"], record["phase"], losses[i],
-                    latest[-1] if latest else None, str(checkpointer.directory))
+                    record["step"],
+                    record["phase"],
+                    losses[i],
+                    latest[-1] if latest else None,
+                    str(checkpointer.directory),
+                )
         for i, s in enumerate(seeds):
-            logged = {k: (v[i] if vmapped and isinstance(v, list) else v)
-                      for k, v in record.items() if k != "chunk_steps"}
-            logged.update(step_time_s=seconds / steps,
-                          examples_per_s=batch_size * len(seeds) * steps / seconds)
+            logged = {
+                k: (v[i] if vmapped and isinstance(v, list) else v)
+                for k, v in record.items()
+                if k != "chunk_steps"
+            }
+            logged.update(
+                step_time_s=seconds / steps,
+                examples_per_s=batch_size * len(seeds) * steps / seconds,
+            )
             run_dirs[s].append_metrics(logged)
 
     def on_resume(step: int) -> None:
@@ -467,14 +585,28 @@ def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequen
     y = np.stack([t.y_train for t in tasks_b]) if vmapped else tasks_b[0].y_train
     start_variables = _stack(starts) if vmapped else starts[0]
     try:
-        run = run_phases(model, start_variables, strategy, tx, x, y, total_steps=train.steps,
-                         batch_size=batch_size, seed=seeds[0], bn_policy=config.bn_policy,
-                         steps_per_call=config.steps_per_call,
-                         cache_features=config.cache_features,
-                         reference=None if cell.source is None else start_variables["params"],
-                         checkpointer=checkpointer, on_resume=on_resume, on_chunk=on_chunk,
-                         pad_to=len(tasks.b.y_train), seeds=seeds if vmapped else None,
-                         mesh=_mesh(config), compute_dtype=config.compute_dtype or None)
+        run = run_phases(
+            model,
+            start_variables,
+            strategy,
+            tx,
+            x,
+            y,
+            total_steps=train.steps,
+            batch_size=batch_size,
+            seed=seeds[0],
+            bn_policy=config.bn_policy,
+            steps_per_call=config.steps_per_call,
+            cache_features=config.cache_features,
+            reference=None if cell.source is None else start_variables["params"],
+            checkpointer=checkpointer,
+            on_resume=on_resume,
+            on_chunk=on_chunk,
+            pad_to=len(tasks.b.y_train),
+            seeds=seeds if vmapped else None,
+            mesh=_mesh(config),
+            compute_dtype=config.compute_dtype or None,
+        )
     finally:
         checkpointer.close()
     elapsed = time.perf_counter() - started
@@ -485,8 +617,9 @@ def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequen
         example = jax.ShapeDtypeStruct((batch_size, *tasks.b.x_train.shape[1:]), jnp.float32)
         if start == 0:
             return example.shape
-        return jax.eval_shape(lambda v, x: model.apply(v, x, stop=start), one_variables,
-                              example).shape
+        return jax.eval_shape(
+            lambda v, x: model.apply(v, x, stop=start), one_variables, example
+        ).shape
 
     costs = _phase_costs(model, run, tx, config, one_variables, x_shape_for)
     # From the budgets, not run.history: a resumed run's history lacks the steps before its
@@ -496,8 +629,9 @@ def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequen
     steps_per_phase = [budgets[name] for name in run.plans]
     # Compute time without compilation, amortised over the seeds trained together.
     logged = run_dirs[seeds[0]].read_metrics()
-    seconds = sum(_steady_seconds(logged, n, k)
-                  for n, k in zip(run.plans, steps_per_phase)) / len(seeds)
+    seconds = sum(_steady_seconds(logged, n, k) for n, k in zip(run.plans, steps_per_phase)) / len(
+        seeds
+    )
     final_plan = list(run.plans.values())[-1]
     model_a = model_for(config, tasks.a.num_classes)
     for i, s in enumerate(seeds):
@@ -508,32 +642,55 @@ def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequen
         acc_a = None
         if source is not None and cell.reinit_from is None:
             # Retention of A: the fine-tuned body with A's own head, on A's test set.
-            acc_a = evaluate(model_a, _with_head(final, source, head), tasks.a.x_test,
-                             tasks.a.y_test)["acc"]
+            acc_a = evaluate(
+                model_a, _with_head(final, source, head), tasks.a.x_test, tasks.a.y_test
+            )["acc"]
         # A run killed between this record and results.json resumes from its last step, where
         # nothing is truncated: the record it already logged is the one this state gives.
         if not any(r.get("phase") == "final" for r in run_dirs[s].read_metrics()):
-            run_dirs[s].append_metrics({"step": train.steps, "phase": "final", "acc_b": acc_b,
-                                        "acc_a": acc_a, "acc_ood": acc_ood})
+            run_dirs[s].append_metrics(
+                {
+                    "step": train.steps,
+                    "phase": "final",
+                    "acc_b": acc_b,
+                    "acc_a": acc_a,
+                    "acc_ood": acc_ood,
+                }
+            )
         results = {
-            "experiment": cell.experiment, "strategy": cell.strategy, "seed": s,
+            "experiment": cell.experiment,
+            "strategy": cell.strategy,
+            "seed": s,
             "params": dict(cell.params),
             "metrics": {
-                "acc_b": acc_b, "acc_a": acc_a, "acc_ood": acc_ood,
+                "acc_b": acc_b,
+                "acc_a": acc_a,
+                "acc_ood": acc_ood,
                 "flops_per_step": max(c["flops"] for c in costs),
                 "train_flops": float(sum(c["flops"] * k for c, k in zip(costs, steps_per_phase))),
                 "wall_time_s": seconds,
                 "wall_time_with_compile_s": elapsed / len(seeds),
-                "peak_memory_bytes": int(max(
-                    c.get("argument_bytes", 0) + c.get("output_bytes", 0) + c.get("temp_bytes", 0)
-                    for c in costs)),
+                "peak_memory_bytes": int(
+                    max(
+                        c.get("argument_bytes", 0)
+                        + c.get("output_bytes", 0)
+                        + c.get("temp_bytes", 0)
+                        for c in costs
+                    )
+                ),
                 "trainable_params": final_plan.num_trainable,
                 "total_params": final_plan.num_trainable + final_plan.num_frozen,
             },
-            "phases": [{"name": n, "steps": k, "flops_per_step": c["flops"],
-                        "cached_groups": run.cached_groups.get(n, 0),
-                        "trainable_params": p.num_trainable}
-                       for (n, p), k, c in zip(run.plans.items(), steps_per_phase, costs)],
+            "phases": [
+                {
+                    "name": n,
+                    "steps": k,
+                    "flops_per_step": c["flops"],
+                    "cached_groups": run.cached_groups.get(n, 0),
+                    "trainable_params": p.num_trainable,
+                }
+                for (n, p), k, c in zip(run.plans.items(), steps_per_phase, costs)
+            ],
             "seeds_vmapped": len(seeds) if vmapped else 1,
             "transfer": None if transfer_reports[i] is None else transfer_reports[i].as_dict(),
             "config": config.to_dict(),
@@ -542,8 +699,9 @@ def _run_seed_group(config: ml_collections.ConfigDict, cell: Cell, seeds: Sequen
         run_dirs[s].write_results(results)
 
 
-def run_experiment(config: ml_collections.ConfigDict, out_dir: str | Path, *,
-                   show_progress: bool | None = None) -> Path:
+def run_experiment(
+    config: ml_collections.ConfigDict, out_dir: str | Path, *, show_progress: bool | None = None
+) -> Path:
     """Runs every cell x seed of ``config`` into ``out_dir`` and writes ``out_dir/report.md``.
 
     Rerunning with the same ``out_dir`` skips finished runs and resumes interrupted ones.
@@ -565,8 +723,11 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str | Path, *,
         cells = experiment_cells(part, groups)
         _check_part(part, cells, groups)
         jobs += [(part, cell) for cell in cells]
-    bar = outputs.progress(len(jobs), desc=f"jaxtl {config.experiment}",
-                           disable=None if show_progress is None else not show_progress)
+    bar = outputs.progress(
+        len(jobs),
+        desc=f"jaxtl {config.experiment}",
+        disable=None if show_progress is None else not show_progress,
+    )
     for part, cell in jobs:
         bar.set_postfix_str(cell.id, refresh=False)
         run_cell(part, cell, list(part.seeds), out_dir)
@@ -575,8 +736,9 @@ def run_experiment(config: ml_collections.ConfigDict, out_dir: str | Path, *,
     return report.write_report(out_dir)
 
 
-def _check_part(config: ml_collections.ConfigDict, cells: Sequence[Cell],
-                layer_groups: Sequence[str]) -> None:
+def _check_part(
+    config: ml_collections.ConfigDict, cells: Sequence[Cell], layer_groups: Sequence[str]
+) -> None:
     """Fails a sweep on a bad name, option or size before anything trains (one-line errors)."""
     check_bn_policy(config.bn_policy)
     every, per_call = config.checkpoint_every, config.steps_per_call
@@ -585,7 +747,8 @@ def _check_part(config: ml_collections.ConfigDict, cells: Sequence[Cell],
     if every % per_call:
         raise ConfigError(
             f"checkpoint_every={every} must be a multiple of steps_per_call={per_call} (checkpoints"
-            f" are saved between compiled calls), e.g. {-(-every // per_call) * per_call}")
+            f" are saved between compiled calls), e.g. {-(-every // per_call) * per_call}"
+        )
     for cell in cells:
         get_strategy(cell.train_strategy, **dict(cell.options)).phases(layer_groups)
     for shift in dict.fromkeys(cell.shift for cell in cells):

@@ -11,8 +11,12 @@ from jaxtl import runner
 from jaxtl.config import apply_overrides, load_config
 
 TINY = [
-    "seeds=[0,1]", "train_a.steps=20", "train_b.steps=20", "steps_per_call=10",
-    "checkpoint_every=10", "model.options.widths=(16,)",
+    "seeds=[0,1]",
+    "train_a.steps=20",
+    "train_b.steps=20",
+    "steps_per_call=10",
+    "checkpoint_every=10",
+    "model.options.widths=(16,)",
 ]
 
 
@@ -27,8 +31,12 @@ def run(name: str, out: pathlib.Path, *overrides: str, shifts: dict | None = Non
 
 
 def test_strategies_reduced(tmp_path):
-    results = run("strategies", tmp_path, "strategies=['scratch','linear_probe','full_ft']",
-                  "n_per_class=[5,None]")
+    results = run(
+        "strategies",
+        tmp_path,
+        "strategies=['scratch','linear_probe','full_ft']",
+        "n_per_class=[5,None]",
+    )
     assert len(results) == 3 * 2 * 2
     by = {(r["strategy"], r["params"]["n_per_class"], r["seed"]): r for r in results}
     probe, full = by[("linear_probe", 5, 0)], by[("full_ft", 5, 0)]
@@ -52,8 +60,14 @@ def test_yosinski_reduced(tmp_path):
 
 
 def test_surgical_reduced(tmp_path):
-    results = run("surgical", tmp_path, "data.options.num_samples=400", "n_per_class=[5]",
-                  "seeds=[0]", shifts={"labels": {"level": "output", "shift": "permute_labels"}})
+    results = run(
+        "surgical",
+        tmp_path,
+        "data.options.num_samples=400",
+        "n_per_class=[5]",
+        "seeds=[0]",
+        shifts={"labels": {"level": "output", "shift": "permute_labels"}},
+    )
     tuned = sorted(r["params"]["tuned_group"] for r in results if r["strategy"] == "surgical")
     assert tuned == ["head", "layer0"]
     assert {r["strategy"] for r in results} == {"surgical", "full_ft", "linear_probe"}
@@ -63,8 +77,13 @@ def test_surgical_reduced(tmp_path):
 
 
 def test_cross_domain_reduced(tmp_path):
-    results = run("cross_domain", tmp_path, "strategies=['scratch','lp_ft']", "n_per_class=[5]",
-                  "data.resize=8")
+    results = run(
+        "cross_domain",
+        tmp_path,
+        "strategies=['scratch','lp_ft']",
+        "n_per_class=[5]",
+        "data.resize=8",
+    )
     assert {r["params"]["dataset_b"] for r in results} == {"digits"}
     assert len(results) == 4
 
@@ -79,9 +98,15 @@ def test_study_lists_every_pipeline():
 def test_gpu_configs_take_their_first_steps_on_mock_tfds(tmp_path, name):
     tfds = pytest.importorskip("tensorflow_datasets")
     overrides = [
-        "seeds=[0]", "train_a.steps=2", "train_b.steps=2", "train_a.batch_size=8",
-        "train_b.batch_size=8", "steps_per_call=1", "checkpoint_every=1",
-        "model.options.base_width=4", "n_per_class=[None]",
+        "seeds=[0]",
+        "train_a.steps=2",
+        "train_b.steps=2",
+        "train_a.batch_size=8",
+        "train_b.batch_size=8",
+        "steps_per_call=1",
+        "checkpoint_every=1",
+        "model.options.base_width=4",
+        "n_per_class=[None]",
         "strategies=['linear_probe']",
     ]
     config = apply_overrides(load_config(name), overrides)

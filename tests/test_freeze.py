@@ -121,7 +121,9 @@ def test_clipping_norm_excludes_frozen_gradients():
     # Norm of the trainable gradient is 3 < 5: no clipping. With the frozen 200 included it
     # would have been scaled to 3 * 5 / 200.
     assert float(updates["head"][0]) == -3.0
-    assert np.signbit(np.asarray(updates["frozen"])).all() and not np.asarray(updates["frozen"]).any()
+    assert (
+        np.signbit(np.asarray(updates["frozen"])).all() and not np.asarray(updates["frozen"]).any()
+    )
 
 
 def test_optimizer_state_holds_no_array_for_frozen_leaves(cnn):
@@ -147,10 +149,14 @@ def test_lr_multipliers_scale_updates_exactly(cnn):
         opt = plan.optimizer(tx)
         updates, _ = opt.update(grads, opt.init(params), params)
         reference, _ = tx.update(grads, tx.init(params), params)
-        np.testing.assert_array_equal(updates["head"]["Dense_0"]["kernel"],
-                                      reference["head"]["Dense_0"]["kernel"])
-        np.testing.assert_allclose(updates["block2"]["Conv_0"]["kernel"],
-                                   0.25 * reference["block2"]["Conv_0"]["kernel"], rtol=1e-6)
+        np.testing.assert_array_equal(
+            updates["head"]["Dense_0"]["kernel"], reference["head"]["Dense_0"]["kernel"]
+        )
+        np.testing.assert_allclose(
+            updates["block2"]["Conv_0"]["kernel"],
+            0.25 * reference["block2"]["Conv_0"]["kernel"],
+            rtol=1e-6,
+        )
         assert not np.asarray(updates["stem"]["Conv_0"]["kernel"]).any()
 
 
@@ -162,7 +168,9 @@ def test_wd_mult_applies_decoupled_decay_per_rule():
     updates, _ = opt.update(zeros, opt.init(params), params)
     np.testing.assert_allclose(updates["a"], 0.0)
     np.testing.assert_allclose(updates["b"], -0.2)
-    with pytest.raises(freeze.PlanError, match="sets wd_mult but plan.optimizer got weight_decay=0"):
+    with pytest.raises(
+        freeze.PlanError, match="sets wd_mult but plan.optimizer got weight_decay=0"
+    ):
         plan.optimizer(optax.sgd(1.0))
 
 
@@ -171,8 +179,12 @@ def test_layerwise_lr_rules_give_decay_by_distance_from_head(cnn):
     rules = freeze.layerwise_lr_rules(GROUPS, 0.5)
     plan = freeze.plan(variables["params"], rules)
     rows = {r["pattern"]: r["setting"] for r in plan.summary()["rules"]}
-    assert rows == {"'stem/.*'": "train lr_mult=0.125", "'block1/.*'": "train lr_mult=0.25",
-                    "'block2/.*'": "train lr_mult=0.5", "'head/.*'": "train"}
+    assert rows == {
+        "'stem/.*'": "train lr_mult=0.125",
+        "'block1/.*'": "train lr_mult=0.25",
+        "'block2/.*'": "train lr_mult=0.5",
+        "'head/.*'": "train",
+    }
     with pytest.raises(freeze.PlanError, match=r"decay=1.5 must be in \(0, 1\]"):
         freeze.layerwise_lr_rules(GROUPS, 1.5)
 
@@ -186,8 +198,13 @@ def test_split_merge_round_trip_is_exact(cnn):
     plan = freeze.plan(params, [("block1/.*", None), (".*", {})])
     trainable, frozen = plan.split(params)
     assert bits(plan.merge(trainable, frozen)) == bits(params)
-    assert jax.tree_util.tree_structure(plan.merge(trainable, frozen)) == jax.tree_util.tree_structure(params)
-    assert trainable["block1"]["Conv_0"]["kernel"] is None and frozen["head"]["Dense_0"]["bias"] is None
+    assert jax.tree_util.tree_structure(
+        plan.merge(trainable, frozen)
+    ) == jax.tree_util.tree_structure(params)
+    assert (
+        trainable["block1"]["Conv_0"]["kernel"] is None
+        and frozen["head"]["Dense_0"]["bias"] is None
+    )
 
 
 def test_batch_stats_mask_follows_module_of_frozen_params(cnn):
@@ -206,8 +223,13 @@ def test_summary_counts_per_rule_and_module(cnn):
     head_params = sum(x.size for x in jax.tree_util.tree_leaves(params["head"]))
     total = sum(x.size for x in jax.tree_util.tree_leaves(params))
     assert summary["rules"][0]["params"] == head_params == plan.num_trainable
-    assert summary["total"] == {"leaves": 11, "params": total, "bytes": 4 * total,
-                                "frozen_params": total - head_params, "trainable_params": head_params}
+    assert summary["total"] == {
+        "leaves": 11,
+        "params": total,
+        "bytes": 4 * total,
+        "frozen_params": total - head_params,
+        "trainable_params": head_params,
+    }
     assert [m["status"] for m in summary["modules"]] == ["frozen", "frozen", "trainable", "frozen"]
     text = str(plan)
     assert "head" in text and f"trainable {head_params:,} of {total:,}" in text
@@ -216,12 +238,18 @@ def test_summary_counts_per_rule_and_module(cnn):
 # ---- validation ----------------------------------------------------------------------------------
 
 BAD_RULES = [
-    ([("stage5/.*", {}), (".*", None)], r"rule 0 \('stage5/\.\*'\) matches no parameter; closest paths: "),
+    (
+        [("stage5/.*", {}), (".*", None)],
+        r"rule 0 \('stage5/\.\*'\) matches no parameter; closest paths: ",
+    ),
     ([("head/.*", {})], r"parameter leaves are covered by no rule .*add a final catch-all rule"),
     ([(".*", None)], r"every parameter is frozen; give at least one rule a setting dict"),
     ([("stem/.*", {"lr_mult": 0.0}), (".*", {})], r"sets lr_mult=0.0; use None to freeze"),
     ([("head/(", {}), (".*", None)], r"rule 0: invalid regex 'head/\(': .*e.g. 'stage1/\.\*'"),
-    ([("head/.*", {"lr": 0.1}), (".*", None)], r"unknown setting key 'lr'; valid keys: lr_mult, wd_mult"),
+    (
+        [("head/.*", {"lr": 0.1}), (".*", None)],
+        r"unknown setting key 'lr'; valid keys: lr_mult, wd_mult",
+    ),
     ([("head/.*", 0.1), (".*", None)], r"use None to freeze or a dict"),
     ([("head/.*", {"wd_mult": -1}), (".*", None)], r"wd_mult must be a finite number >= 0"),
     ([], r"rules must be a non-empty list"),
@@ -274,8 +302,9 @@ def test_first_k_groups_is_monotone_and_validated():
 
 KEYS = st.text(alphabet="abcxyz_0", min_size=1, max_size=4)
 LEAVES = st.integers(0, 3).map(lambda n: np.arange(n, dtype=np.float32))
-TREES = st.recursive(LEAVES, lambda children: st.dictionaries(KEYS, children, min_size=1, max_size=4),
-                     max_leaves=12).filter(lambda t: isinstance(t, dict))
+TREES = st.recursive(
+    LEAVES, lambda children: st.dictionaries(KEYS, children, min_size=1, max_size=4), max_leaves=12
+).filter(lambda t: isinstance(t, dict))
 
 
 @settings(max_examples=60, deadline=None)
@@ -323,7 +352,13 @@ def test_same_plan_works_on_nnx_state():
     model = NnxNet(nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     assert sorted(freeze.leaf_paths(params)) == [
-        "body/bias", "body/kernel", "head/bias", "head/kernel", "norm/bias", "norm/scale"]
+        "body/bias",
+        "body/kernel",
+        "head/bias",
+        "head/kernel",
+        "norm/bias",
+        "norm/scale",
+    ]
     plan = freeze.plan(params, head_only_rules())
     opt = plan.optimizer(optax.adamw(1e-2, weight_decay=0.1))
     opt_state = opt.init(params)
@@ -334,6 +369,7 @@ def test_same_plan_works_on_nnx_state():
         def loss_fn(params):
             logits = nnx.merge(graphdef, params, rest)(x)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
         grads = jax.grad(loss_fn)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
@@ -359,8 +395,9 @@ def test_frozen_prefix_costs_fewer_flops(cnn):
         return freeze.cost(step, params, variables["batch_stats"], opt.init(params), x, y)["flops"]
 
     full = step_flops([(".*", {})])
-    by_k = [full] + [step_flops([(freeze.first_k_groups(GROUPS, k), None), (".*", {})])
-                     for k in range(1, 4)]
+    by_k = [full] + [
+        step_flops([(freeze.first_k_groups(GROUPS, k), None), (".*", {})]) for k in range(1, 4)
+    ]
     head_only = by_k[-1]
     assert head_only <= 0.5 * full
     assert all(b <= a for a, b in zip(by_k, by_k[1:])), by_k

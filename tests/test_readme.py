@@ -20,8 +20,11 @@ def test_readme_api_example_runs_as_written(capsys):
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-    ci_commands = [line for line in (ROOT / ".ci/run").read_text().splitlines()
-                   if line and not line.startswith(("#", "set ", "cd ", "rm "))]
+    ci_commands = [
+        line
+        for line in (ROOT / ".ci/run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd ", "rm "))
+    ]
     assert len(ci_commands) == 1
     bash_blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
     assert ci_commands[0] in [b.strip() for b in bash_blocks]

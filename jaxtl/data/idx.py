@@ -21,32 +21,36 @@ _IDX_DTYPES = {
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-  """Reads one IDX file (``.gz`` is decompressed on the fly) into a numpy array.
+    """Reads one IDX file (``.gz`` is decompressed on the fly) into a numpy array.
 
-  Args:
-    path: an IDX file such as ``train-images-idx3-ubyte`` or ``train-labels-idx1-ubyte.gz``.
+    Args:
+      path: an IDX file such as ``train-images-idx3-ubyte`` or ``train-labels-idx1-ubyte.gz``.
 
-  Returns:
-    The array with the shape stored in the header and a native-endian dtype.
+    Returns:
+      The array with the shape stored in the header and a native-endian dtype.
 
-  Example:
-    >>> with open("/tmp/labels-idx1-ubyte", "wb") as f:  # uint8, 1-D, 3 items
-    ...   _ = f.write(bytes([0, 0, 0x08, 1, 0, 0, 0, 3, 7, 8, 9]))
-    >>> read_idx("/tmp/labels-idx1-ubyte").tolist()
-    [7, 8, 9]
-  """
-  opener = gzip.open if os.fspath(path).endswith(".gz") else open
-  with opener(path, "rb") as f:
-    data = f.read()
-  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-    raise DataError(f"{path} is not an IDX file: the header must be 0x00 0x00 <type> <ndim> "
-                    f"with type in {sorted(hex(t) for t in _IDX_DTYPES)}")
-  dtype, ndim = _IDX_DTYPES[data[2]], data[3]
-  header = 4 + 4 * ndim
-  shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-  expected = header + int(np.prod(shape)) * dtype.itemsize
-  if len(data) != expected:
-    raise DataError(f"{path}: header promises shape {shape} ({expected} bytes) but the file has "
-                    f"{len(data)} bytes")
-  array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
-  return array.astype(dtype.newbyteorder("="))
+    Example:
+      >>> with open("/tmp/labels-idx1-ubyte", "wb") as f:  # uint8, 1-D, 3 items
+      ...   _ = f.write(bytes([0, 0, 0x08, 1, 0, 0, 0, 3, 7, 8, 9]))
+      >>> read_idx("/tmp/labels-idx1-ubyte").tolist()
+      [7, 8, 9]
+    """
+    opener = gzip.open if os.fspath(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DataError(
+            f"{path} is not an IDX file: the header must be 0x00 0x00 <type> <ndim> "
+            f"with type in {sorted(hex(t) for t in _IDX_DTYPES)}"
+        )
+    dtype, ndim = _IDX_DTYPES[data[2]], data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected:
+        raise DataError(
+            f"{path}: header promises shape {shape} ({expected} bytes) but the file has "
+            f"{len(data)} bytes"
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))

@@ -241,7 +241,9 @@ class Checkpointer:
         for step in sorted(self._manager.all_steps(), reverse=True):
             where = f"step {step} in {self.directory}"
             # The expected structure may depend on the step (a phase's optimizer state).
-            abstract = _to_abstract(abstract_state(step) if callable(abstract_state) else abstract_state)
+            abstract = _to_abstract(
+                abstract_state(step) if callable(abstract_state) else abstract_state
+            )
             try:
                 saved_tree = self._manager.item_metadata(step)[_STATE]
                 if saved_tree is None:

@@ -626,8 +626,11 @@ def run_phases(
     n = y.shape[-1] if vmapped else len(y)
     if pad_to is not None and pad_to < n:
         raise ValueError(f"pad_to={pad_to} is smaller than the {n} training examples")
-    pad = (lambda a: np.stack([_pad(r, pad_to) for r in np.asarray(a)])) if vmapped else (
-        lambda a: _pad(a, pad_to))
+    pad = (
+        (lambda a: np.stack([_pad(r, pad_to) for r in np.asarray(a)]))
+        if vmapped
+        else (lambda a: _pad(a, pad_to))
+    )
     # Host arrays in, so every process of a multi-host run builds the same replicated copy.
     x_device, y_device = sharding.put_replicated(mesh, (pad(x), pad(y)))
 
@@ -702,7 +705,9 @@ def run_phases(
             step = resume_step
         else:
             if policy == "adabn" and previous_policy != "adabn":
-                variables = for_each_seed(lambda v, xs: adabn(model, v, xs, batch_size), variables, x)
+                variables = for_each_seed(
+                    lambda v, xs: adabn(model, v, xs, batch_size), variables, x
+                )
             state = phase_state(index, step)
             if previous is not None:
                 previous_name, previous_plan, previous_opt_state = previous
@@ -718,12 +723,22 @@ def run_phases(
             if start:
                 features = for_each_seed(
                     lambda v, xs: features_lib.compute_features(model, v, xs, stop=start),
-                    variables, x)
+                    variables,
+                    x,
+                )
                 inputs = sharding.put_replicated(mesh, pad(features))
         cached[phase.name] = start
         state = sharding.put_replicated(mesh, state)
         loop = _phase_loop(
-            model, _PlanKey(plan), tx, phase.lr, policy, phase.l2sp, compute_dtype, start, mesh,
+            model,
+            _PlanKey(plan),
+            tx,
+            phase.lr,
+            policy,
+            phase.l2sp,
+            compute_dtype,
+            start,
+            mesh,
             vmapped,
         )
         if on_phase_start is not None:
@@ -736,7 +751,9 @@ def run_phases(
             step += chunk
             record = {"phase": phase.name, "step": step, "chunk_steps": chunk}
             if vmapped:  # one value per seed: mean over the chunk's steps
-                record.update({k: np.asarray(jnp.mean(v, axis=1)).tolist() for k, v in metrics.items()})
+                record.update(
+                    {k: np.asarray(jnp.mean(v, axis=1)).tolist() for k, v in metrics.items()}
+                )
             else:
                 record.update({k: float(jnp.mean(v)) for k, v in metrics.items()})
             history.append(record)
