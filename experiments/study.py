@@ -12,6 +12,7 @@ def get_config():
     config = base_config()
     config.experiment = "study"
     config.parts = ["strategies", "yosinski", "surgical", "cross_domain"]
+    # Per-pipeline "key=value" overrides, e.g. {"strategies": ["n_per_class=[5]"]}.
     config.part_overrides = {
         "strategies": [],
         "yosinski": [],

@@ -11,6 +11,7 @@ cached under ``OUT/sources/<config hash>/`` and shared by every B run.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import json
 import math
@@ -25,10 +26,11 @@ import numpy as np
 import optax
 
 from jaxtl import data as data_lib
-from jaxtl import freeze, models
-from jaxtl.config import ConfigError, config_hash
+from jaxtl import freeze, models, report
+from jaxtl.config import ConfigError, apply_overrides, config_hash, load_config
 from jaxtl.train import checkpoint as ckpt_lib
 from jaxtl.train import outputs
+from jaxtl.train.sharding import maybe_initialize_distributed
 from jaxtl.train.state import create_train_state
 from jaxtl.train.steps import build_step, check_bn_policy, evaluate
 from jaxtl.train.strategies import get_strategy, phase_steps, run_phases
@@ -139,8 +141,6 @@ class Cell:
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        import difflib
-
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"unknown {what} {value!r}{hint}; choices: {', '.join(choices)}")
@@ -709,10 +709,6 @@ def run_experiment(
     Returns:
       The path of the report.
     """
-    from jaxtl import report
-
-    from jaxtl.train.sharding import maybe_initialize_distributed
-
     maybe_initialize_distributed(config.distributed.to_dict())
     out_dir = Path(out_dir)
     outputs.RunDir(out_dir)  # validates the output directory before any work
@@ -760,8 +756,6 @@ def _check_part(
 def _expand_parts(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
     if config.experiment != "study":
         return [config]
-    from jaxtl.config import apply_overrides, load_config
-
     parts = []
     for name in config.parts:
         part = load_config(name)

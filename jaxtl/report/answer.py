@@ -74,8 +74,10 @@ def _pp(value: float) -> str:
     return f"{100 * value:+.2f} pp"
 
 
-def _ci(d: Difference) -> str:
-    return f"95% CI {100 * (d.diff - d.half_width):+.2f} to {100 * (d.diff + d.half_width):+.2f} pp"
+def _ci(d: Difference, sign: int = 1) -> str:
+    """The 95% CI of ``sign * d`` (sign -1 when the sentence states y − x instead of x − y)."""
+    lo, hi = sorted((sign * (d.diff - d.half_width), sign * (d.diff + d.half_width)))
+    return f"95% CI {100 * lo:+.2f} to {100 * hi:+.2f} pp"
 
 
 def difference_clause(d: Difference | None, x: str, y: str, what: str) -> str:
@@ -93,6 +95,7 @@ def difference_clause(d: Difference | None, x: str, y: str, what: str) -> str:
     if outcome == "better":
         return f"{x} is better than {y} on {what} by {100 * d.diff:.2f} pp {evidence}"
     if outcome == "worse":
+        evidence = f"({_ci(d, sign=-1)}, n={d.n_x} vs {d.n_y})"
         return f"{x} is worse than {y} on {what} by {-100 * d.diff:.2f} pp {evidence}"
     if outcome == "indistinguishable":
         return (
@@ -341,7 +344,7 @@ def q3_lines(frozen: list[tuple[tuple, Comparison]], cells: list[Cell]) -> list[
             elif outcome == "worse":
                 text = (
                     f"freezing is not needed: {c.y} is better by {-100 * c.acc_b.diff:.2f} pp "
-                    f"({_ci(c.acc_b)}); freezing ({c.x}) costs that accuracy while using {flops}"
+                    f"({_ci(c.acc_b, sign=-1)}); freezing ({c.x}) costs that accuracy while using {flops}"
                 )
             elif outcome == "indistinguishable":
                 text = (
