@@ -545,12 +545,9 @@ def _run_seed_group(
         keep=config.checkpoint_keep,
         every=config.checkpoint_every,
     )
-    last = [time.perf_counter()]
 
     def on_chunk(record: dict) -> None:
-        now = time.perf_counter()
-        seconds, steps = now - last[0], record["chunk_steps"]
-        last[0] = now
+        seconds, steps = record["seconds"], record["chunk_steps"]
         losses = record["loss"] if vmapped else [record["loss"]]
         for i, s in enumerate(seeds):
             if not math.isfinite(losses[i]):
@@ -566,7 +563,7 @@ def _run_seed_group(
             logged = {
                 k: (v[i] if vmapped and isinstance(v, list) else v)
                 for k, v in record.items()
-                if k != "chunk_steps"
+                if k not in ("chunk_steps", "seconds")
             }
             logged.update(
                 step_time_s=seconds / steps,

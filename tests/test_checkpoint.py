@@ -124,6 +124,7 @@ def test_all_checkpoints_corrupted_raises_and_keeps_files(tmp_path):
     assert (directory / "1").is_dir()
 
 
+@_ORBAX_LOOP_NOISE
 def test_structure_mismatch_names_first_differing_path(tmp_path):
     with checkpoint.Checkpointer(tmp_path / "ck", keep=1, every=1) as ckpt:
         ckpt.save(1, _state(width=3), {})
