@@ -11,11 +11,12 @@ from jaxtl.runner import base_config
 def get_config():
     config = base_config()
     config.experiment = "study"
-    config.parts = ["strategies", "yosinski", "surgical", "cross_domain"]
+    config.parts = ["strategies", "yosinski", "yosinski_mnist1d", "surgical", "cross_domain"]
     # Per-pipeline "key=value" overrides, e.g. {"strategies": ["n_per_class=[5]"]}.
     config.part_overrides = {
         "strategies": [],
         "yosinski": [],
+        "yosinski_mnist1d": [],
         "surgical": [],
         "cross_domain": [],
     }

@@ -15,6 +15,7 @@ import difflib
 import functools
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -134,9 +135,16 @@ class Cell:
 
     @property
     def id(self) -> str:
-        parts = [self.experiment, self.strategy.replace("+", "plus")]
+        """Directory name: unique per experiment, A->B pair, model, strategy and parameters."""
+        params = dict(self.params)
+        parts = [
+            self.experiment,
+            f"{params.get('dataset_a')}_to_{params.get('dataset_b')}",
+            params.get("model"),
+            self.strategy.replace("+", "plus"),
+        ]
         parts += [f"{k}{v}" for k, v in self.params if k not in ("dataset_a", "dataset_b", "model")]
-        return "-".join(str(p).replace("/", "_").replace(" ", "") for p in parts)
+        return "-".join(re.sub(r"[^A-Za-z0-9_.=]+", "_", str(p)) for p in parts)
 
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:
@@ -504,6 +512,19 @@ def run_cell(
     return [run_dirs[s].read_results() for s in seeds]
 
 
+def _starting_variables(
+    config: ml_collections.ConfigDict, cell: Cell, model: Any, init: dict, source: dict | None
+) -> tuple[dict, Any]:
+    """B's starting point: its own init (scratch) or A's weights with a new head (and, for
+    Yosinski's conditions, the groups from ``reinit_from`` on re-initialised)."""
+    if source is None:
+        return init, None
+    variables, report = transfer_variables(source, init, reinit_head=config.reinit_head or None)
+    if cell.reinit_from is not None:
+        variables = _reinit_groups(variables, init, model.layer_groups[cell.reinit_from :])
+    return variables, report
+
+
 def _run_seed_group(
     config: ml_collections.ConfigDict,
     cell: Cell,
@@ -516,25 +537,19 @@ def _run_seed_group(
     tasks_b = [data_lib.few_shot(tasks.b, cell.n_per_class, seed=s) for s in seeds]
     model = model_for(config, tasks.b.num_classes)
     head = model.layer_groups[-1]
-    inits = [_init(model, 1000 + s, tasks.b.x_train) for s in seeds]
     sources = (
         train_sources(config, tasks, cell.source, seeds, out_dir)
         if cell.source is not None
         else [None] * len(seeds)
     )
-    starts, transfer_reports = [], []
-    for init, source in zip(inits, sources):
-        if source is None:
-            starts.append(init)
-            transfer_reports.append(None)
-            continue
-        variables, transfer_report = transfer_variables(
-            source, init, reinit_head=config.reinit_head or None
+    starts, transfer_reports = zip(
+        *(
+            _starting_variables(
+                config, cell, model, _init(model, 1000 + s, tasks.b.x_train), source
+            )
+            for s, source in zip(seeds, sources)
         )
-        if cell.reinit_from is not None:
-            variables = _reinit_groups(variables, init, model.layer_groups[cell.reinit_from :])
-        starts.append(variables)
-        transfer_reports.append(transfer_report)
+    )
     strategy = get_strategy(cell.train_strategy, **dict(cell.options))
     train = config.train_b
     tx = make_tx(train)
@@ -630,70 +645,62 @@ def _run_seed_group(
         seeds
     )
     final_plan = list(run.plans.values())[-1]
+    # What the run cost: the same for every seed of the group.
+    cost_metrics = {
+        "flops_per_step": max(c["flops"] for c in costs),
+        "train_flops": float(sum(c["flops"] * k for c, k in zip(costs, steps_per_phase))),
+        "wall_time_s": seconds,
+        "wall_time_with_compile_s": elapsed / len(seeds),
+        "peak_memory_bytes": int(max(_step_memory_bytes(c) for c in costs)),
+        "trainable_params": final_plan.num_trainable,
+        "total_params": final_plan.num_trainable + final_plan.num_frozen,
+    }
+    phase_rows = [
+        {
+            "name": n,
+            "steps": k,
+            "flops_per_step": c["flops"],
+            "cached_groups": run.cached_groups.get(n, 0),
+            "trainable_params": p.num_trainable,
+        }
+        for (n, p), k, c in zip(run.plans.items(), steps_per_phase, costs)
+    ]
     model_a = model_for(config, tasks.a.num_classes)
     for i, s in enumerate(seeds):
         final = _unstack(run.variables, i) if vmapped else run.variables
         task_b, source = tasks_b[i], sources[i]
-        acc_b = evaluate(model, final, task_b.x_test, task_b.y_test)["acc"]
-        acc_ood = evaluate(model, final, *tasks.ood_b)["acc"]
-        acc_a = None
+        accuracies = {
+            "acc_b": evaluate(model, final, task_b.x_test, task_b.y_test)["acc"],
+            "acc_a": None,
+            "acc_ood": evaluate(model, final, *tasks.ood_b)["acc"],
+        }
         if source is not None and cell.reinit_from is None:
             # Retention of A: the fine-tuned body with A's own head, on A's test set.
-            acc_a = evaluate(
+            accuracies["acc_a"] = evaluate(
                 model_a, _with_head(final, source, head), tasks.a.x_test, tasks.a.y_test
             )["acc"]
         # A run killed between this record and results.json resumes from its last step, where
         # nothing is truncated: the record it already logged is the one this state gives.
         if not any(r.get("phase") == "final" for r in run_dirs[s].read_metrics()):
-            run_dirs[s].append_metrics(
-                {
-                    "step": train.steps,
-                    "phase": "final",
-                    "acc_b": acc_b,
-                    "acc_a": acc_a,
-                    "acc_ood": acc_ood,
-                }
-            )
+            run_dirs[s].append_metrics({"step": train.steps, "phase": "final", **accuracies})
         results = {
             "experiment": cell.experiment,
             "strategy": cell.strategy,
             "seed": s,
             "params": dict(cell.params),
-            "metrics": {
-                "acc_b": acc_b,
-                "acc_a": acc_a,
-                "acc_ood": acc_ood,
-                "flops_per_step": max(c["flops"] for c in costs),
-                "train_flops": float(sum(c["flops"] * k for c, k in zip(costs, steps_per_phase))),
-                "wall_time_s": seconds,
-                "wall_time_with_compile_s": elapsed / len(seeds),
-                "peak_memory_bytes": int(
-                    max(
-                        c.get("argument_bytes", 0)
-                        + c.get("output_bytes", 0)
-                        + c.get("temp_bytes", 0)
-                        for c in costs
-                    )
-                ),
-                "trainable_params": final_plan.num_trainable,
-                "total_params": final_plan.num_trainable + final_plan.num_frozen,
-            },
-            "phases": [
-                {
-                    "name": n,
-                    "steps": k,
-                    "flops_per_step": c["flops"],
-                    "cached_groups": run.cached_groups.get(n, 0),
-                    "trainable_params": p.num_trainable,
-                }
-                for (n, p), k, c in zip(run.plans.items(), steps_per_phase, costs)
-            ],
+            "metrics": {**accuracies, **cost_metrics},
+            "phases": phase_rows,
             "seeds_vmapped": len(seeds) if vmapped else 1,
             "transfer": None if transfer_reports[i] is None else transfer_reports[i].as_dict(),
             "config": config.to_dict(),
         }
         results.update(outputs.environment_info())
         run_dirs[s].write_results(results)
+
+
+def _step_memory_bytes(cost: Mapping[str, float]) -> float:
+    """XLA's memory analysis of a compiled step: arguments + outputs + temporaries."""
+    return sum(cost.get(k, 0.0) for k in ("argument_bytes", "output_bytes", "temp_bytes"))
 
 
 def run_experiment(
