@@ -25,6 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxtl.freeze import path_str
 from jaxtl.train.outputs import atomic_write_text, json_default
 
 PyTree = Any
@@ -46,18 +47,11 @@ class CheckpointNotFoundError(ValueError):
     """No jaxtl checkpoint exists at the given path."""
 
 
-def _key_str(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def _shapes_by_path(tree: PyTree) -> dict[str, tuple[int, ...]]:
     """Maps each leaf's "a/b/c" path to its shape; orbax metadata and live pytrees
     (dataclasses, NamedTuples, dicts) name the same leaf with the same path."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {"/".join(_key_str(k) for k in path): _shape(leaf) for path, leaf in leaves}
+    return {path_str(path): _shape(leaf) for path, leaf in leaves}
 
 
 def _shape(leaf: Any) -> tuple[int, ...]:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtl.freeze import flatten_with_paths, format_table
+from jaxtl.freeze import flatten_with_paths, format_table, prefix
 
 PyTree = Any
 
@@ -84,7 +84,7 @@ def _label(collection: str, path: str) -> str:
 
 
 def _in_group(path: str, group: str) -> bool:
-    return path == group or path.startswith(group + "/")
+    return prefix(group)(path)
 
 
 def _flat(tree: PyTree) -> dict[str, Any]:
