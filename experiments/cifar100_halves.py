@@ -9,12 +9,12 @@ device (and every host with distributed.distributed=True).
 
 import sys
 
-from jaxtl.runner import base_config
+from jaxtl.config import load_config
 
 
 def get_config():
-    config = base_config()
-    config.experiment = "strategies"
+    config = load_config("strategies")  # every strategy, at GPU scale
+    config.unlock()
     config.data.a = "tfds:cifar100"
     config.data.classes_a = list(range(50))
     config.data.classes_b = list(range(50, 100))
@@ -35,17 +35,7 @@ def get_config():
         "weight_decay": 5e-5,
         "clip_norm": 1.0,
     }
-    config.strategies = [
-        "scratch",
-        "linear_probe",
-        "lp_ft",
-        "full_ft",
-        "freeze_first_k",
-        "gradual_unfreeze",
-        "discriminative_lr",
-        "l2_sp",
-    ]
-    config.strategy_options = {"freeze_first_k": {"k": 3}}
+    config.strategy_options.freeze_first_k = {"k": 3}
     config.n_per_class = [5, 50, None]
     config.vmap_seeds = False
     config.data_parallel = True

@@ -1,6 +1,6 @@
 """Yosinski's transfer curves on MNIST-1D halves (classes 0-4 -> 5-9), the 1-D counterpart.
 
-  python experiments/yosinski_mnist1d.py --out runs/yosinski_1d
+python experiments/yosinski_mnist1d.py --out runs/yosinski_1d
 """
 
 import sys
