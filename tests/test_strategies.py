@@ -199,3 +199,39 @@ def test_bad_strategy_or_option_is_a_one_line_error(call, match):
     with pytest.raises(StrategyError, match=match) as err:
         call()
     assert "\n" not in str(err.value)
+
+
+def test_vmapped_seeds_equal_separate_runs(setup):
+    """seeds=: S models in one vmapped loop, each on its own data, equal S separate runs."""
+    model, x, y, _ = setup
+    seeds = [0, 1, 2]
+    inits = [models.init_variables(model, s, x[:1]) for s in seeds]
+    xs = np.stack([np.roll(x, s, axis=0) for s in seeds])  # a different training set per seed
+    ys = np.stack([np.roll(y, s) for s in seeds])
+    strategy = get_strategy("lp_ft")
+    stacked = jax.tree.map(lambda *a: np.stack(a), *inits)
+    together = run_phases(
+        model, stacked, strategy, TX, xs, ys, seeds=seeds, cache_features=True, **RUN
+    )
+    for i, seed in enumerate(seeds):
+        alone = run_phases(
+            model, inits[i], strategy, TX, xs[i], ys[i], seed=seed, cache_features=True, **RUN
+        )
+        mine = jax.tree.map(lambda a: a[i], together.variables)
+        for got, want in zip(jax.tree.leaves(mine), jax.tree.leaves(alone.variables)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert [r["loss"][i] for r in together.history] == pytest.approx(
+            [r["loss"] for r in alone.history], rel=1e-5
+        )
+    with pytest.raises(ValueError, match="seeds= .* and mesh= .* are exclusive"):
+        run_phases(
+            model,
+            stacked,
+            strategy,
+            TX,
+            xs,
+            ys,
+            seeds=seeds,
+            mesh=jax.sharding.Mesh(np.array(jax.devices()), ("data",)),
+            **RUN,
+        )
