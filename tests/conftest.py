@@ -1,5 +1,8 @@
 """Shared pytest fixtures: the smallest end-to-end run configuration of the runner."""
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import ml_collections
@@ -35,3 +38,25 @@ def tiny_config() -> Callable[..., ml_collections.ConfigDict]:
         return apply_overrides(load_config("strategies"), [*TINY_OVERRIDES, *overrides])
 
     return make
+
+
+def run_on_cpu_devices(code: str, devices: int, timeout: float = 300) -> str:
+    """Runs ``python -c code`` with ``devices`` forced host CPU devices; returns its stdout.
+
+    A fresh process is the only way to change the device count: JAX fixes it at start-up.
+    """
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout

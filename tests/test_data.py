@@ -1,16 +1,14 @@
 """Tests for jaxtl.data: loaders, task construction, shifts and the input pipeline."""
 
 import gzip
-import os
 import random
 import socket
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
 import pytest
+from conftest import run_on_cpu_devices
 
 from jaxtl import data
 from jaxtl.data import sources
@@ -439,18 +437,8 @@ def test_data_parallel_sharding_over_four_devices():
       except data.DataError as e:
         print(e)
   """)
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
-    )
-    assert out.stdout.splitlines() == [
+    stdout = run_on_cpu_devices(code, devices=4)
+    assert stdout.splitlines() == [
         "[2, 2, 2, 2]",
         "batch size 6 is not divisible by the 4 local devices; use a multiple of 4",
     ]

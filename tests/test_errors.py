@@ -5,14 +5,12 @@ status 2, no traceback) and the Python API (one-line ``ValueError`` subclasses).
 config fails before anything trains.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
 import pytest
+from conftest import run_on_cpu_devices
 
 from jaxtl import cli, models, runner
 from jaxtl.train import checkpoint as ckpt_lib
@@ -345,17 +343,6 @@ _SHARDED_BATCH = textwrap.dedent("""
 
 
 def test_batch_size_not_divisible_by_device_count():
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", _SHARDED_BATCH],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
+    stdout = run_on_cpu_devices(_SHARDED_BATCH, devices=2, timeout=120)
+    lines = stdout.strip().splitlines()
     assert lines == ["batch_size=5 does not split over the mesh's 2 devices; use a multiple of 2"]

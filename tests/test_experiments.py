@@ -91,7 +91,12 @@ def test_cross_domain_reduced(tmp_path):
 def test_study_lists_every_pipeline():
     config = load_config("study")
     assert list(config.parts) == [
-        "strategies", "yosinski", "yosinski_mnist1d", "surgical", "cross_domain"]
+        "strategies",
+        "yosinski",
+        "yosinski_mnist1d",
+        "surgical",
+        "cross_domain",
+    ]
 
 
 @pytest.mark.slow

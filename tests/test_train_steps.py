@@ -1,9 +1,6 @@
 """Train/eval steps: frozen partition untouched, BN policies, scan loop, AdaBN, data parallelism."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -11,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import run_on_cpu_devices
 
 from jaxtl import freeze, models
 from jaxtl.train import (
@@ -203,19 +201,8 @@ _SHARDED_SCRIPT = textwrap.dedent(
 
 def test_data_parallel_over_8_devices_matches_one_device():
     # Full fine-tuning keeps every BatchNorm in train mode: statistics must be global-batch ones.
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", _SHARDED_SCRIPT],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    stdout = run_on_cpu_devices(_SHARDED_SCRIPT, devices=8)
+    out = json.loads(stdout.strip().splitlines()[-1])
     assert out["eight"]["devices"] == 8 and out["one"]["devices"] == 1
     np.testing.assert_allclose(out["eight"]["loss"], out["one"]["loss"], rtol=1e-5)
     np.testing.assert_allclose(out["eight"]["kernel"], out["one"]["kernel"], rtol=1e-4, atol=1e-6)
