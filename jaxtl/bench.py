@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime
-import difflib
 import functools
 import json
 import os
@@ -41,6 +40,7 @@ import numpy as np
 import optax
 
 from jaxtl import freeze, models
+from jaxtl.suggest import did_you_mean
 from jaxtl.train import (
     build_step,
     compute_features,
@@ -95,9 +95,9 @@ STUDY_BATCH = 64
 
 
 def _choice_error(what: str, value: Any, choices: Sequence[str]) -> ValueError:
-    close = difflib.get_close_matches(str(value), choices, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"{what} {value!r}{hint}; choose one of {', '.join(choices)}")
+    return ValueError(
+        f"{what} {value!r}{did_you_mean(value, choices)}; choices: {', '.join(choices)}"
+    )
 
 
 def machine_info() -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import difflib
 import hashlib
 import importlib.util
 import json
@@ -23,16 +22,13 @@ from typing import Any
 
 import ml_collections
 
+from jaxtl.suggest import did_you_mean
+
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 
 
 class ConfigError(ValueError):
     """A config file, experiment name or override is invalid."""
-
-
-def _did_you_mean(name: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1)
-    return f"; did you mean '{close[0]}'? " if close else "; "
 
 
 def experiment_names(experiments_dir: str | os.PathLike | None = None) -> list[str]:
@@ -88,8 +84,8 @@ def load_config(
         if path_or_name not in names:
             available = ", ".join(names) if names else f"none (no experiments in {folder})"
             raise ConfigError(
-                f"unknown experiment '{path_or_name}'{_did_you_mean(path_or_name, names)}"
-                f"available: {available}"
+                f"unknown experiment '{path_or_name}'{did_you_mean(path_or_name, names)};"
+                f" available: {available}"
             )
         path = folder / f"{path_or_name}.py"
     spec = importlib.util.spec_from_file_location(f"jaxtl_config_{path.stem}", path)
@@ -168,8 +164,8 @@ def _set_override(config: ml_collections.ConfigDict, override: str) -> None:
         if part not in parent:
             fields = [f"{prefix}.{k}" if prefix else k for k in sorted(parent.keys())]
             raise ConfigError(
-                f"unknown config field '{key}'{_did_you_mean(key, fields)}"
-                f"fields: {', '.join(fields)}"
+                f"unknown config field '{key}'{did_you_mean(key, fields)};"
+                f" fields: {', '.join(fields)}"
             )
         if depth == len(parts) - 1:
             break

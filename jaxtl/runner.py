@@ -11,7 +11,6 @@ cached under ``OUT/sources/<config hash>/`` and shared by every B run.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import json
 import math
@@ -29,6 +28,7 @@ import optax
 from jaxtl import data as data_lib
 from jaxtl import freeze, models, report
 from jaxtl.config import ConfigError, apply_overrides, config_hash, load_config
+from jaxtl.suggest import did_you_mean
 from jaxtl.train import checkpoint as ckpt_lib
 from jaxtl.train import outputs
 from jaxtl.train.sharding import maybe_initialize_distributed
@@ -149,9 +149,9 @@ class Cell:
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown {what} {value!r}{hint}; choices: {', '.join(choices)}")
+        raise ConfigError(
+            f"unknown {what} {value!r}{did_you_mean(value, choices)}; choices: {', '.join(choices)}"
+        )
 
 
 def experiment_cells(config: ml_collections.ConfigDict, layer_groups: Sequence[str]) -> list[Cell]:

@@ -50,7 +50,7 @@ def test_unknown_experiment_lists_available_with_close_match(experiments):
         config_lib.load_config("strategis", experiments_dir=experiments)
     assert (
         str(info.value)
-        == "unknown experiment 'strategis'; did you mean 'strategies'? available: strategies, yosinski"
+        == "unknown experiment 'strategis' (did you mean 'strategies'?); available: strategies, yosinski"
     )
 
 
@@ -107,11 +107,11 @@ def test_string_field_keeps_raw_text(config):
         ("shuffle=maybe", "config field 'shuffle' expects bool, got 'maybe'; use true or false"),
         (
             "stpes=3",
-            "unknown config field 'stpes'; did you mean 'steps'? fields: lr, n_per_class, optim, seeds, shuffle, steps, strategy",
+            "unknown config field 'stpes' (did you mean 'steps'?); fields: lr, n_per_class, optim, seeds, shuffle, steps, strategy",
         ),
         (
             "optim.momentun=0.5",
-            "unknown config field 'optim.momentun'; did you mean 'optim.momentum'? fields: optim.momentum, optim.name",
+            "unknown config field 'optim.momentun' (did you mean 'optim.momentum'?); fields: optim.momentum, optim.name",
         ),
         (
             "zzz=1",

@@ -299,7 +299,7 @@ def test_default_options_per_name():
         (
             lambda: models.create("resnt18", 10),
             (
-                r"^unknown model 'resnt18'; did you mean 'resnet18'\? choices: cnn, cnn1d, mlp, "
+                r"^unknown model 'resnt18' \(did you mean 'resnet18'\?\); choices: cnn, cnn1d, mlp, "
                 r"resnet18, resnet18_imagenet, resnet34, resnet50, vit$"
             ),
         ),
@@ -307,7 +307,7 @@ def test_default_options_per_name():
         (
             lambda: models.create("cnn", 10, widht=(4,)),
             (
-                r"^unknown option for model 'cnn': 'widht'; did you mean 'widths'\? choices: "
+                r"^unknown option for model 'cnn': 'widht' \(did you mean 'widths'\?\); choices: "
                 r"dropout, dtype, kernel_size, norm, widths$"
             ),
         ),
@@ -317,7 +317,7 @@ def test_default_options_per_name():
         ),
         (
             lambda: models.create("resnet18", 10, norm="batchnrom"),
-            r"^ResNet does not support norm 'batchnrom'; did you mean 'batchnorm'\?",
+            r"^ResNet does not support norm 'batchnrom' \(did you mean 'batchnorm'\?\)",
         ),
         (
             lambda: models.create("vit", 10, norm="batchnorm"),

@@ -176,7 +176,7 @@ def test_phase_shapes_for_a_model():
     [
         (
             lambda: get_strategy("lpft"),
-            r"unknown strategy 'lpft' \(did you mean 'lp_ft'\?\); choose one of scratch",
+            r"unknown strategy 'lpft' \(did you mean 'lp_ft'\?\); choices: scratch",
         ),
         (
             lambda: get_strategy("freeze_first_k", kk=1),

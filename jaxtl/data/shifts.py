@@ -9,7 +9,6 @@ parts that are per-example noise use an independent stream per split. Images are
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import scipy.ndimage
 
 from jaxtl.data.dataset import DataError, Dataset
+from jaxtl.suggest import did_you_mean
 
 _TRAIN_STREAM, _TEST_STREAM = 0, 1
 
@@ -155,11 +155,8 @@ def shift_array(
       [1.0, 1.0, 1.0, 1.0]
     """
     if name not in SHIFTS:
-        close = difflib.get_close_matches(name, SHIFTS, n=3)
         raise DataError(
-            f"unknown shift {name!r}"
-            + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
-            + f"; choices: {', '.join(SHIFTS)}"
+            f"unknown shift {name!r}{did_you_mean(name, SHIFTS, n=3)}; choices: {', '.join(SHIFTS)}"
         )
     fn = SHIFTS[name]
     valid = [

@@ -7,7 +7,6 @@ must already be prepared on disk unless the caller passes ``download=True``.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import gzip
 import importlib.util
@@ -21,6 +20,7 @@ import numpy as np
 
 from jaxtl.data.dataset import DataError, Dataset, from_arrays
 from jaxtl.data.idx import read_idx
+from jaxtl.suggest import did_you_mean
 
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 FASHION_MNIST_NAMES = (
@@ -430,11 +430,9 @@ def load_tfds(
                 name, split=split, data_dir=data_dir, download=download
             )
         except tfds.core.registered.DatasetNotFoundError:
-            close = difflib.get_close_matches(name, tfds_names(), n=3)
             raise DataError(
-                f"unknown TFDS dataset {name!r}"
-                + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
-                + "; see tfds_names() for the built-in ones"
+                f"unknown TFDS dataset {name!r}{did_you_mean(name, tfds_names(), n=3)};"
+                " see tfds_names() for the built-in ones"
             ) from None
         except (NotImplementedError, FileNotFoundError) as e:
             where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets)"
@@ -575,10 +573,8 @@ def load(name: str, **options: Any) -> Dataset:
         return _call(_LOADERS[name], name, (), options)
     if name.split(":")[0] in tfds_names():
         return _call(load_tfds, name, (name,), options)
-    close = difflib.get_close_matches(name, list(_LOADERS) + list(tfds_names()), n=3)
     raise DataError(
-        f"unknown dataset {name!r}"
-        + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
-        + f"; choices: {', '.join(n for n in names() if n != 'npz')}, npz:<path>, "
+        f"unknown dataset {name!r}{did_you_mean(name, [*_LOADERS, *tfds_names()], n=3)}"
+        f"; choices: {', '.join(n for n in names() if n != 'npz')}, npz:<path>, "
         f"and any TFDS dataset as 'tfds:<name>' or by its bare name (e.g. 'cifar10')"
     )

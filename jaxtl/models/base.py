@@ -7,7 +7,6 @@ once and each model only says which groups it has and how to build one.
 
 from __future__ import annotations
 
-import difflib
 import numbers
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, ClassVar
@@ -15,6 +14,8 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxtl.suggest import did_you_mean
 
 NORMS: tuple[str, ...] = ("batchnorm", "groupnorm", "layernorm", "none")
 BATCHNORM_MOMENTUM = 0.9
@@ -29,16 +30,16 @@ def choice_error(what: str, value: Any, choices: Iterable[str]) -> ValueError:
       choices: the valid values, listed in the message.
 
     Returns:
-      A ValueError such as "unknown model 'resnt18'; did you mean 'resnet18'? choices: ...".
+      A ValueError such as "unknown model 'resnt18' (did you mean 'resnet18'?); choices: ...".
 
     Example:
       >>> str(choice_error("unknown norm", "batchnrom", NORMS))
-      "unknown norm 'batchnrom'; did you mean 'batchnorm'? choices: batchnorm, groupnorm, layernorm, none"
+      "unknown norm 'batchnrom' (did you mean 'batchnorm'?); choices: batchnorm, groupnorm, layernorm, none"
     """
     choices = tuple(choices)
-    close = difflib.get_close_matches(str(value), choices, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ";"
-    return ValueError(f"{what} {value!r}{hint} choices: {', '.join(choices)}")
+    return ValueError(
+        f"{what} {value!r}{did_you_mean(value, choices)}; choices: {', '.join(choices)}"
+    )
 
 
 def num_norm_groups(channels: int, max_groups: int = 32) -> int:
@@ -171,6 +172,7 @@ class GroupedModel(nn.Module):
           The output of the last group run; `x` itself when the slice is empty.
 
         Example:
+          >>> import jaxtl.models
           >>> model = jaxtl.models.create("cnn", num_classes=10)
           >>> x = jnp.zeros((8, 32, 32, 3))
           >>> variables = jaxtl.models.init_variables(model, jax.random.key(0), x)

@@ -16,7 +16,6 @@ BatchNorm policy for frozen modules (``bn_policy``):
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -30,6 +29,7 @@ from jax.sharding import Mesh
 
 from jaxtl.data.pipeline import data_sharding
 from jaxtl.freeze import FreezePlan, flatten_with_paths
+from jaxtl.suggest import did_you_mean
 from jaxtl.train.state import TrainState, variables_of
 
 PyTree = Any
@@ -41,10 +41,9 @@ BN_POLICIES = ("frozen", "train", "adabn")
 def check_bn_policy(bn_policy: str) -> str:
     """Returns ``bn_policy`` if it is known, else raises a one-line ValueError with the choices."""
     if bn_policy not in BN_POLICIES:
-        close = difflib.get_close_matches(str(bn_policy), BN_POLICIES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"unknown bn_policy {bn_policy!r}{hint}; choose one of {', '.join(BN_POLICIES)}"
+            f"unknown bn_policy {bn_policy!r}{did_you_mean(bn_policy, BN_POLICIES)};"
+            f" choices: {', '.join(BN_POLICIES)}"
         )
     return bn_policy
 

@@ -10,7 +10,6 @@ at each switch, carries the optimizer state of leaves trainable in both phases
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import inspect
 import math
@@ -29,6 +28,7 @@ from jax.sharding import Mesh
 from jaxtl import freeze
 from jaxtl.data.pipeline import batch_indices
 from jaxtl.freeze import FreezePlan, path_str
+from jaxtl.suggest import did_you_mean
 from jaxtl.train import features as features_lib
 from jaxtl.train import sharding
 from jaxtl.train.state import TrainState, create_train_state
@@ -135,10 +135,9 @@ def train_groups_rules(trainable: Sequence[str]) -> RulesFactory:
 def _check_groups(groups: Sequence[str], layer_groups: Sequence[str]) -> None:
     for g in groups:
         if g not in layer_groups:
-            close = difflib.get_close_matches(g, layer_groups, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise StrategyError(
-                f"unknown layer group {g!r}{hint}; groups: {', '.join(layer_groups)}"
+                f"unknown layer group {g!r}{did_you_mean(g, layer_groups)};"
+                f" groups: {', '.join(layer_groups)}"
             )
 
 
@@ -330,19 +329,16 @@ def get_strategy(name: str, **options: Any) -> Strategy:
       ['lp', 'ft']
     """
     if name not in STRATEGIES:
-        close = difflib.get_close_matches(str(name), STRATEGIES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise StrategyError(
-            f"unknown strategy {name!r}{hint}; choose one of {', '.join(STRATEGIES)}"
+            f"unknown strategy {name!r}{did_you_mean(name, STRATEGIES)};"
+            f" choices: {', '.join(STRATEGIES)}"
         )
     builder = STRATEGIES[name]
     valid = list(inspect.signature(builder).parameters)
     for option in options:
         if option not in valid:
-            close = difflib.get_close_matches(option, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise StrategyError(
-                f"unknown option {option!r} for strategy {name!r}{hint};"
+                f"unknown option {option!r} for strategy {name!r}{did_you_mean(option, valid)};"
                 f" valid options: {', '.join(valid) or 'none'}"
             )
     return dataclasses.replace(builder(**options), options=dict(options))
