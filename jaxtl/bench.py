@@ -88,9 +88,10 @@ CACHED_EPOCH_SPEEDUP = 20.0
 SEEDS_VMAPPED_RATIO = 2.0
 ADAM_STATE_PER_PARAM = 2
 
-# The embedded study's model and batch (models.create("mlp", 5) defaults, MNIST-like 28x28x1).
+# The embedded study's models (models.create("mlp", 5) defaults) and batch, one per input the
+# study trains on: mnist5k digits (28x28x1) and MNIST-1D (40 samples).
 STUDY_MODEL = ("mlp", 5)
-STUDY_INPUT = (28, 28, 1)
+STUDY_INPUTS: dict[str, tuple[int, ...]] = {"mnist5k": (28, 28, 1), "mnist1d": (40,)}
 STUDY_BATCH = 64
 
 
@@ -119,6 +120,8 @@ def machine_info() -> dict[str, Any]:
         "jaxlib": _jaxlib_version(),
         "flax": flax.__version__,
         "optax": optax.__version__,
+        # None is XLA's default: on GPUs fp32 convolutions and dots may use TF32.
+        "default_matmul_precision": jax.config.jax_default_matmul_precision,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
@@ -303,6 +306,7 @@ def run_benchmark(
     include_seeds: bool = True,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Times every freezing strategy's train step against its limits and the naive recipe.
 
@@ -323,10 +327,13 @@ def run_benchmark(
       include_seeds: run the vmapped-seeds measurement.
       seed: seeds the data and the parameter init.
       log: called with one line per finished measurement (progress); None is silent.
+      on_partial: called with the result so far after each measurement ("complete" False until
+        the last), so a run that is cut short (a device lease, a timeout) keeps what it measured.
 
     Returns:
       A JSON-ready dict: "machine", "config", "forward", "rows" (one per strategy step),
-      "linear_probe_epoch", "seeds_vmapped" (None when skipped) and "checks".
+      "linear_probe_epoch", "seeds_vmapped" (one entry per study input, None when skipped),
+      "matmul_peak_flops_per_s", "checks" and "complete".
 
     Example:
       >>> result = run_benchmark("mlp", batch_size=8, image_size=8, steps=2, warmup=1,
@@ -356,6 +363,36 @@ def run_benchmark(
         )
     say = log or (lambda line: None)
     options = dict(model_options or {})
+    result: dict[str, Any] = {
+        "machine": machine_info(),
+        "config": {
+            "model": model,
+            "model_options": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in options.items()
+            },
+            "batch_size": batch_size,
+            "input_shape": [image_size, image_size, channels],
+            "num_classes": num_classes,
+            "dtype": dtype,
+            "optimizer": "adam(1e-3)",
+            "steps": steps,
+            "warmup": warmup,
+            "seed": seed,
+        },
+        "complete": False,
+    }
+    report_partial = on_partial or (lambda partial: None)
+    # First: it is small and independent of the model, so a run cut short still has it.
+    if include_seeds:
+        peak = _matmul_peak_flops_per_s()
+        result["matmul_peak_flops_per_s"] = peak
+        result["seeds_vmapped"] = [
+            _seeds_vmapped(name, shape, num_seeds, steps, warmup, seed, peak, say)
+            for name, shape in STUDY_INPUTS.items()
+        ]
+    else:
+        result["seeds_vmapped"] = None
+    report_partial(result)
     net = models.create(model, num_classes, dtype=jnp.dtype(dtype), **options)
     groups = net.layer_groups
     rng = np.random.default_rng(seed)
@@ -372,8 +409,11 @@ def run_benchmark(
     forward_ms = _interleaved_ms({"forward": run_forward}, steps, warmup)["forward"]
     forward_row = {"ms": forward_ms, **_cost(forward, variables, x, y)}
     say(f"forward: {forward_ms:.2f} ms")
+    result["config"]["layer_groups"] = list(groups)
+    result["forward"] = forward_row
+    result["rows"] = rows = []
+    report_partial(result)
 
-    rows = []
     # Most frozen first: the device's peak is process-wide, so with the footprint growing row
     # by row the peak read after a row bounds that row's step (and its naive twin) from above.
     for name, k, plan, lr in _strategy_plans(groups, params):
@@ -427,6 +467,7 @@ def run_benchmark(
         rows.append(row)
         naive_note = "" if naive is None else f", naive {ms['naive']:.2f} ms"
         say(f"{name}: {ms['step']:.2f} ms/step, forward {ms['forward']:.2f} ms{naive_note}")
+        report_partial(result)
 
     cached_row, lp_epoch = _linear_probe(
         net,
@@ -446,33 +487,13 @@ def run_benchmark(
         say,
     )
     rows.append(cached_row)
-
-    seeds = _seeds_vmapped(num_seeds, steps, warmup, seed, say) if include_seeds else None
     # Measured most frozen first (see the device-peak note); reported from full_ft down.
     rows.sort(key=lambda r: ("/" in r["strategy"], r["strategy"] == "linear_probe_cached", r["k"]))
-    return {
-        "machine": machine_info(),
-        "config": {
-            "model": model,
-            "model_options": {
-                k: list(v) if isinstance(v, tuple) else v for k, v in options.items()
-            },
-            "layer_groups": list(groups),
-            "batch_size": batch_size,
-            "input_shape": [image_size, image_size, channels],
-            "num_classes": num_classes,
-            "dtype": dtype,
-            "optimizer": "adam(1e-3)",
-            "steps": steps,
-            "warmup": warmup,
-            "seed": seed,
-        },
-        "forward": forward_row,
-        "rows": rows,
-        "linear_probe_epoch": lp_epoch,
-        "seeds_vmapped": seeds,
-        "checks": _checks(rows, lp_epoch, seeds),
-    }
+    result["linear_probe_epoch"] = lp_epoch
+    result["checks"] = _checks(rows, lp_epoch, result["seeds_vmapped"])
+    result["complete"] = True
+    report_partial(result)
+    return result
 
 
 def _linear_probe(
@@ -575,13 +596,40 @@ def _linear_probe(
     return row, epoch_row
 
 
+def _matmul_peak_flops_per_s(size: int | None = None, repeats: int = 10) -> float:
+    """FLOP/s of one large fp32 matrix product at default precision: this device's usable peak.
+
+    The vmapped-seeds check compares against it: ``num_seeds`` seeds are ``num_seeds`` times the
+    arithmetic of one, so on a device that one seed already keeps busy no batching can bring the
+    ratio under ``num_seeds * flops / peak / one_seed_time``.
+    """
+    size = size or (4096 if jax.default_backend() in ("gpu", "tpu") else 1024)
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(matmul(a, a))
+    # The fastest repeat, not the median: a peak, so the bound derived from it stays a bound.
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a, a))
+        seconds.append(time.perf_counter() - start)
+    return 2 * size**3 / min(seconds)
+
+
 def _seeds_vmapped(
-    num_seeds: int, steps: int, warmup: int, seed: int, say: Callable[[str], None]
+    data: str,
+    input_shape: tuple[int, ...],
+    num_seeds: int,
+    steps: int,
+    warmup: int,
+    seed: int,
+    peak_flops_per_s: float,
+    say: Callable[[str], None],
 ) -> dict[str, Any]:
-    """The study MLP's full fine-tune step: ``num_seeds`` stacked under vmap vs one seed."""
+    """A study MLP's full fine-tune step: ``num_seeds`` stacked under vmap vs one seed."""
     net = models.create(*STUDY_MODEL)
     rng = np.random.default_rng(seed + 2)
-    xs = jnp.asarray(rng.random((num_seeds, STUDY_BATCH, *STUDY_INPUT), np.float32))
+    xs = jnp.asarray(rng.random((num_seeds, STUDY_BATCH, *input_shape), np.float32))
     ys = jnp.asarray(rng.integers(0, STUDY_MODEL[1], (num_seeds, STUDY_BATCH)), jnp.int32)
     keys = jax.random.split(jax.random.key(seed), num_seeds)
     tx = optax.adam(1e-3)
@@ -596,22 +644,34 @@ def _seeds_vmapped(
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
     one = _Stepper(jax.jit(step, donate_argnums=0), states[0], xs[0], ys[0], keys[0])
     many = _Stepper(jax.jit(jax.vmap(step), donate_argnums=0), stacked, xs, ys, keys)
+    flops = _cost(one.step, one.state, xs[0], ys[0], keys[0])["flops"]
     ms = _interleaved_ms({"one": one, "many": many}, steps, warmup)
     one_ms, many_ms = ms["one"], ms["many"]
-    say(f"{num_seeds} seeds vmapped: {many_ms:.2f} ms vs one seed {one_ms:.2f} ms")
+    # The best any implementation could do here: all seeds' arithmetic at the matmul peak.
+    bound_ms = num_seeds * flops / peak_flops_per_s * 1e3
+    say(
+        f"{num_seeds} seeds vmapped ({data}): {many_ms:.2f} ms vs one seed {one_ms:.2f} ms"
+        f" (compute bound {bound_ms:.2f} ms)"
+    )
     return {
+        "data": data,
         "model": STUDY_MODEL[0],
         "num_classes": STUDY_MODEL[1],
-        "input_shape": list(STUDY_INPUT),
+        "input_shape": list(input_shape),
         "batch_size": STUDY_BATCH,
         "num_seeds": num_seeds,
         "one_seed_ms": one_ms,
         "vmapped_ms": many_ms,
         "ratio": many_ms / one_ms,
+        "one_seed_flops": flops,
+        "one_seed_flops_per_s": flops / (one_ms * 1e-3),
+        "vmapped_flops_per_s": num_seeds * flops / (many_ms * 1e-3),
+        "compute_bound_ms": bound_ms,
+        "ratio_lower_bound": max(1.0, bound_ms / one_ms),
     }
 
 
-def _checks(rows, lp_epoch, seeds) -> list[dict[str, Any]]:
+def _checks(rows, lp_epoch, seeds_results) -> list[dict[str, Any]]:
     by_name = {r["strategy"]: r for r in rows}
     head = by_name["all_but_head"]
     out = [
@@ -654,14 +714,16 @@ def _checks(rows, lp_epoch, seeds) -> list[dict[str, Any]]:
                 "Adam mu+nu bytes / trainable param bytes (scalar step counts excluded)",
             )
         )
-    if seeds is not None:
+    for seeds in seeds_results or ():
         out.append(
             _check(
-                f"{seeds['num_seeds']}_seeds_vmapped_vs_one",
+                f"{seeds['num_seeds']}_seeds_vmapped_vs_one_{seeds['data']}",
                 seeds["ratio"],
                 "<=",
                 SEEDS_VMAPPED_RATIO,
-                f"{seeds['model']} step, batch {seeds['batch_size']} per seed",
+                f"{seeds['model']} on {seeds['data']}, batch {seeds['batch_size']} per seed;"
+                f" no implementation can go under {seeds['ratio_lower_bound']:.2f} on this"
+                " device (all seeds' FLOPs at its measured matmul peak)",
             )
         )
     return out
@@ -720,12 +782,19 @@ def format_report(result: Mapping[str, Any]) -> str:
             f" (+ {lp['feature_cache_ms']:.1f} ms once to fill the cache): {lp['speedup']:.1f}x"
         ),
     ]
-    seeds = result["seeds_vmapped"]
-    if seeds is not None:
+    if result["seeds_vmapped"]:
         lines.append(
-            f"{seeds['num_seeds']} seeds vmapped ({seeds['model']}, batch {seeds['batch_size']}):"
-            f" {seeds['vmapped_ms']:.2f} ms vs {seeds['one_seed_ms']:.2f} ms for one seed:"
-            f" {seeds['ratio']:.2f}x"
+            f"matmul peak of this device (fp32, default precision):"
+            f" {result['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s"
+        )
+    for seeds in result["seeds_vmapped"] or ():
+        lines.append(
+            f"{seeds['num_seeds']} seeds vmapped ({seeds['model']} on {seeds['data']}, batch"
+            f" {seeds['batch_size']}): {seeds['vmapped_ms']:.2f} ms vs {seeds['one_seed_ms']:.2f}"
+            f" ms for one seed: {seeds['ratio']:.2f}x (lower bound at the matmul peak"
+            f" {seeds['ratio_lower_bound']:.2f}x; one seed runs at"
+            f" {seeds['one_seed_flops_per_s'] / 1e9:.0f} GFLOP/s, {seeds['num_seeds']} at"
+            f" {seeds['vmapped_flops_per_s'] / 1e9:.0f})"
         )
     lines.append("")
     for check in result["checks"]:
@@ -818,7 +887,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     Example:
       >>> main(["--size", "cpu", "--json", "/tmp/bench.json"])  # doctest: +SKIP
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    peer = None
+    if args.peer:
+        # Read before the run: a bad path should cost a second, not a benchmark.
+        try:
+            with open(args.peer) as f:
+                peer = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            parser.error(f"--peer {args.peer}: {e}")
     preset = SIZES[args.size]
     options = dict(preset["model_options"]) if args.model in (None, preset["model"]) else {}
     options.update(dict(args.model_option))
@@ -835,18 +913,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         include_naive=not args.no_naive,
         include_seeds=not args.no_seeds,
         log=lambda line: print(line, file=sys.stderr, flush=True),
+        on_partial=functools.partial(_write_json, args.json) if args.json else None,
     )
     result["config"]["size"] = args.size
     result["wall_time_s"] = time.perf_counter() - start
-    if args.peer:
-        with open(args.peer) as f:
-            result["peer"] = json.load(f)
+    if peer is not None:
+        result["peer"] = peer
     print(format_report(result))
     print(f"\nwall time: {result['wall_time_s']:.1f} s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        _write_json(args.json, result)
     return 0
+
+
+def _write_json(path: str, result: Mapping[str, Any]) -> None:
+    # Write-then-rename: a run killed mid-write leaves the previous complete file, never half.
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

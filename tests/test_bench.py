@@ -99,7 +99,8 @@ def test_checks_machine_and_sections_are_json(result):
         "freeze_first_1_step_vs_limit",
         "all_but_head_step_vs_limit",
         "cached_linear_probe_epoch_speedup",
-        "2_seeds_vmapped_vs_one",
+        "2_seeds_vmapped_vs_one_mnist5k",
+        "2_seeds_vmapped_vs_one_mnist1d",
     } <= names
     for check in result["checks"]:
         assert isinstance(check["passed"], bool) and isinstance(check["value"], float)
@@ -111,10 +112,62 @@ def test_checks_machine_and_sections_are_json(result):
     assert lp["examples"] == 16 and lp["speedup"] == pytest.approx(
         lp["uncached_epoch_ms"] / lp["cached_epoch_ms"]
     )
-    assert result["seeds_vmapped"]["num_seeds"] == 2
+    assert [s["data"] for s in result["seeds_vmapped"]] == list(bench.STUDY_INPUTS)
+    for seeds in result["seeds_vmapped"]:
+        assert seeds["num_seeds"] == 2 and seeds["one_seed_flops"] > 0
+        assert seeds["ratio"] == pytest.approx(seeds["vmapped_ms"] / seeds["one_seed_ms"])
+        # The bound is all seeds' FLOPs at the measured peak, relative to one seed's time.
+        assert seeds["ratio_lower_bound"] == pytest.approx(
+            max(1.0, seeds["compute_bound_ms"] / seeds["one_seed_ms"])
+        )
+        assert seeds["compute_bound_ms"] == pytest.approx(
+            2 * seeds["one_seed_flops"] / result["matmul_peak_flops_per_s"] * 1e3
+        )
+    assert result["complete"] is True
     assert json.loads(json.dumps(result)) == result
     report = bench.format_report(result)
     assert "all_but_head" in report and ("PASS" in report or "FAIL" in report)
+
+
+def test_partial_results_are_reported_after_every_measurement(tmp_path):
+    snapshots = []
+    bench.run_benchmark(
+        "mlp",
+        batch_size=4,
+        image_size=2,
+        channels=1,
+        num_classes=2,
+        steps=1,
+        warmup=1,
+        model_options={"widths": (4,)},
+        lp_examples=4,
+        lp_epochs=1,
+        num_seeds=2,
+        include_naive=False,
+        on_partial=lambda partial: snapshots.append(json.loads(json.dumps(partial))),
+    )
+    # Seeds first, then the forward, one snapshot per strategy row, then the finished result.
+    assert [s["complete"] for s in snapshots] == [False] * (len(snapshots) - 1) + [True]
+    assert len(snapshots[0]["seeds_vmapped"]) == 2 and "rows" not in snapshots[0]
+    row_counts = [len(s["rows"]) for s in snapshots[1:]]
+    assert row_counts == sorted(row_counts) and row_counts[0] == 0
+    assert "checks" in snapshots[-1] and "checks" not in snapshots[-2]
+
+
+def test_cli_writes_json_and_rejects_a_missing_peer_file(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    tiny = ["--model", "mlp", "--model-option", "widths=4,", "--batch-size", "4",
+            "--image-size", "2", "--steps", "1", "--warmup", "1", "--lp-examples", "4",
+            "--no-naive", "--no-seeds"]  # fmt: skip
+    assert bench.main([*tiny, "--json", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["complete"] is True and written["seeds_vmapped"] is None
+    assert not (tmp_path / "bench.json.tmp").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([*tiny, "--peer", str(tmp_path / "missing.json")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("jaxtl bench: error: --peer ") and "No such file" in err
 
 
 def test_bad_arguments_fail_with_one_line():
