@@ -14,8 +14,8 @@ import argparse
 import ast
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 # Errors that come from what the user typed or pointed at: printed as one line, no traceback.
 # JAXTL_DEBUG=1 re-raises them for a traceback.

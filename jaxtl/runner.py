@@ -16,8 +16,9 @@ import json
 import math
 import re
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -476,7 +477,7 @@ def _phase_costs(model, run, tx, config, variables, x_shape_for) -> list[dict[st
         key = (model, plan.paths, plan.frozen_flags, start, x_shape_for(start), config.bn_policy)
         if key not in _COSTS:
             step = build_step(model, plan, tx, bn_policy=config.bn_policy, start=start)
-            state = jax.eval_shape(lambda: create_train_state(variables, plan, tx))
+            state = jax.eval_shape(functools.partial(create_train_state, variables, plan, tx))
             x = jax.ShapeDtypeStruct(x_shape_for(start), jnp.float32)
             y = jax.ShapeDtypeStruct(x.shape[:1], jnp.int32)
             _COSTS[key] = freeze.cost(step, state, x, y, jax.random.key(0))

@@ -217,7 +217,7 @@ def test_vmapped_seeds_equal_separate_runs(setup):
         alone = run_phases(
             model, inits[i], strategy, TX, xs[i], ys[i], seed=seed, cache_features=True, **RUN
         )
-        mine = jax.tree.map(lambda a: a[i], together.variables)
+        mine = jax.tree.map(lambda a, i=i: a[i], together.variables)
         for got, want in zip(jax.tree.leaves(mine), jax.tree.leaves(alone.variables)):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         assert [r["loss"][i] for r in together.history] == pytest.approx(

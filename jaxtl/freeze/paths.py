@@ -7,7 +7,8 @@ string names a leaf whether the tree is a plain dict, a flax ``FrozenDict``, Lin
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 
@@ -38,15 +39,15 @@ class Selector:
     def __call__(self, path: str, leaf: Any = None) -> bool:
         return bool(self.fn(path, leaf))
 
-    def __or__(self, other: "Selector") -> "Selector":
+    def __or__(self, other: Selector) -> Selector:
         other = as_selector(other)
         return Selector(lambda p, x: self(p, x) or other(p, x), f"({self} | {other})")
 
-    def __and__(self, other: "Selector") -> "Selector":
+    def __and__(self, other: Selector) -> Selector:
         other = as_selector(other)
         return Selector(lambda p, x: self(p, x) and other(p, x), f"({self} & {other})")
 
-    def __invert__(self) -> "Selector":
+    def __invert__(self) -> Selector:
         return Selector(lambda p, x: not self(p, x), f"~{self}")
 
     def __str__(self) -> str:
@@ -106,7 +107,7 @@ NOTHING = Selector(lambda p, x: False, "nothing")
 EVERYTHING = Selector(lambda p, x: True, "everything")
 
 
-def as_selector(pattern: "str | Selector") -> Selector:
+def as_selector(pattern: str | Selector) -> Selector:
     """A regex string becomes :func:`regex`; a :class:`Selector` is returned unchanged."""
     if isinstance(pattern, Selector):
         return pattern
@@ -146,7 +147,7 @@ def first_k_groups(layer_groups: Sequence[str], k: int) -> Selector:
     return Selector(selected.fn, f"first_k_groups(k={k}: {', '.join(groups[:k]) or 'none'})")
 
 
-def select(tree: PyTree, selector: "str | Selector") -> PyTree:
+def select(tree: PyTree, selector: str | Selector) -> PyTree:
     """Returns a bool pytree shaped like ``tree``: True where ``selector`` matches the leaf.
 
     Example:

@@ -735,7 +735,7 @@ def run_phases(
             start = features_lib.can_cache(plan, model.layer_groups, policy)
             if start:
                 features = for_each_seed(
-                    lambda v, xs: features_lib.compute_features(model, v, xs, stop=start),
+                    functools.partial(features_lib.compute_features, model, stop=start),
                     variables,
                     x,
                 )
