@@ -13,12 +13,8 @@ import pytest
 from jaxtl import models
 
 # Each compiled function runs once, so skip XLA's CPU optimisation passes (3-10x faster
-# compiles; these option names are those of the pinned jaxlib).
-FAST_COMPILE = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
-    "xla_cpu_use_fusion_emitters": False,
-}
+# compiles), with the option names the installed jaxlib knows.
+FAST_COMPILE = models.registry.fast_compile_options()
 
 ALL = ("cnn", "cnn1d", "mlp", "resnet18", "resnet18_imagenet", "resnet34", "resnet50", "vit")
 
@@ -335,3 +331,12 @@ def test_invalid_arguments_raise_one_line_value_errors(call, message):
     with pytest.raises(ValueError, match=message) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_fast_compile_options_drop_names_this_jaxlib_does_not_know(monkeypatch):
+    candidates = {"xla_backend_optimization_level": 0, "xla_no_such_option_in_any_jaxlib": True}
+    monkeypatch.setattr(models.registry, "_FAST_COMPILE_CANDIDATES", candidates)
+    # The cached function's body, run afresh on the patched candidates.
+    assert models.registry.fast_compile_options.__wrapped__() == {
+        "xla_backend_optimization_level": 0
+    }

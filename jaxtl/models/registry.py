@@ -8,6 +8,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jaxtl.models.base import GroupedModel, choice_error
 from jaxtl.models.convnet import CNN, CNN1D
@@ -37,9 +38,33 @@ _REGISTRY: dict[str, tuple[type[GroupedModel], dict[str, Any]]] = {
     ),
     "vit": (ViT, {}),
 }
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# XLA CPU options that trade run speed for compile speed, for functions that run once. Option
+# names come and go between jaxlib releases (xla_cpu_use_fusion_emitters is gone in 0.12), so
+# fast_compile_options() keeps the ones the installed jaxlib accepts.
+_FAST_COMPILE_CANDIDATES = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+    "xla_cpu_use_fusion_emitters": False,
+}
 # Fields every Linen module has; they are not model options.
 _NOT_OPTIONS = ("num_classes", "parent", "name")
+
+
+@functools.cache
+def fast_compile_options() -> dict[str, Any]:
+    """The XLA compile-speed options this jaxlib accepts, for CPU functions that run once.
+
+    Example:
+      >>> init = jax.jit(model.init, compiler_options=fast_compile_options())  # doctest: +SKIP
+    """
+    accepted = {}
+    for name, value in _FAST_COMPILE_CANDIDATES.items():
+        try:
+            jax.jit(lambda x: x + 1, compiler_options={name: value})(jnp.zeros(()))
+        except jax.errors.JaxRuntimeError:
+            continue  # unknown to this jaxlib
+        accepted[name] = value
+    return accepted
 
 
 def names() -> tuple[str, ...]:
@@ -128,7 +153,7 @@ def init_variables(
         isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((rng, example_input))
     )
     fast = jax.default_backend() == "cpu" and not traced
-    compiler_options = _FAST_COMPILE if fast else None
+    compiler_options = fast_compile_options() if fast else None
     variables = jax.jit(init, compiler_options=compiler_options)(rng, example_input)
     # jit returns dicts with sorted keys; restore model order so printed trees read stem -> head.
     order = getattr(model, "layer_groups", ())
