@@ -27,22 +27,24 @@ ROW_KEYS = {
 }
 
 
+# A 3-group MLP (layer0, layer1, head) keeps every code path (k = 1 and k = 2) in seconds.
+TINY = {
+    "batch_size": 8,
+    "image_size": 4,
+    "channels": 1,
+    "num_classes": 3,
+    "steps": 2,
+    "warmup": 1,
+    "model_options": {"widths": (8, 8)},
+    "lp_examples": 16,
+    "lp_epochs": 1,
+    "num_seeds": 2,
+}
+
+
 @pytest.fixture(scope="module")
 def result():
-    # A 3-group MLP (layer0, layer1, head) keeps every code path (k = 1 and k = 2) in seconds.
-    return bench.run_benchmark(
-        "mlp",
-        batch_size=8,
-        image_size=4,
-        channels=1,
-        num_classes=3,
-        steps=2,
-        warmup=1,
-        model_options={"widths": (8, 8)},
-        lp_examples=16,
-        lp_epochs=1,
-        num_seeds=2,
-    )
+    return bench.run_benchmark("mlp", **TINY)
 
 
 def test_every_strategy_has_a_row_with_typed_fields(result):
@@ -133,16 +135,7 @@ def test_partial_results_are_reported_after_every_measurement(tmp_path):
     snapshots = []
     bench.run_benchmark(
         "mlp",
-        batch_size=4,
-        image_size=2,
-        channels=1,
-        num_classes=2,
-        steps=1,
-        warmup=1,
-        model_options={"widths": (4,)},
-        lp_examples=4,
-        lp_epochs=1,
-        num_seeds=2,
+        **TINY,
         include_naive=False,
         on_partial=lambda partial: snapshots.append(json.loads(json.dumps(partial))),
     )
