@@ -1,6 +1,10 @@
 """Strategies end to end, optimizer-state carry-over at phase switches, feature caching."""
 
+import dataclasses
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -8,12 +12,17 @@ import pytest
 from jaxtl import freeze, models
 from jaxtl.train import (
     STRATEGIES,
+    GroupCosineDecay,
+    Phase,
+    Strategy,
     StrategyError,
     adabn,
     can_cache,
+    checkpoint,
     get_strategy,
     phase_steps,
     run_phases,
+    scale_by_group_schedule,
 )
 
 TX = optax.adam(1e-2)  # one object, so runs share compiled phase loops
@@ -235,3 +244,129 @@ def test_vmapped_seeds_equal_separate_runs(setup):
             mesh=jax.sharding.Mesh(np.array(jax.devices()), ("data",)),
             **RUN,
         )
+
+
+# ---- per-group learning-rate schedules (FreezeOut's annealing) ----------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _OnUntil:
+    """Multiplier 1 for ``groups`` while t < ``until``, else 0 (hashable, as phases need)."""
+
+    groups: tuple[str, ...]
+    until: float = 2.0
+
+    def __call__(self, group, t):
+        return jnp.where((t < self.until) & (group in self.groups), 1.0, 0.0)
+
+
+def _all_trainable(layer_groups):
+    return [(".*", {})]
+
+
+def test_group_cosine_decay_reaches_zero_at_each_groups_end():
+    decay = GroupCosineDecay((("layer0", 0.5), ("head", 1.0)))
+    values = [float(decay("layer0", t)) for t in (0.0, 0.25, 0.5, 0.9)]
+    assert values == pytest.approx([1.0, 0.5, 0.0, 0.0], abs=1e-7)
+    assert float(decay("head", 0.5)) == pytest.approx(0.5)
+    scaled = GroupCosineDecay((("layer0", 0.5), ("head", 1.0)), scaled=True)
+    assert float(scaled("layer0", 0.0)) == pytest.approx(2.0)
+
+
+def test_scale_by_group_schedule_counts_from_the_phases_first_step():
+    params = {"a": {"w": jnp.ones(2)}, "b": {"w": jnp.ones(2)}}
+    schedule = GroupCosineDecay((("a", 0.5), ("b", 1.0)))
+    tx = optax.chain(optax.sgd(1.0), scale_by_group_schedule(schedule, 2, 8))
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    seen = []
+    for _ in range(3):  # global steps 2, 3, 4 of 8: t = 0.25, 0.375, 0.5
+        updates, state = tx.update(grads, state)
+        seen.append((float(updates["a"]["w"][0]), float(updates["b"]["w"][0])))
+    for (a, b), t in zip(seen, (0.25, 0.375, 0.5)):
+        assert a == pytest.approx(-float(schedule("a", t)), abs=1e-7)
+        assert b == pytest.approx(-float(schedule("b", t)), abs=1e-7)
+    assert seen[-1][0] == pytest.approx(0.0, abs=1e-7)  # group a's rate hit 0 at its end
+
+
+def test_freezeout_anneals_each_group_to_zero_where_it_freezes():
+    groups = ("layer0", "layer1", "head")
+    phases = get_strategy("freezeout", t0=0.5).phases(groups)
+    (decay,) = {p.group_lr for p in phases}
+    assert isinstance(decay, GroupCosineDecay)
+    begins = np.cumsum([0.0] + [p.fraction for p in phases])
+    for k, group in enumerate(groups):
+        # Group k is frozen from phase k + 1 on, which begins where its rate reaches 0.
+        assert float(decay(group, float(begins[k + 1]))) == pytest.approx(0.0, abs=1e-7)
+        assert float(decay(group, 0.0)) == 1.0
+    assert {p.group_lr for p in get_strategy("freezeout", anneal=False).phases(groups)} == {None}
+    scaled = get_strategy("freezeout", scaled=True).phases(groups)[0].group_lr
+    assert float(scaled("layer0", 0.0)) == pytest.approx(2.0)
+    with pytest.raises(StrategyError, match="scaled=True needs anneal=True"):
+        get_strategy("freezeout", anneal=False, scaled=True)
+
+
+def test_a_zero_group_rate_leaves_that_group_bit_identical(setup):
+    model, x, y, variables = setup
+    phase = Phase("ft", _all_trainable, group_lr=_OnUntil(("layer1", "head")))
+    strategy = Strategy("custom", lambda groups: (phase,))
+    run = run_phases(model, variables, strategy, TX, x, y, **RUN)
+    before, after = variables["params"], run.variables["params"]
+    for a, b in zip(jax.tree.leaves(before["layer0"]), jax.tree.leaves(after["layer0"])):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    for group in ("layer1", "head"):
+        assert not np.array_equal(
+            before[group]["Dense_0"]["kernel"], after[group]["Dense_0"]["kernel"]
+        )
+
+
+def test_a_schedule_spans_phases_on_the_global_step(setup):
+    # Rate 1 before half-way and 0 after: the second phase must not move anything. A schedule
+    # that restarted its clock with each phase would train there.
+    model, x, y, variables = setup
+    off_half_way = _OnUntil(("layer0", "layer1", "head"), until=0.5)
+    phases = tuple(
+        Phase(name, _all_trainable, fraction=0.5, group_lr=off_half_way) for name in ("p1", "p2")
+    )
+    ends = {}
+    run_phases(
+        model,
+        variables,
+        Strategy("custom", lambda groups: phases),
+        TX,
+        x,
+        y,
+        **RUN,
+        on_phase_end=lambda name, state: ends.setdefault(name, _host(state.params)),
+    )
+    assert not np.array_equal(
+        ends["p1"]["layer0"]["Dense_0"]["kernel"],
+        variables["params"]["layer0"]["Dense_0"]["kernel"],
+    )
+    for a, b in zip(jax.tree.leaves(ends["p1"]), jax.tree.leaves(ends["p2"])):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_freezeout_resumed_after_a_crash_equals_the_uninterrupted_run(setup, tmp_path):
+    model, x, y, variables = setup
+    # 8 steps: phases of 4, 2 and 2 steps; the crash after step 4 resumes from step 3's
+    # checkpoint, inside the first phase with layer0's rate part-way down its cosine.
+    settings = {**RUN, "total_steps": 8}
+    run = functools.partial(run_phases, model, variables, get_strategy("freezeout"), TX, x, y)
+    whole = run(**settings)
+
+    def crash_at_step_4(record):
+        if record["step"] == 4:
+            raise KeyboardInterrupt("simulated crash")
+
+    with (
+        checkpoint.Checkpointer(tmp_path / "ck", keep=4, every=1) as ckpt,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        run(**settings, checkpointer=ckpt, on_chunk=crash_at_step_4)
+    resumed_from = []
+    with checkpoint.Checkpointer(tmp_path / "ck", keep=4, every=1) as ckpt:
+        resumed = run(**settings, checkpointer=ckpt, on_resume=resumed_from.append)
+    assert resumed_from == [3]
+    for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state)):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()

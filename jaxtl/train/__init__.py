@@ -23,6 +23,7 @@ from jaxtl.train.steps import (
 )
 from jaxtl.train.strategies import (
     STRATEGIES,
+    GroupCosineDecay,
     Phase,
     PhaseRun,
     Strategy,
@@ -31,7 +32,9 @@ from jaxtl.train.strategies import (
     carry_optimizer_state,
     get_strategy,
     phase_steps,
+    phase_transform,
     run_phases,
+    scale_by_group_schedule,
     train_groups_rules,
 )
 from jaxtl.train.transfer import TransferError, TransferReport, transfer_variables
@@ -39,6 +42,7 @@ from jaxtl.train.transfer import TransferError, TransferReport, transfer_variabl
 __all__ = [
     "BN_POLICIES",
     "STRATEGIES",
+    "GroupCosineDecay",
     "Phase",
     "PhaseRun",
     "Strategy",
@@ -64,8 +68,10 @@ __all__ = [
     "make_train_step",
     "maybe_initialize_distributed",
     "phase_steps",
+    "phase_transform",
     "put_replicated",
     "run_phases",
+    "scale_by_group_schedule",
     "shard_batch",
     "train_groups_rules",
     "transfer_variables",

@@ -16,7 +16,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -56,6 +56,10 @@ class Phase:
       fraction: share of the total step budget (used when ``steps`` is None).
       steps: a fixed number of steps instead of a fraction.
       lr: multiplier on the optimizer's updates during this phase.
+      group_lr: per-group multiplier that changes over training, ``(group, t) -> multiplier``
+        with ``t`` = global step / total steps (e.g. FreezeOut's :class:`GroupCosineDecay`);
+        None = constant. It must be hashable (a frozen dataclass): compiled loops are cached
+        by it.
       bn_policy: BatchNorm policy override ("frozen", "train", "adabn"); None = the run's.
       l2sp: L2-SP strength alpha towards the source weights; None = off.
     """
@@ -65,6 +69,7 @@ class Phase:
     fraction: float | None = 1.0
     steps: int | None = None
     lr: float = 1.0
+    group_lr: Callable[[str, jax.Array], jax.Array] | None = None
     bn_policy: str | None = None
     l2sp: float | None = None
 
@@ -163,6 +168,85 @@ def _freeze_first(k: int) -> RulesFactory:
         return train_groups_rules(layer_groups[k:])(layer_groups)
 
     return rules
+
+
+# ---- per-group learning-rate schedules ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupCosineDecay:
+    """FreezeOut's schedule: each group's learning rate decays to 0 by a cosine at its own end.
+
+    Group ``g`` with end ``t_g`` (a fraction of training) gets the multiplier
+    ``0.5 * (1 + cos(pi * min(t / t_g, 1)))`` at progress ``t``, divided by ``t_g`` when
+    ``scaled`` (Brock et al.'s "scaled" variant, which gives groups that stop early a larger start).
+
+    Example:
+      >>> decay = GroupCosineDecay((("stem", 0.5), ("head", 1.0)))
+      >>> [round(float(decay("stem", t)), 3) for t in (0.0, 0.25, 0.5, 0.75)]
+      [1.0, 0.5, 0.0, 0.0]
+    """
+
+    ends: tuple[tuple[str, float], ...]
+    scaled: bool = False
+
+    def __call__(self, group: str, t: jax.Array) -> jax.Array:
+        end = dict(self.ends)[group]
+        multiplier = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t / end, 1.0)))
+        return multiplier / end if self.scaled else multiplier
+
+
+class GroupScheduleState(NamedTuple):
+    """The global step the next update is taken at."""
+
+    count: jax.Array
+
+
+def scale_by_group_schedule(
+    schedule: Callable[[str, jax.Array], jax.Array], first_step: int, total_steps: int
+) -> optax.GradientTransformation:
+    """Scales each update by ``schedule(group, step / total_steps)``; group = first path key.
+
+    The count starts at ``first_step`` (the phase's first global step), so a schedule spans all
+    of a strategy's phases while each phase keeps its own optimizer state. The count is state:
+    checkpoints carry it and a resumed run continues the schedule where it stopped.
+
+    Example:
+      >>> tx = optax.chain(optax.sgd(0.1), scale_by_group_schedule(decay, first_step=0,
+      ...                                                         total_steps=1000))  # doctest: +SKIP
+    """
+
+    def init_fn(params):
+        del params
+        return GroupScheduleState(jnp.asarray(first_step, jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        t = state.count.astype(jnp.float32) / total_steps
+
+        def scale(path, update):
+            group = path_str(path).split("/", 1)[0]
+            return update * schedule(group, t).astype(update.dtype)
+
+        scaled = jax.tree_util.tree_map_with_path(scale, updates)
+        return scaled, GroupScheduleState(optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def phase_transform(
+    tx: optax.GradientTransformation,
+    lr: float,
+    group_lr: Callable[[str, jax.Array], jax.Array] | None = None,
+    first_step: int = 0,
+    total_steps: int = 1,
+) -> optax.GradientTransformation:
+    """The optimizer a phase trains with: ``tx``, then its ``lr`` and ``group_lr`` multipliers."""
+    if group_lr is None:
+        return optax.chain(tx, optax.scale(lr))
+    return optax.chain(
+        tx, optax.scale(lr), scale_by_group_schedule(group_lr, first_step, total_steps)
+    )
 
 
 # ---- strategies ----------------------------------------------------------------------------------
@@ -275,21 +359,33 @@ def surgical(group: int | str = 0, train_head: bool = True) -> Strategy:
     return Strategy("surgical", _fixed(Phase(f"surgical_{group}", rules)))
 
 
-def freezeout(t0: float = 0.5) -> Strategy:
+def freezeout(t0: float = 0.5, anneal: bool = True, scaled: bool = False) -> Strategy:
     """FreezeOut (Brock et al.): freeze groups front-to-back during training to save compute.
 
     Group ``i`` of ``n`` trains until ``t_i = t0 + (1 - t0) * i / (n - 1)`` of the budget (the
     head trains to the end), so phase ``j`` runs with the first ``j`` groups frozen. Frozen
     groups cost no backward pass, and with the "frozen" BN policy their forward can be cached.
+
+    Args:
+      t0: when the first group freezes, as a fraction of training.
+      anneal: as in the paper, each group's learning rate decays to 0 by a cosine over
+        ``[0, t_i]`` (:class:`GroupCosineDecay`) so it freezes where its rate reaches 0;
+        False freezes groups at constant rate (the schedule alone).
+      scaled: the paper's "scaled" variant: group ``i`` starts at ``1 / t_i`` times the rate.
     """
     t0 = _check_fraction("t0", t0)
+    if scaled and not anneal:
+        raise StrategyError("scaled=True needs anneal=True (it scales the annealed rates)")
 
     def build(layer_groups: Sequence[str]) -> tuple[Phase, ...]:
         n = len(layer_groups)
         ends = [t0 + (1.0 - t0) * i / max(n - 1, 1) for i in range(n)]
         starts = [0.0] + ends[:-1]
+        group_lr = (
+            GroupCosineDecay(tuple(zip(layer_groups, ends)), scaled=scaled) if anneal else None
+        )
         return tuple(
-            Phase(f"freezeout{j}", _freeze_first(j), fraction=end - begin)
+            Phase(f"freezeout{j}", _freeze_first(j), fraction=end - begin, group_lr=group_lr)
             for j, (begin, end) in enumerate(zip(starts, ends))
             if end > begin
         )
@@ -462,16 +558,19 @@ class _PlanKey:
 
 
 @functools.lru_cache(maxsize=32)
-def _phase_loop(model, plan_key, tx, lr, bn_policy, l2sp, compute_dtype, start, mesh, vmapped):
+def _phase_loop(
+    model, plan_key, tx, schedule, bn_policy, l2sp, compute_dtype, start, mesh, vmapped
+):
     """One compiled loop per distinct phase, shared by every run in the process (sweeps).
 
+    ``schedule``: :func:`phase_transform`'s arguments after ``tx``, hashable.
     ``vmapped``: the loop maps over a leading seed axis of every argument (state, data, batch
     indices, rng), so S seeds train in one compiled call.
     """
     loop = make_train_loop(
         model,
         plan_key.plan,
-        optax.chain(tx, optax.scale(lr)),
+        phase_transform(tx, *schedule),
         bn_policy=bn_policy,
         l2sp=l2sp,
         compute_dtype=compute_dtype,
@@ -579,7 +678,8 @@ def run_phases(
       model: a jaxtl model.
       variables: starting variables (A's weights transferred, or B's init for "scratch").
       strategy: from :func:`get_strategy` (built here for ``model.layer_groups``).
-      tx: base optax transformation; each phase chains ``optax.scale(phase.lr)`` onto it.
+      tx: base optax transformation; each phase chains ``optax.scale(phase.lr)`` and its
+        ``group_lr`` schedule onto it (:func:`phase_transform`).
       x, y: training inputs and int labels (numpy); they are put on device once.
       total_steps: step budget shared by the phases (:func:`phase_steps`).
       batch_size: examples per step (global, across devices when ``mesh`` is given).
@@ -665,12 +765,19 @@ def run_phases(
     def phase_plan(index: int) -> FreezePlan:
         return freeze.plan(one_model, phases[index].rules(model.layer_groups))
 
+    def phase_schedule(index: int) -> tuple[Any, ...]:
+        """phase_transform's arguments after tx; the step span only matters with a group_lr."""
+        phase = phases[index]
+        if phase.group_lr is None:
+            return (phase.lr,)  # the same key for every budget: sweeps share the loop
+        return (phase.lr, phase.group_lr, ends[index] - budgets[index], total_steps)
+
     def phase_state(index: int, start_step: int) -> TrainState:
         phase = phases[index]
         create = lambda v, r: create_train_state(
             v,
             phase_plan(index),
-            optax.chain(tx, optax.scale(phase.lr)),
+            phase_transform(tx, *phase_schedule(index)),
             reference=r if phase.l2sp else None,
             step=start_step,
         )
@@ -746,7 +853,7 @@ def run_phases(
             model,
             _PlanKey(plan),
             tx,
-            phase.lr,
+            phase_schedule(index),
             policy,
             phase.l2sp,
             compute_dtype,
