@@ -161,6 +161,16 @@ def test_cli_writes_json_and_rejects_a_missing_peer_file(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("jaxtl bench: error: --peer ") and "No such file" in err
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([*tiny, "--json", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        err
+        == f"jaxtl bench: error: --json {tmp_path} is a directory; give a file path such as bench.json"
+    )
+    nested = tmp_path / "new" / "dir" / "bench.json"
+    assert bench.main([*tiny, "--json", str(nested)]) == 0 and json.loads(nested.read_text())
 
 
 def test_bad_arguments_fail_with_one_line():
