@@ -794,7 +794,7 @@ def format_report(result: Mapping[str, Any]) -> str:
         lines.append(
             f"{seeds['num_seeds']} seeds vmapped ({seeds['model']} on {seeds['data']}, batch"
             f" {seeds['batch_size']}): {seeds['vmapped_ms']:.2f} ms vs {seeds['one_seed_ms']:.2f}"
-            f" ms for one seed: {seeds['ratio']:.2f}x (lower bound at the matmul peak"
+            f" ms for one seed: {seeds['ratio']:.2f}x (floor at the matmul peak"
             f" {seeds['ratio_lower_bound']:.2f}x; one seed runs at"
             f" {seeds['one_seed_flops_per_s'] / 1e9:.0f} GFLOP/s, {seeds['num_seeds']} at"
             f" {seeds['vmapped_flops_per_s'] / 1e9:.0f})"
