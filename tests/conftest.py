@@ -6,8 +6,10 @@ import sys
 from collections.abc import Callable
 
 import ml_collections
+import numpy as np
 import pytest
 
+from jaxtl import models
 from jaxtl.config import apply_overrides, load_config
 
 # One cell, one seed, a one-hidden-layer MLP and a few steps: an end-to-end run in seconds.
@@ -38,6 +40,15 @@ def tiny_config() -> Callable[..., ml_collections.ConfigDict]:
         return apply_overrides(load_config("strategies"), [*TINY_OVERRIDES, *overrides])
 
     return make
+
+
+def tiny_mlp_task():
+    """A 3-group MLP with BatchNorm and dropout, 48 random 4x4 images, 3 classes, its variables."""
+    model = models.create("mlp", 3, widths=(8, 8), norm="batchnorm", dropout=0.1)
+    rs = np.random.RandomState(0)
+    x = rs.rand(48, 4, 4, 1).astype(np.float32)
+    y = rs.randint(0, 3, 48).astype(np.int32)
+    return model, x, y, models.init_variables(model, 0, x[:1])
 
 
 def run_on_cpu_devices(code: str, devices: int, timeout: float = 300) -> str:

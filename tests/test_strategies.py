@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import tiny_mlp_task
 
 from jaxtl import freeze, models
 from jaxtl.train import (
@@ -31,12 +32,7 @@ RUN = {"total_steps": 4, "batch_size": 16, "steps_per_call": 1}
 
 @pytest.fixture(scope="module")
 def setup():
-    model = models.create("mlp", 3, widths=(8, 8), norm="batchnorm", dropout=0.1)
-    rs = np.random.RandomState(0)
-    x = rs.rand(48, 4, 4, 1).astype(np.float32)
-    y = rs.randint(0, 3, 48).astype(np.int32)
-    variables = models.init_variables(model, 0, x[:1])
-    return model, x, y, variables
+    return tiny_mlp_task()
 
 
 def _host(tree):

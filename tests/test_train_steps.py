@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import run_on_cpu_devices
+from conftest import run_on_cpu_devices, tiny_mlp_task
 
-from jaxtl import freeze, models
+from jaxtl import freeze
 from jaxtl.train import (
     adabn,
     check_bn_policy,
@@ -26,11 +26,7 @@ FREEZE_LAYER0 = [("layer0/.*", None), (".*", {})]
 
 @pytest.fixture(scope="module")
 def setup():
-    model = models.create("mlp", 3, widths=(8, 8), norm="batchnorm", dropout=0.1)
-    rs = np.random.RandomState(0)
-    x = rs.rand(48, 4, 4, 1).astype(np.float32)
-    y = rs.randint(0, 3, 48).astype(np.int32)
-    variables = models.init_variables(model, 0, x[:1])
+    model, x, y, variables = tiny_mlp_task()
     plan = freeze.plan(variables["params"], FREEZE_LAYER0)
     return model, x, y, variables, plan
 
