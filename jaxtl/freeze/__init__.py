@@ -7,6 +7,7 @@ Depends only on jax, optax and numpy, so it can be imported into any training co
   tx = plan.optimizer(optax.adamw(1e-3))
 """
 
+from jaxtl.freeze.carry import carry_optimizer_state
 from jaxtl.freeze.cost import cost
 from jaxtl.freeze.paths import flatten_with_paths, leaf_paths, path_str
 from jaxtl.freeze.plan import (
@@ -42,6 +43,7 @@ __all__ = [
     "Selector",
     "SelectorError",
     "as_selector",
+    "carry_optimizer_state",
     "cost",
     "first_k_groups",
     "flatten_with_paths",
