@@ -1,15 +1,20 @@
-"""Confidence intervals over seeds: per-cell means and Welch differences of means.
+"""Statistics over seeds: per-cell means, paired differences, sign-flip tests, Holm.
 
-Only numpy and a hard-coded t table, so the report has no scipy dependency.
+Every strategy of a seed shares the same few-shot subset, source model and head init, so
+differences between strategies are computed per seed (paired); Welch's unpaired difference is the
+fallback when two cells share fewer than 2 seeds. The per-cell tables keep a hard-coded t table
+(rounded to 3 decimals, as printed in textbooks); the paired tests use ``scipy.stats.t``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal, NamedTuple
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 # Two-sided 95% critical values of Student's t (the 0.975 quantile) for df 1..30, then 40, 60, 120.
 _T_975 = {
@@ -165,3 +170,254 @@ def verdict(d: Difference) -> Verdict:
     if d.diff + d.half_width < 0:
         return "worse"
     return "indistinguishable"
+
+
+# ---- paired contrasts --------------------------------------------------------------------------
+
+ALPHA = 0.05
+# Exact sign-flip enumeration up to 2**16 sign vectors; beyond that a seeded Monte Carlo.
+EXACT_SIGN_FLIP_MAX_N = 16
+SIGN_FLIP_RESAMPLES = 100_000
+Method = Literal["paired", "welch", "insufficient"]
+
+
+class Contrast(NamedTuple):
+    """A linear contrast of cell means (e.g. x - y) over seeds, with its test.
+
+    Attributes:
+      estimate: mean over paired seeds of the per-seed contrast (paired), or the contrast of the
+        cell means (welch, insufficient); nan when a cell has no value.
+      half_width: half-width of the 95% t interval; nan when method is "insufficient".
+      df: degrees of freedom of the t interval (n - 1 paired; Welch-Satterthwaite otherwise).
+      p: two-sided p-value of the t test (paired or Welch); nan when "insufficient".
+      sign_flip_p: two-sided sign-flip permutation p-value of the per-seed contrasts (exact for
+        n <= 16); nan unless paired.
+      n: seeds used: paired seeds, or the smallest cell's seed count otherwise.
+      method: "paired" (>= 2 shared seeds), "welch" (cells share < 2 seeds, each has >= 2) or
+        "insufficient".
+      sizes: seeds available per cell (before pairing).
+    """
+
+    estimate: float
+    half_width: float
+    df: float
+    p: float
+    sign_flip_p: float
+    n: int
+    method: Method
+    sizes: tuple[int, ...]
+
+    @property
+    def low(self) -> float:
+        return self.estimate - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.estimate + self.half_width
+
+
+def paired_t(d: Sequence[float]) -> tuple[float, float, float]:
+    """Mean, 95% half-width and two-sided p of a one-sample t test of paired differences.
+
+    Zero spread (deterministic runs) gives a zero-width interval and p = 0 for a nonzero mean,
+    p = 1 for a zero mean, where the t statistic itself would be undefined.
+
+    Args:
+      d: per-seed differences x_s - y_s, at least 2.
+
+    Returns:
+      ``(mean, half_width, p)``.
+
+    Example:
+      >>> m, h, p = paired_t([0.01, 0.03, 0.02])
+      >>> round(m, 3), round(h, 4), round(p, 4)
+      (0.02, 0.0248, 0.0742)
+    """
+    x = np.asarray(d, dtype=np.float64)
+    n = x.size
+    if n < 2:
+        raise ValueError(f"paired_t needs at least 2 differences, got {n}")
+    mean = float(x.mean())
+    se = float(x.std(ddof=1)) / math.sqrt(n)
+    if se == 0.0:
+        return mean, 0.0, 0.0 if mean != 0.0 else 1.0
+    t = mean / se
+    return (
+        mean,
+        float(scipy_stats.t.ppf(0.975, n - 1)) * se,
+        float(2 * scipy_stats.t.sf(abs(t), n - 1)),
+    )
+
+
+def sign_flip_p(d: Sequence[float], n_resamples: int = SIGN_FLIP_RESAMPLES, seed: int = 0) -> float:
+    """Two-sided sign-flip permutation p-value of the mean of paired differences.
+
+    Under "no difference" each seed's x and y are exchangeable, so every sign pattern of the
+    differences is equally likely. For n <= 16 all 2**n patterns are enumerated (exact);
+    beyond that ``n_resamples`` random patterns from ``numpy.random.default_rng(seed)`` are drawn
+    and the observed pattern counts once (p = (hits + 1) / (n_resamples + 1)), as
+    ``scipy.stats.permutation_test`` does. Note the floor: with n seeds the exact p is at least
+    2 / 2**n (0.0625 at n = 5).
+
+    Args:
+      d: per-seed differences x_s - y_s.
+      n_resamples: Monte Carlo draws when n > 16.
+      seed: seed of the Monte Carlo draws.
+
+    Returns:
+      The p-value in (0, 1].
+
+    Example:
+      >>> sign_flip_p([0.01, 0.02, 0.03])  # 2 of 8 patterns are as extreme
+      0.25
+    """
+    x = np.asarray(d, dtype=np.float64)
+    n = x.size
+    if n == 0:
+        return math.nan
+    observed = abs(float(x.mean()))
+    # Sums of the same magnitudes in another order may differ in the last bits.
+    tolerance = 1e-12 * max(observed, float(np.abs(x).max()))
+    if n <= EXACT_SIGN_FLIP_MAX_N:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
+        means = np.abs(signs @ x) / n
+        return float(np.mean(means >= observed - tolerance))
+    rng = np.random.default_rng(seed)
+    signs = rng.choice((1.0, -1.0), size=(n_resamples, n))
+    hits = int(np.sum(np.abs(signs @ x) / n >= observed - tolerance))
+    return (hits + 1) / (n_resamples + 1)
+
+
+def welch_contrast(samples: Sequence[Sequence[float]], coefs: Sequence[float]) -> Contrast:
+    """Contrast sum_i c_i mean(sample_i) of independent samples, Welch-Satterthwaite t interval.
+
+    Args:
+      samples: per-cell values (one number per seed).
+      coefs: one coefficient per cell, e.g. (1, -1) for x - y.
+
+    Returns:
+      A ``Contrast`` with method "welch" ("insufficient" when a cell has < 2 values).
+
+    Example:
+      >>> c = welch_contrast([[0.9, 0.91, 0.92], [0.8, 0.81, 0.82]], (1, -1))
+      >>> round(c.estimate, 3), round(c.df, 1), c.method
+      (0.1, 4.0, 'welch')
+    """
+    arrays = [np.asarray(s, dtype=np.float64) for s in samples]
+    sizes = tuple(int(a.size) for a in arrays)
+    if min(sizes) == 0:
+        return Contrast(math.nan, math.nan, math.nan, math.nan, math.nan, 0, "insufficient", sizes)
+    estimate = float(sum(c * a.mean() for c, a in zip(coefs, arrays, strict=True)))
+    if min(sizes) < 2:
+        return Contrast(
+            estimate, math.nan, math.nan, math.nan, math.nan, min(sizes), "insufficient", sizes
+        )
+    parts = [c * c * float(a.var(ddof=1)) / a.size for c, a in zip(coefs, arrays, strict=True)]
+    se2 = sum(parts)
+    if se2 == 0.0:
+        p = 0.0 if estimate != 0.0 else 1.0
+        return Contrast(estimate, 0.0, math.inf, p, math.nan, min(sizes), "welch", sizes)
+    df = se2**2 / sum(v**2 / (a.size - 1) for v, a in zip(parts, arrays, strict=True) if v > 0)
+    se = math.sqrt(se2)
+    return Contrast(
+        estimate,
+        float(scipy_stats.t.ppf(0.975, df)) * se,
+        df,
+        float(2 * scipy_stats.t.sf(abs(estimate) / se, df)),
+        math.nan,
+        min(sizes),
+        "welch",
+        sizes,
+    )
+
+
+def contrast(
+    per_seed: Sequence[Mapping[int, float]], coefs: Sequence[float] = (1.0, -1.0)
+) -> Contrast:
+    """Contrast of cells, paired by seed when they share at least 2 seeds, else Welch.
+
+    Args:
+      per_seed: one ``{seed: value}`` mapping per cell.
+      coefs: one coefficient per cell; the default (1, -1) is x - y.
+
+    Returns:
+      A ``Contrast``: "paired" over the shared seeds (paired t interval and p, exact sign-flip
+      p), "welch" when fewer than 2 seeds are shared, "insufficient" when a cell has < 2 values.
+
+    Example:
+      >>> c = contrast([{0: 0.9, 1: 0.8, 2: 0.7}, {0: 0.8, 1: 0.7, 2: 0.65}])
+      >>> c.method, c.n, round(c.estimate, 4), c.sign_flip_p
+      ('paired', 3, 0.0833, 0.25)
+    """
+    sizes = tuple(len(values) for values in per_seed)
+    shared = sorted(set.intersection(*(set(values) for values in per_seed)))
+    if len(shared) < 2:
+        c = welch_contrast([list(values.values()) for values in per_seed], coefs)
+        return c._replace(sizes=sizes)
+    d = [sum(c * values[s] for c, values in zip(coefs, per_seed, strict=True)) for s in shared]
+    mean, half, p = paired_t(d)
+    return Contrast(mean, half, len(d) - 1.0, p, sign_flip_p(d), len(d), "paired", sizes)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values; nan entries (untested claims) stay nan and do not count.
+
+    The i-th smallest of m p-values is multiplied by (m - i + 1); adjusted values are made
+    non-decreasing in that order and capped at 1. Rejecting where adjusted p < alpha controls
+    the family-wise error rate at alpha.
+
+    Args:
+      p_values: raw p-values of one family of claims.
+
+    Returns:
+      Adjusted p-values in input order.
+
+    Example:
+      >>> [round(p, 4) for p in holm([0.01, 0.04, 0.03, float("nan")])]
+      [0.03, 0.06, 0.06, nan]
+    """
+    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m = len(tested)
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+Decision = Literal["better", "worse", "not supported", "not enough seeds"]
+
+
+def decide(c: Contrast, p_adjusted: float, alpha: float = ALPHA) -> Decision:
+    """The report's rule: supported when Holm-adjusted p < alpha AND the 95% CI excludes 0.
+
+    Example:
+      >>> decide(contrast([{0: 0.9, 1: 0.91}, {0: 0.8, 1: 0.8}]), 0.01)
+      'better'
+    """
+    if c.method == "insufficient" or math.isnan(p_adjusted):
+        return "not enough seeds"
+    if p_adjusted < alpha and c.low > 0:
+        return "better"
+    if p_adjusted < alpha and c.high < 0:
+        return "worse"
+    return "not supported"
+
+
+# A supported claim is fragile when it would not survive a modest change: its adjusted p within a
+# factor 2 of alpha, or the end of its CI nearer 0 within 1 pp (0.01) of 0.
+FRAGILE_P_FACTOR = 2.0
+FRAGILE_MARGIN = 0.01
+
+
+def is_fragile(c: Contrast, p_adjusted: float, alpha: float = ALPHA) -> bool:
+    """Whether a supported claim sits near the decision boundary (see FRAGILE_* constants).
+
+    Example:
+      >>> c = contrast([{0: 0.905, 1: 0.906, 2: 0.904}, {0: 0.9, 1: 0.9, 2: 0.9}])
+      >>> is_fragile(c, 0.001)  # 0.5 pp above 0
+      True
+    """
+    near_end = min(abs(c.low), abs(c.high))
+    return p_adjusted > alpha / FRAGILE_P_FACTOR or near_end < FRAGILE_MARGIN

@@ -1,0 +1,127 @@
+"""jaxtl.report.stats against scipy on fixed arrays: paired t, sign-flip permutation, Welch, Holm."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from jaxtl.report.stats import (
+    contrast,
+    decide,
+    holm,
+    is_fragile,
+    paired_t,
+    sign_flip_p,
+    welch_contrast,
+)
+
+X = np.array([0.712, 0.695, 0.731, 0.704, 0.688])
+Y = np.array([0.701, 0.690, 0.712, 0.709, 0.671])
+
+
+def _scipy_sign_flip(x, y, n_resamples=9999) -> float:
+    return stats.permutation_test(
+        (x, y),
+        lambda a, b, axis: np.mean(a - b, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n_resamples,
+    ).pvalue
+
+
+def test_paired_t_matches_scipy_ttest_rel_and_t_ppf():
+    mean, half, p = paired_t(X - Y)
+    d = X - Y
+    assert mean == pytest.approx(d.mean(), abs=1e-15)
+    assert p == pytest.approx(stats.ttest_rel(X, Y).pvalue, rel=1e-12)
+    assert half == pytest.approx(stats.t.ppf(0.975, 4) * stats.sem(d), rel=1e-12)
+    assert p > 0.05  # this fixed example is not significant: the test can fail
+
+
+@pytest.mark.parametrize(
+    "x, y",
+    [
+        (X, Y),
+        (X, X - 0.01),  # every seed in the same direction
+        (np.array([0.5, 0.6, 0.55, 0.52, 0.58, 0.61, 0.49, 0.57]), np.full(8, 0.55)),
+        (np.array([0.9, 0.8, 0.85]), np.array([0.9, 0.82, 0.8])),  # a tie (d = 0) among seeds
+    ],
+)
+def test_exact_sign_flip_matches_scipy_permutation_test(x, y):
+    assert sign_flip_p(x - y) == pytest.approx(_scipy_sign_flip(x, y), rel=1e-12)
+
+
+def test_sign_flip_floor_is_two_over_two_to_the_n():
+    assert sign_flip_p([0.01] * 5) == 2 / 32
+    assert sign_flip_p([0.0, 0.0, 0.0]) == 1.0
+
+
+def test_monte_carlo_sign_flip_beyond_16_seeds_is_seeded_and_close_to_exact():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(0.02, 0.05, 18), np.zeros(18)
+    mc = sign_flip_p(x - y, n_resamples=20_000, seed=0)
+    assert mc == sign_flip_p(x - y, n_resamples=20_000, seed=0)
+    exact = _scipy_sign_flip(x, y, n_resamples=2**18)
+    assert mc == pytest.approx(exact, abs=0.01)
+
+
+def test_paired_contrast_uses_shared_seeds_only():
+    x = {s: float(v) for s, v in enumerate(X)} | {9: 0.1}
+    y = {s: float(v) for s, v in enumerate(Y)}
+    c = contrast([x, y])
+    assert c.method == "paired" and c.n == 5 and c.sizes == (6, 5)
+    assert c.p == pytest.approx(stats.ttest_rel(X, Y).pvalue, rel=1e-12)
+    assert c.sign_flip_p == pytest.approx(_scipy_sign_flip(X, Y), rel=1e-12)
+    assert c.low == pytest.approx((X - Y).mean() - stats.t.ppf(0.975, 4) * stats.sem(X - Y))
+
+
+def test_contrast_of_four_cells_is_the_paired_t_of_the_per_seed_contrast():
+    a, b, c_, d = X, Y, X[::-1], Y[::-1]
+    per_seed = [{s: float(v) for s, v in enumerate(arr)} for arr in (a, b, c_, d)]
+    got = contrast(per_seed, (1, -1, -1, 1))
+    expected = stats.ttest_1samp((a - b) - (c_ - d), 0.0)
+    assert got.p == pytest.approx(expected.pvalue, rel=1e-12)
+
+
+def test_cells_without_shared_seeds_fall_back_to_welch():
+    x = {0: 0.9, 1: 0.91, 2: 0.93}
+    y = {3: 0.8, 4: 0.83, 5: 0.81, 6: 0.79}
+    c = contrast([x, y])
+    ref = stats.ttest_ind(list(x.values()), list(y.values()), equal_var=False)
+    assert c.method == "welch" and math.isnan(c.sign_flip_p)
+    assert c.p == pytest.approx(ref.pvalue, rel=1e-10)
+    assert c.df == pytest.approx(ref.df, rel=1e-10)
+    assert c.half_width == pytest.approx(
+        stats.t.ppf(0.975, ref.df) * abs(c.estimate / ref.statistic), rel=1e-10
+    )
+    assert welch_contrast([[0.9], [0.8, 0.7]], (1, -1)).method == "insufficient"
+
+
+def test_fewer_than_two_paired_or_unpaired_seeds_is_not_enough():
+    c = contrast([{0: 0.9}, {0: 0.7}])
+    assert c.method == "insufficient" and c.estimate == pytest.approx(0.2)
+    assert decide(c, holm([c.p])[0]) == "not enough seeds"
+
+
+def test_holm_against_a_hand_computed_example():
+    # Sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> max(0.06, 0.04).
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1 and monotone
+    adjusted = holm([0.02, math.nan, 0.01])
+    assert math.isnan(adjusted[1]) and adjusted[0] == pytest.approx(0.02)  # nan not counted
+    assert adjusted[2] == pytest.approx(0.02)
+
+
+def test_decision_rule_and_fragility():
+    per_seed = lambda v: {s: x for s, x in enumerate(v)}
+    strong = contrast([per_seed([0.9, 0.92, 0.91]), per_seed([0.8, 0.8, 0.8])])
+    assert decide(strong, 0.001) == "better" and not is_fragile(strong, 0.001)
+    assert decide(strong, 0.03) == "better" and is_fragile(strong, 0.03)  # within 2x of 0.05
+    assert decide(strong, 0.06) == "not supported"
+    worse = contrast([per_seed([0.8, 0.8, 0.8]), per_seed([0.9, 0.92, 0.91])])
+    assert decide(worse, 0.001) == "worse"
+    close = contrast([per_seed([0.805, 0.806, 0.807]), per_seed([0.8, 0.8, 0.8])])
+    assert decide(close, 0.001) == "better" and is_fragile(close, 0.001)  # CI end < 1 pp from 0
