@@ -26,6 +26,8 @@ _REQUIRED_METRICS = (
 )
 # Older or partial runs may omit these; an absent key reads as null ("not measured").
 _NULLABLE_METRICS = ("acc_a", "acc_ood", "peak_memory_bytes")
+# How hyperparameters were chosen; a record without a "protocol" block used fixed ones.
+PROTOCOL_NAMES = ("tuned", "fixed")
 
 
 class ResultsError(ValueError):
@@ -52,6 +54,100 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _check_setting(setting: object, source: str, field: str) -> None:
+    if not isinstance(setting, dict) or not setting:
+        raise ResultsError(
+            f"{source}: key '{field}' must be a non-empty object of hyperparameters like "
+            f'{{"lr": 0.003}}, got {setting!r}'
+        )
+    for name, value in setting.items():
+        if not (_is_number(value) or isinstance(value, (str, bool)) or value is None):
+            raise ResultsError(
+                f"{source}: key '{field}.{name}' must be a number, string, bool or null, "
+                f"got {value!r}"
+            )
+
+
+def _check_accuracy(value: object, source: str, field: str, nullable: bool) -> None:
+    if value is None and nullable:
+        return
+    if not _is_number(value) or not math.isfinite(value):
+        kind = "a finite number or null" if nullable else "a finite number"
+        raise ResultsError(f"{source}: key '{field}' must be {kind}, got {value!r}")
+
+
+def validate_protocol(protocol: object, source: str) -> dict:
+    """Check a record's ``protocol`` block (absent: the fixed protocol) and return it.
+
+    Schema: ``{"name": "tuned" | "fixed", "selected": {knob: value}, "selection": str,
+    "grid": [{"setting": {knob: value}, "val_acc": float, "test_acc": float | null}, ...]}``;
+    "selected", "selection" and a non-empty "grid" are required when name is "tuned".
+
+    Args:
+      protocol: the parsed block, or None when the record has none.
+      source: file name used in error messages.
+
+    Returns:
+      The block; ``{"name": "fixed"}`` for None.
+
+    Raises:
+      ResultsError: one line naming the file and the malformed field.
+
+    Example:
+      >>> validate_protocol(None, "r.json")
+      {'name': 'fixed'}
+      >>> validate_protocol({"name": "tuned"}, "r.json")
+      Traceback (most recent call last):
+      ...
+      jaxtl.report.results.ResultsError: r.json: missing key 'protocol.selected' (a tuned ...
+    """
+    if protocol is None:
+        return {"name": "fixed"}
+    if not isinstance(protocol, dict):
+        raise ResultsError(
+            f"{source}: key 'protocol' must be an object, got {type(protocol).__name__}"
+        )
+    name = protocol.get("name")
+    if name not in PROTOCOL_NAMES:
+        raise ResultsError(
+            f"{source}: key 'protocol.name' must be one of {', '.join(PROTOCOL_NAMES)}, "
+            f"got {name!r}"
+        )
+    if name == "tuned":
+        for key in ("selected", "selection", "grid"):
+            if key not in protocol:
+                raise ResultsError(
+                    f"{source}: missing key 'protocol.{key}' (a tuned protocol records "
+                    "selected, selection and grid)"
+                )
+    if "selected" in protocol:
+        _check_setting(protocol["selected"], source, "protocol.selected")
+    if "selection" in protocol and not isinstance(protocol["selection"], str):
+        raise ResultsError(
+            f"{source}: key 'protocol.selection' must be a string, got {protocol['selection']!r}"
+        )
+    grid = protocol.get("grid", [])
+    if not isinstance(grid, list) or (name == "tuned" and not grid):
+        raise ResultsError(
+            f"{source}: key 'protocol.grid' must be a non-empty list of "
+            f"{{setting, val_acc, test_acc}} objects, got {grid!r}"
+        )
+    for i, point in enumerate(grid):
+        field = f"protocol.grid[{i}]"
+        if not isinstance(point, dict):
+            raise ResultsError(f"{source}: key '{field}' must be an object, got {point!r}")
+        for key in ("setting", "val_acc", "test_acc"):
+            if key not in point:
+                raise ResultsError(
+                    f"{source}: missing key '{field}.{key}' (grid points hold setting, "
+                    "val_acc, test_acc)"
+                )
+        _check_setting(point["setting"], source, f"{field}.setting")
+        _check_accuracy(point["val_acc"], source, f"{field}.val_acc", nullable=False)
+        _check_accuracy(point["test_acc"], source, f"{field}.test_acc", nullable=True)
+    return protocol
+
+
 def validate_record(record: object, source: str) -> dict:
     """Check one parsed ``results.json`` and return a normalised copy.
 
@@ -60,7 +156,8 @@ def validate_record(record: object, source: str) -> dict:
       source: file name used in error messages.
 
     Returns:
-      A copy of the record with absent nullable metrics set to None and ``"source"`` added.
+      A copy of the record with absent nullable metrics set to None, ``"protocol"`` set (to
+      ``{"name": "fixed"}`` when absent) and ``"source"`` added.
 
     Raises:
       ResultsError: one line naming the file and the missing or malformed key.
@@ -119,7 +216,8 @@ def validate_record(record: object, source: str) -> dict:
         raise ResultsError(
             f"{source}: key 'params.n_per_class' must be a positive int or null (all), got {size!r}"
         )
-    return {**record, "metrics": metrics, "source": source}
+    protocol = validate_protocol(record.get("protocol"), source)
+    return {**record, "metrics": metrics, "protocol": protocol, "source": source}
 
 
 def load_results(results_dir: str | Path) -> list[dict]:

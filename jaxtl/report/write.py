@@ -308,7 +308,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
 
     sections = [
         header_section(records, dropped),
-        answer_section(of("strategies"), of("yosinski")),
+        answer_section(cells),
         yosinski_section(of("yosinski"), out),
         strategies_sections(of("strategies"), out),
         surgical_section(of("surgical"), out),
