@@ -57,7 +57,9 @@ def _ci(c: Contrast, sign: int = 1) -> str:
 
 
 def _p(p: float) -> str:
-    return "nan" if math.isnan(p) else (f"{p:.2g}" if p >= 0.001 else f"{p:.1e}")
+    if math.isnan(p) or p == 0.0:
+        return "nan" if math.isnan(p) else "0"
+    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
 
 
 def _design(c: Contrast) -> str:

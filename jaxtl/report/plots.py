@@ -287,3 +287,48 @@ def plot_heatmap(
     ax.set_xlabel("fine-tuned group / strategy")
     ax.set_ylabel("distribution shift")
     return _save(fig, path, title)
+
+
+def plot_sensitivity(
+    curves: dict[str, dict[str, tuple[list[float], list[float], list[float]]]],
+    path: Path,
+    title: str,
+) -> Path:
+    """Validation (solid) and test (dashed) accuracy vs learning rate, one panel per data size.
+
+    Args:
+      curves: ``{panel title: {strategy label: (lrs, val_means, test_means)}}`` (see
+        ``protocol.lr_curve``).
+      path: PNG to write.
+      title: figure title.
+
+    Returns:
+      ``path``.
+
+    Example:
+      >>> plot_sensitivity({"5/class": {"full_ft": ([1e-3, 1e-2], [.8, .7], [.79, .7])}},
+      ...                  Path("s.png"), "a → b")  # doctest: +SKIP
+    """
+    cols = min(len(curves), 3)
+    rows = math.ceil(len(curves) / cols)
+    fig = Figure(figsize=(6.4 * cols, 4.0 * rows))
+    for i, (panel, lines) in enumerate(curves.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for j, (name, (lrs, val, test)) in enumerate(sorted(lines.items())):
+            colour, marker = f"C{j % 10}", _MARKERS[j % len(_MARKERS)]
+            ax.plot(lrs, [100 * v for v in val], color=colour, marker=marker, label=f"{name} val")
+            ax.plot(
+                lrs,
+                [100 * t for t in test],
+                color=colour,
+                marker=marker,
+                linestyle="--",
+                fillstyle="none",
+                label=f"{name} test",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate (log)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(panel, fontsize=9)
+        _legend_outside(ax)
+    return _save(fig, path, title)

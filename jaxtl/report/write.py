@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxtl.report.answer import answer_section
+from jaxtl.report.answer import answer_section, problems
 from jaxtl.report.cells import (
     CONTEXT_PARAMS,
     SIZE_PARAM,
@@ -23,15 +23,27 @@ from jaxtl.report.cells import (
     summarize,
     varying_params,
 )
+from jaxtl.report.claims import DecisionTest, problem_label
+from jaxtl.report.literature import literature_section
 from jaxtl.report.plots import (
     plot_acc_vs_cost,
     plot_acc_vs_data,
     plot_forgetting,
     plot_heatmap,
+    plot_sensitivity,
     plot_yosinski,
 )
+from jaxtl.report.protocol import (
+    grid_values,
+    has_grid,
+    lr_curve,
+    protocol_name,
+    selected_setting,
+    selection_rules,
+    setting_label,
+)
 from jaxtl.report.results import drop_duplicate_runs, load_results
-from jaxtl.report.tables import pivot, pivot_table, stats_table
+from jaxtl.report.tables import markdown_table, pivot, pivot_table, stats_table
 
 
 def _join(values) -> str:
@@ -78,6 +90,7 @@ def header_section(records: list[dict], dropped: list[dict]) -> str:
     if sizes:
         lines.append("- **Target data sizes**: " + _join(size_label(s) for s in sizes))
     lines.append("- **Seeds**: " + _join(sorted({r["seed"] for r in records})))
+    lines.append("- **Protocol**: " + protocol_line(records))
     lines.append("- **Devices**: " + _join(sorted({r["device"] for r in records})))
     lines.append(
         f"- **Finished**: {dates[0]} to {dates[-1]}"
@@ -85,6 +98,85 @@ def header_section(records: list[dict], dropped: list[dict]) -> str:
         else f"- **Finished**: {dates[0]}"
     )
     return "\n".join(lines) + "\n"
+
+
+def protocol_line(records: list[dict]) -> str:
+    """How hyperparameters were chosen, from the records' ``protocol`` blocks.
+
+    Example:
+      >>> protocol_line([{"protocol": {"name": "fixed"}}])[:21]
+      'fixed hyperparameters'
+    """
+    names = [r["protocol"]["name"] for r in records]
+    fixed = (
+        "fixed hyperparameters (the configured learning rate and strategy options for every "
+        "cell; no per-strategy tuning)"
+    )
+    if all(n == "fixed" for n in names):
+        return fixed
+    rules = sorted({r["protocol"]["selection"] for r in records if "selection" in r["protocol"]})
+    tuned = "tuned per cell: " + "; ".join(rules) + " (see Hyperparameters)"
+    if all(n == "tuned" for n in names):
+        return tuned
+    return f"mixed: {names.count('tuned')} runs {tuned}; {names.count('fixed')} runs with {fixed}"
+
+
+def hyperparameters_section(cells: list[Cell], out: Path) -> str:
+    """Chosen setting per tuned cell and a sensitivity plot per problem ("" when none is tuned).
+
+    Example:
+      >>> print(hyperparameters_section(cells, Path("out")))  # doctest: +SKIP
+    """
+    tuned = [c for c in cells if protocol_name(c) != "fixed"]
+    if not tuned:
+        return ""
+    lines = [
+        "## Hyperparameters",
+        "",
+        "Selection: " + "; ".join(selection_rules(tuned)) + ". The selected setting was "
+        "retrained on all of the cell's training examples; its test accuracy is the one reported "
+        "everywhere else. Cells not listed used fixed hyperparameters.",
+        "",
+    ]
+    rows = []
+    for problem, mine in problems(tuned).items():
+        label = labeller(mine)
+        for cell in sorted(mine, key=lambda c: (label(c), size_order(size_of(c)))):
+            rows.append(
+                [
+                    problem_label(problem),
+                    label(cell),
+                    size_label(size_of(cell)),
+                    setting_label(selected_setting(cell)),
+                    str(len(grid_values(cell, "val_acc"))),
+                    str(len(cell.runs)),
+                ]
+            )
+    lines += [
+        markdown_table(["problem", "strategy", "data", "selected", "grid points", "seeds"], rows),
+        "",
+        (
+            "Sensitivity: mean over seeds of validation (solid) and test (dashed) accuracy on "
+            "the 80% split vs learning rate; at each learning rate the other knobs take the "
+            "setting with the highest mean validation accuracy (the best over them)."
+        ),
+        "",
+    ]
+    for problem, mine in problems(tuned).items():
+        label = labeller(mine)
+        curves: dict[str, dict] = {}
+        for cell in sorted(mine, key=lambda c: size_order(size_of(c))):
+            curve = lr_curve(cell) if has_grid(cell) else None
+            if curve is not None:
+                curves.setdefault(size_label(size_of(cell)), {})[label(cell)] = curve
+        if not curves:
+            continue
+        name = problem_label(problem)
+        png = plot_sensitivity(
+            curves, out / f"sensitivity_{_file_stem(name)}.png", f"Sensitivity: {name}"
+        )
+        lines += [f"![sensitivity {name}]({png.name})", ""]
+    return "\n".join(lines)
 
 
 def _file_stem(text: str) -> str:
@@ -280,12 +372,16 @@ def tables_section(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+def write_report(
+    results_dir: str | Path, out_dir: str | Path | None = None, test: DecisionTest = "t"
+) -> Path:
     """Read every ``results.json`` under ``results_dir`` and write ``report.md`` plus PNG plots.
 
     Args:
       results_dir: directory searched recursively for ``results.json`` (schema: SPEC "Run outputs").
       out_dir: where to write the report and plots; defaults to ``results_dir``.
+      test: which p-value decides a claim: "t" (paired t-test, default) or "sign_flip" (exact
+        sign-flip permutation test; needs at least 6 seeds to go below 0.05).
 
     Returns:
       Path of the written ``report.md``.
@@ -308,7 +404,9 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
 
     sections = [
         header_section(records, dropped),
-        answer_section(cells),
+        answer_section(cells, test),
+        literature_section(cells, test),
+        hyperparameters_section(cells, out),
         yosinski_section(of("yosinski"), out),
         strategies_sections(of("strategies"), out),
         surgical_section(of("surgical"), out),
