@@ -1,0 +1,326 @@
+"""The Answer and Literature check: per-problem Q1-Q3 from any experiment, paired claims, Holm,
+fragile / robust marks, model-family disagreement, and the tuned protocol's report parts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from jaxtl.report import ResultsError, load_results, write_report
+from jaxtl.report.answer import answer_claims, answer_section
+from jaxtl.report.cells import group_cells
+from jaxtl.report.literature import literature_section
+
+SEEDS = (0, 1, 2, 3, 4)
+# Per-seed offsets shared by every strategy of a seed (same subset, source and head init): a
+# paired design removes them, an unpaired one would not.
+SEED_EFFECT = (-0.04, 0.02, 0.0, 0.03, -0.01)
+
+
+def record(experiment, strategy, seed, params, acc_b, protocol=None, **metrics) -> dict:
+    out = {
+        "experiment": experiment,
+        "strategy": strategy,
+        "seed": seed,
+        "params": dict(params),
+        "metrics": {
+            "acc_b": acc_b,
+            "acc_a": metrics.get("acc_a"),
+            "acc_ood": metrics.get("acc_ood"),
+            "flops_per_step": 1e6,
+            "train_flops": metrics.get("train_flops", 4e10),
+            "wall_time_s": 10.0,
+            "peak_memory_bytes": None,
+            "trainable_params": 1000,
+            "total_params": 1000,
+        },
+        "device": "cpu:0",
+        "finished_at": "2025-03-01T12:00:00",
+    }
+    if protocol is not None:
+        out["protocol"] = protocol
+    return out
+
+
+def cell(experiment, strategy, params, base, jitter=(0.0,) * 5, seeds=SEEDS, **metrics):
+    """Records of one cell: base + the seed's shared effect + a per-cell jitter."""
+    per_metric = {
+        k: (v if isinstance(v, (list, tuple)) else [v] * len(seeds)) for k, v in metrics.items()
+    }
+    return [
+        record(
+            experiment,
+            strategy,
+            s,
+            params,
+            base + SEED_EFFECT[s % 5] + jitter[i],
+            **{k: v[i] for k, v in per_metric.items()},
+        )
+        for i, s in enumerate(seeds)
+    ]
+
+
+def write(root: Path, records: list[dict]) -> Path:
+    for i, r in enumerate(records):
+        run = root / "runs" / f"c{i:03d}"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps(r))
+    return root
+
+
+def answer_of(tmp_path: Path, records: list[dict], test: str = "t") -> str:
+    return answer_section(group_cells(load_results(write(tmp_path, records))), test)
+
+
+def cross_domain(model="cnn", lift=0.1, pair=("mnist", "usps")) -> list[dict]:
+    records = []
+    for size, extra in ((5, 0.0), (None, 0.2)):
+        params = {"dataset_a": pair[0], "dataset_b": pair[1], "model": model, "n_per_class": size}
+        records += cell("cross_domain", "scratch", params, 0.5 + extra, (0.0, 0.01, -0.01, 0, 0))
+        records += cell(
+            "cross_domain", "full_ft", params, 0.5 + extra + lift, (0.01, 0.0, 0.0, -0.01, 0.0)
+        )
+        records += cell("cross_domain", "linear_probe", params, 0.55 + extra, (0, 0, 0.01, 0, 0))
+    return records
+
+
+def test_answer_of_a_cross_domain_only_results_directory_is_computed(tmp_path):
+    answer = answer_of(tmp_path, cross_domain())
+    assert "No data size" not in answer
+    assert "### cross_domain: mnist → usps (cnn)" in answer
+    ft = 0.6 + np.array(SEED_EFFECT) + [0.01, 0.0, 0.0, -0.01, 0.0]
+    sc = 0.5 + np.array(SEED_EFFECT) + [0.0, 0.01, -0.01, 0, 0]
+    ref = stats.ttest_rel(ft, sc)
+    half = stats.t.ppf(0.975, 4) * stats.sem(ft - sc)
+    expected = (
+        f"- **5/class**: transfer counts: full_ft is better than scratch on accuracy on B by "
+        f"{100 * (ft - sc).mean():.2f} pp (paired over 5 seeds: 95% CI "
+        f"{100 * ((ft - sc).mean() - half):+.2f} to {100 * ((ft - sc).mean() + half):+.2f} pp"
+    )
+    assert expected in answer
+    assert f"p={ref.pvalue:.1e}" in answer and "sign-flip p=0.062" in answer
+    assert "linear_probe is worse than full_ft on accuracy on B by 4.80 pp" in answer
+
+
+def test_unpaired_cells_fall_back_to_welch_and_say_so(tmp_path):
+    params = {"dataset_a": "a", "dataset_b": "b", "model": "mlp", "n_per_class": 5}
+    records = cell("strategies", "full_ft", params, 0.8, seeds=(0, 1, 2)) + cell(
+        "strategies", "scratch", params, 0.6, seeds=(5, 6, 7)
+    )
+    answer = answer_of(tmp_path, records)
+    assert "Welch, unpaired: the cells share < 2 seeds, n=3 vs 3" in answer
+
+
+def test_holm_turns_two_marginal_claims_into_no_claim(tmp_path):
+    # Two sizes, each with raw p in (0.025, 0.05): Holm multiplies the smaller by 2.
+    records = []
+    for size, d in ((5, (0.02, 0.03, 0.015, 0.04, 0.0)), (20, (0.03, 0.015, 0.025, 0.04, 0.0))):
+        params = {"dataset_a": "a", "dataset_b": "b", "model": "mlp", "n_per_class": size}
+        records += cell("strategies", "scratch", params, 0.6)
+        records += cell("strategies", "full_ft", params, 0.6, d)
+    claims = answer_claims(group_cells(load_results(write(tmp_path, records))))
+    assert len(claims) == 2
+    for c in claims:
+        assert 0.025 < c.test.p < 0.05 and c.p_adjusted >= 0.05
+        assert c.decision == "not supported"
+    one = answer_claims(group_cells(load_results(write(tmp_path / "one", records[10:]))))
+    assert [c.decision for c in one] == ["better"]  # the same claim in a family of one
+
+
+def test_fragile_and_sign_flip_decision(tmp_path):
+    params = {"dataset_a": "a", "dataset_b": "b", "model": "mlp", "n_per_class": 5}
+    records = cell("strategies", "scratch", params, 0.6) + cell(
+        "strategies", "full_ft", params, 0.605, (0.0, 0.001, -0.001, 0.0, 0.0)
+    )
+    answer = answer_of(tmp_path / "t", records)
+    assert "full_ft is better than scratch on accuracy on B by 0.50 pp" in answer
+    assert "— *fragile*" in answer  # the CI's lower end is within 1 pp of 0
+    # The exact sign-flip p cannot go below 2/2^5 = 0.0625 with 5 seeds: no claim.
+    flipped = answer_of(tmp_path / "s", records, test="sign_flip")
+    assert "full_ft and scratch are indistinguishable" in flipped and "— *fragile*" not in flipped
+
+
+def test_model_families_disagreement_is_reported(tmp_path):
+    records = cross_domain("cnn", lift=0.1) + cross_domain("mlp", lift=0.0)
+    answer = answer_of(tmp_path, records)
+    section = answer.split("### Where model families disagree", 1)[1]
+    assert (
+        "- cross_domain: mnist → usps, Q2 full_ft vs scratch at 5/class: cnn: full_ft better "
+        "(+10.00 pp); mlp: no supported difference (+0.00 pp)." in section
+    )
+    assert "cnn and mlp agree on the other" in section
+
+
+def test_yosinski_and_surgical_problems_get_their_own_questions(tmp_path):
+    pair = {"dataset_a": "a", "dataset_b": "a", "model": "cnn", "n_per_class": None}
+    records = cell("yosinski", "baseB", pair, 0.8)
+    for depth in (1, 2, 3):
+        at = {**pair, "depth": depth}
+        records += cell("yosinski", "AnB", at, 0.8 - 0.05 * depth, (0, 0.01, 0, 0, 0))
+        records += cell("yosinski", "AnB+", at, 0.82, (0, 0, 0.01, 0, 0))
+        records += cell(
+            "yosinski", "BnB", at, 0.8 - (0.06 if depth == 2 else 0), (0.01, 0, 0, 0, 0)
+        )
+    answer = answer_of(tmp_path, records)
+    assert "### yosinski: a → a (cnn)" in answer
+    assert "- **n=2**: transfer counts: AnB+ n=2 is better than baseB" in answer
+    assert "- **n=3**: AnB n=3 is worse than AnB+ n=3 on accuracy on B by 17.00 pp" in answer
+    literature = literature_section(group_cells(load_results(tmp_path)))
+    row = lambda start: next(line for line in literature.splitlines() if line.startswith(start))
+    assert "AnB n=1 − AnB n=3 = +10.00 pp" in row("| AnB (frozen copied layers) falls")
+    assert "**reproduced (supported)**" in row("| AnB (frozen copied layers) falls")
+    assert "BnB n=2 = +6.00 pp" in row("| BnB dips") and "reproduced" in row("| BnB dips")
+    assert "not measured in this run" in row("| LP-FT ≥ FT in distribution")
+
+
+def _strategies_with_ood(lp_ft_ood: float) -> list[dict]:
+    params = {"dataset_a": "a", "dataset_b": "b", "model": "mlp", "n_per_class": 5}
+    return (
+        cell("strategies", "full_ft", params, 0.8, acc_ood=0.5, acc_a=0.3)
+        + cell("strategies", "lp_ft", params, 0.8, (0.01, 0.0, 0.0, 0.0, 0.0), acc_ood=lp_ft_ood)
+        + cell("strategies", "linear_probe", params, 0.7, acc_ood=0.6, acc_a=0.9)
+    )
+
+
+def test_literature_verdict_follows_the_numbers(tmp_path):
+    helps = literature_section(
+        group_cells(load_results(write(tmp_path / "a", _strategies_with_ood(0.6))))
+    )
+    hurts = literature_section(
+        group_cells(load_results(write(tmp_path / "b", _strategies_with_ood(0.4))))
+    )
+    line = lambda text, start: next(x for x in text.splitlines() if x.startswith(start))
+    ood = "| LP-FT ≥ FT out of distribution"
+    assert "lp_ft − full_ft = +10.00 pp" in line(helps, ood)
+    assert "**reproduced (supported)**" in line(helps, ood)
+    assert "lp_ft − full_ft = -10.00 pp" in line(hurts, ood)
+    assert "**contradicted (supported)**" in line(hurts, ood)
+    assert "same direction, not supported" in line(helps, "| LP-FT ≥ FT in distribution")
+    assert "**reproduced (supported)**" in line(helps, "| FT < LP out of distribution")
+    assert "linear_probe (least retentive frozen) − full_ft = +60.00 pp" in line(
+        helps, "| frozen strategies retain A"
+    )
+    assert "not measured in this run" in line(helps, "| gradual_unfreeze ≥ full_ft")
+
+
+def test_lee_best_group_follows_the_shift_level(tmp_path):
+    records = []
+    for shift, level, best in (("perm", "input", "stem"), ("labels", "output", "block1")):
+        base = {"dataset_a": "m", "dataset_b": "m", "model": "cnn", "n_per_class": 20}
+        base |= {"shift": shift, "level": level}
+        for group, acc in (("stem", 0.6), ("block1", 0.65), ("head", 0.62)):
+            bump = 0.1 if group == best else 0.0
+            records += cell("surgical", "surgical", {**base, "tuned_group": group}, acc + bump)
+        records += cell("surgical", "full_ft", base, 0.6)
+    text = literature_section(group_cells(load_results(write(tmp_path, records))))
+    rows = [x for x in text.splitlines() if x.startswith("| the best single tuned group")]
+    assert len(rows) == 2
+    (output,) = [r for r in rows if "output shift" in r]
+    (inputs,) = [r for r in rows if "input shift" in r]
+    assert "tuning stem (predicted) − tuning block1 (best other group) = +5.00 pp" in inputs
+    assert "reproduced (supported)" in inputs
+    assert "tuning head (predicted) − tuning block1 (best other group) = -13.00 pp" in output
+    assert "contradicted (supported)" in output
+
+
+def test_gain_from_transfer_shrinking_is_a_paired_contrast(tmp_path):
+    text = literature_section(group_cells(load_results(write(tmp_path, cross_domain()))))
+    row = next(x for x in text.splitlines() if x.startswith("| the gain from transfer"))
+    # Gap 10 pp at 5/class and 10 pp at all data: no shrinkage, per-seed jitter only.
+    assert "(full_ft − scratch) at 5/class − (full_ft − scratch) at all = +0.00 pp" in row
+    assert "not supported" in row
+
+
+# ---- tuned protocol --------------------------------------------------------------------------------
+
+SELECTION = "mean validation accuracy over seeds 0,1,2,3,4 (80/20 split of B's training examples)"
+
+
+def tuned(selected: dict, grid: list[tuple[dict, float, float]]) -> dict:
+    return {
+        "name": "tuned",
+        "selected": selected,
+        "selection": SELECTION,
+        "grid": [{"setting": s, "val_acc": v, "test_acc": t} for s, v, t in grid],
+    }
+
+
+def tuned_records(scratch_test_at_high_lr: float) -> list[dict]:
+    """full_ft beats scratch at its selection; scratch's high-lr grid point may reverse that."""
+    params = {"dataset_a": "a", "dataset_b": "b", "model": "cnn", "n_per_class": 5}
+    out = []
+    for s in SEEDS:
+        e = SEED_EFFECT[s]
+        ft_grid = [({"lr": lr}, 0.8 + e - d, 0.79 + e - d) for lr, d in ((1e-3, 0.02), (3e-3, 0.0))]
+        sc_grid = [
+            ({"lr": 1e-3}, 0.6 + e, 0.6 + e),
+            ({"lr": 1e-2}, 0.59 + e, scratch_test_at_high_lr + e),
+        ]
+        out.append(
+            record("strategies", "full_ft", s, params, 0.8 + e, tuned({"lr": 3e-3}, ft_grid))
+        )
+        out.append(
+            record("strategies", "scratch", s, params, 0.6 + e, tuned({"lr": 1e-3}, sc_grid))
+        )
+    return out
+
+
+def test_claims_are_robust_or_setting_dependent_across_the_grid(tmp_path):
+    robust = answer_of(tmp_path / "a", tuned_records(0.6))
+    fragile = answer_of(tmp_path / "b", tuned_records(0.9))
+    assert "full_ft is better than scratch on accuracy on B by 20.00 pp" in robust
+    assert "— *robust*" in robust and "— *setting-dependent*" not in robust
+    assert "— *setting-dependent*" in fragile
+
+
+def test_report_lists_chosen_hyperparameters_and_plots_sensitivity(tmp_path):
+    path = write_report(write(tmp_path, tuned_records(0.6)))
+    text = path.read_text()
+    assert f"**Protocol**: tuned per cell: {SELECTION}" in text
+    assert "| strategies: a → b (cnn) | full_ft | 5/class | lr=0.003 | 2 | 5 |" in text
+    assert "| strategies: a → b (cnn) | scratch | 5/class | lr=0.001 | 2 | 5 |" in text
+    png = tmp_path / "sensitivity_strategies-a-b-cnn-.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png.name})" in text
+
+
+def test_fixed_protocol_is_stated_and_has_no_hyperparameter_section(tmp_path):
+    text = write_report(write(tmp_path, cross_domain())).read_text()
+    assert "**Protocol**: fixed hyperparameters" in text and "## Hyperparameters" not in text
+
+
+def test_selected_setting_must_agree_across_seeds(tmp_path):
+    records = tuned_records(0.6)
+    records[0]["protocol"]["selected"] = {"lr": 1e-3}
+    with pytest.raises(ResultsError, match="'protocol.selected' differs between seeds"):
+        write_report(write(tmp_path, records))
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda p: p.update(name="tunde"), "'protocol.name' must be one of tuned, fixed"),
+        (lambda p: p.pop("selected"), "missing key 'protocol.selected'"),
+        (lambda p: p["grid"][1].update(val_acc="high"), "'protocol.grid[1].val_acc' must be"),
+        (lambda p: p["grid"][0].pop("setting"), "missing key 'protocol.grid[0].setting'"),
+        (lambda p: p.update(grid=[]), "'protocol.grid' must be a non-empty list"),
+        (lambda p: p["selected"].update(lr=[1]), "'protocol.selected.lr' must be a number"),
+    ],
+)
+def test_malformed_protocol_is_a_one_line_error_naming_file_and_field(tmp_path, mutate, message):
+    records = tuned_records(0.6)
+    mutate(records[3]["protocol"])
+    write(tmp_path, records)
+    with pytest.raises(ResultsError, match=message.replace("[", r"\[").replace("]", r"\]")) as err:
+        load_results(tmp_path)
+    assert "c003/results.json" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_p_values_are_finite_or_nan_only_when_untested(tmp_path):
+    claims = answer_claims(group_cells(load_results(write(tmp_path, cross_domain()))))
+    assert claims and all(0.0 <= c.p_adjusted <= 1.0 for c in claims)
+    assert not any(math.isnan(c.test.sign_flip_p) for c in claims)
