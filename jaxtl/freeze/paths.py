@@ -7,6 +7,7 @@ string names a leaf whether the tree is a plain dict, a flax ``FrozenDict``, Lin
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,3 +76,52 @@ def leaf_paths(tree: PyTree) -> list[str]:
       ['head/bias', 'head/kernel']
     """
     return flatten_with_paths(tree)[0]
+
+
+def _variable_type() -> type | None:
+    # flax is never imported here: a tree can only hold nnx Variables once flax.nnx is loaded.
+    module = sys.modules.get("flax.nnx.variablelib")
+    return getattr(module, "Variable", None)
+
+
+def is_variable(x: Any) -> bool:
+    """Whether ``x`` is a Flax NNX ``Variable`` (``nnx.Param``, ``nnx.BatchStat``, ...)."""
+    variable = _variable_type()
+    return variable is not None and isinstance(x, variable)
+
+
+def _is_slot(x: Any) -> bool:
+    return x is None or is_variable(x)
+
+
+def flatten_slots(tree: PyTree) -> tuple[list[Any], Any]:
+    """Flattens ``tree`` down to its parameter slots: arrays, ``None`` holes and NNX Variables.
+
+    The treedef is the same for a Variable-wrapped ``nnx.State``, its ``nnx.as_pure`` form and a
+    partition of either with ``None`` holes, so one plan serves all of them.
+
+    Example:
+      >>> slots, treedef = flatten_slots({"a": None, "b": 1.0})
+      >>> slots
+      [None, 1.0]
+    """
+    return jax.tree_util.tree_flatten(tree, is_leaf=_is_slot)
+
+
+def slot_paths(tree: PyTree) -> list[str]:
+    """The path of every slot of :func:`flatten_slots`, in the same order."""
+    keyed = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_slot)[0]
+    return [path_str(kp) for kp, _ in keyed]
+
+
+def slot_value(slot: Any) -> Any:
+    """The array held by a slot (the Variable's value for an NNX Variable)."""
+    return slot.get_raw_value() if is_variable(slot) else slot
+
+
+def rewrap(slot: Any, value: Any) -> Any:
+    """``value`` in the container ``slot`` had: wrapped in a Variable of the same kind if it was."""
+    if not is_variable(slot):
+        return value
+    one_level = jax.tree_util.tree_structure(slot, is_leaf=lambda x: x is not slot)
+    return jax.tree_util.tree_unflatten(one_level, [value])

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -20,8 +22,16 @@ import jax.numpy as jnp
 import optax
 
 from jaxtl.freeze import selectors as sel
-from jaxtl.freeze.paths import flatten_with_paths, leaf_paths
+from jaxtl.freeze.paths import (
+    flatten_slots,
+    flatten_with_paths,
+    leaf_paths,
+    rewrap,
+    slot_paths,
+    slot_value,
+)
 from jaxtl.freeze.summary import format_table, leaf_bytes, leaf_size
+from jaxtl.suggest import did_you_mean
 
 PyTree = Any
 Rule = tuple["str | sel.Selector", "Mapping[str, float] | None"]
@@ -68,21 +78,57 @@ def _check_setting(index: int, pattern: str, setting: Any) -> dict[str, float] |
     return resolved
 
 
+FROZEN = "frozen"
+TRAINABLE = "trainable"
+
+
 class PlanOptimizerState(NamedTuple):
-    """State of :meth:`FreezePlan.optimizer`: the inner state over the trainable partition only."""
+    """State of :meth:`FreezePlan.optimizer`.
+
+    Attributes:
+      inner: an ``optax.PartitionState`` over the labels ``"frozen"`` (``set_to_zero``: no state)
+        and ``"trainable"`` (the wrapped transformation, masked to the trainable leaves).
+      count: steps taken, for a ``weight_decay`` schedule.
+    """
 
     inner: Any
     count: jax.Array
+
+
+def _negative_zeros() -> optax.GradientTransformation:
+    # optax.set_to_zero alone gives +0.0, and a frozen weight holding -0.0 becomes +0.0 under
+    # optax.apply_updates (-0.0 + 0.0 == +0.0). Scaling the zeros by -1 gives -0.0, the one
+    # additive identity of IEEE floats, so frozen leaves keep their bits even with optax's apply.
+    return optax.chain(optax.set_to_zero(), optax.scale(-1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class _PathFilter:
+    """An ``nnx`` filter (``(path, value) -> bool``) that accepts the given parameter paths."""
+
+    paths: frozenset[str]
+    description: str
+
+    def __call__(self, path: tuple[Any, ...], value: Any) -> bool:
+        return "/".join(str(key) for key in path) in self.paths
+
+    def __repr__(self) -> str:
+        return self.description
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FreezePlan:
     """Which leaves of a parameter tree train, and how. Build it with :func:`plan`.
 
+    A plan built on a Variable-wrapped ``nnx.State`` also takes its ``nnx.as_pure`` form (what
+    ``nnx.Optimizer`` hands an optax transformation) and vice versa; masks and labels come in the
+    pure container, which optax can map over both.
+
     Attributes:
       rules: the validated rules as (selector, setting) with settings resolved to full dicts.
       paths: every leaf path, in JAX leaf order.
       rule_of_leaf: for each leaf, the index of the rule that decided it.
+      treedef: the tree's structure down to its parameter slots (NNX Variables count as slots).
     """
 
     rules: tuple[tuple[sel.Selector, dict[str, float] | None], ...]
@@ -92,9 +138,12 @@ class FreezePlan:
     nbytes: tuple[int, ...]
     treedef: Any
 
-    # ---- masks ---------------------------------------------------------------------------------
+    # ---- masks and labels ----------------------------------------------------------------------
     def _setting(self, leaf_index: int) -> dict[str, float] | None:
         return self.rules[self.rule_of_leaf[leaf_index]][1]
+
+    def _unflatten(self, values: Sequence[Any]) -> PyTree:
+        return jax.tree_util.tree_unflatten(self.treedef, list(values))
 
     @property
     def frozen_flags(self) -> tuple[bool, ...]:
@@ -103,12 +152,66 @@ class FreezePlan:
     @property
     def frozen_mask(self) -> PyTree:
         """Bool pytree shaped like the params: True where the leaf is frozen."""
-        return jax.tree_util.tree_unflatten(self.treedef, list(self.frozen_flags))
+        return self._unflatten(self.frozen_flags)
 
     @property
     def trainable_mask(self) -> PyTree:
-        """Bool pytree shaped like the params: True where the leaf trains."""
-        return jax.tree_util.tree_unflatten(self.treedef, [not f for f in self.frozen_flags])
+        """Bool pytree shaped like the params: True where the leaf trains.
+
+        Hand it to ``optax.masked(tx, plan.trainable_mask)`` (which passes frozen updates through
+        unchanged: pair it with ``plan.apply_updates``).
+        """
+        return self._unflatten([not f for f in self.frozen_flags])
+
+    @property
+    def label_settings(self) -> dict[str, dict[str, float] | None]:
+        """Each label of :attr:`labels` and its setting (``None`` for ``"frozen"``).
+
+        Trainable leaves with the default setting are ``"trainable"``; every other distinct
+        setting gets ``"trainable_1"``, ``"trainable_2"``, ... in rule order.
+
+        Example:
+          >>> p = plan({"a": 1.0, "b": 2.0, "c": 3.0}, [("a", None), ("b", {"lr_mult": 0.1}),
+          ...                                          ("c", {})])
+          >>> p.label_settings
+          {'frozen': None, 'trainable_1': {'lr_mult': 0.1, 'wd_mult': 1.0}, 'trainable': {'lr_mult': 1.0, 'wd_mult': 1.0}}
+        """
+        out: dict[str, dict[str, float] | None] = {}
+        numbered = 0
+        for i in sorted(set(self.rule_of_leaf)):
+            setting = self.rules[i][1]
+            if setting is None:
+                out.setdefault(FROZEN, None)
+            elif setting == _DEFAULT_SETTING:
+                out.setdefault(TRAINABLE, dict(setting))
+            elif setting not in out.values():
+                numbered += 1
+                out[f"{TRAINABLE}_{numbered}"] = dict(setting)
+        return out
+
+    @property
+    def labels(self) -> PyTree:
+        """Label pytree shaped like the params, for ``optax.multi_transform`` / ``partition``.
+
+        Example (the Flax guide's ``path_aware_map`` labels, from a plan)::
+
+          >>> import optax
+          >>> params = {"backbone": {"w": 1.0}, "head": {"w": 2.0}}
+          >>> labels = plan(params, [("backbone/.*", None), (".*", {})]).labels
+          >>> labels
+          {'backbone': {'w': 'frozen'}, 'head': {'w': 'trainable'}}
+          >>> tx = optax.multi_transform(
+          ...     {"trainable": optax.adam(1e-3), "frozen": optax.set_to_zero()}, labels)
+        """
+        names = {}
+        for label, setting in self.label_settings.items():
+            names.setdefault(None if setting is None else tuple(sorted(setting.items())), label)
+        return self._unflatten(
+            [
+                names[None if s is None else tuple(sorted(s.items()))]
+                for s in (self._setting(i) for i in range(len(self.paths)))
+            ]
+        )
 
     @property
     def num_trainable(self) -> int:
@@ -129,26 +232,68 @@ class FreezePlan:
                 f"no parameter at {path!r}; closest: {', '.join(_closest(path, self.paths))}"
             ) from None
 
-    # ---- split / merge -------------------------------------------------------------------------
-    def _leaves(self, tree: PyTree, what: str) -> list[Any]:
-        leaves, treedef = jax.tree_util.tree_flatten(tree)
-        if treedef != self.treedef:
-            paths = leaf_paths(tree)
-            extra = sorted(set(paths) - set(self.paths))
-            missing = sorted(set(self.paths) - set(paths))
+    # ---- structure checks ----------------------------------------------------------------------
+    def _mismatch(self, tree: PyTree, what: str) -> PlanError:
+        theirs = slot_paths(tree)
+        mine_set, theirs_set = set(self.paths), set(theirs)
+        detail = None
+        for mine, their in itertools.zip_longest(self.paths, theirs):
+            if their is not None and their not in mine_set:
+                detail = f"first difference: unexpected {their!r}"
+            elif mine is not None and mine not in theirs_set:
+                detail = f"first difference: missing {mine!r}"
+            elif mine != their:
+                detail = f"first difference: leaf order at {mine!r}"
+            if detail:
+                break
+        if detail is None:
+            got = type(tree).__name__
+            want = _root_type_name(self.treedef)
             detail = (
-                f"unexpected {extra[0]!r}"
-                if extra
-                else f"missing {missing[0]!r}"
-                if missing
-                else "same paths, different container types"
+                f"same paths, but a {got} where the plan has a {want}; convert it (e.g."
+                " flax.core.unfreeze) or build the plan on this container"
+                if got != want
+                else "same paths, different container types below the top level"
             )
-            raise PlanError(
-                f"{what} does not have the structure the plan was built for ({detail});"
-                " build the plan from this tree with freeze.plan(tree, rules)"
-            )
-        return leaves
+        return PlanError(
+            f"{what} does not have the structure the plan was built for ({detail});"
+            " build the plan from this tree with freeze.plan(tree, rules)"
+        )
 
+    def _slots(
+        self, tree: PyTree, what: str, trainable_only_ok: bool = False
+    ) -> tuple[list[Any], Any, bool]:
+        """(one slot per plan leaf, the caller's treedef, whether the tree held trainable leaves
+        only). A trainable-only tree (``nnx.state(model, plan.nnx_filter)``) gets ``None`` in its
+        frozen slots."""
+        slots, treedef = flatten_slots(tree)
+        if treedef == self.treedef:
+            return slots, treedef, False
+        if trainable_only_ok and tuple(slot_paths(tree)) == self._trainable_paths:
+            it = iter(slots)
+            return [None if f else next(it) for f in self.frozen_flags], treedef, True
+        raise self._mismatch(tree, what)
+
+    @property
+    def _trainable_paths(self) -> tuple[str, ...]:
+        return tuple(p for p, f in zip(self.paths, self.frozen_flags) if not f)
+
+    def _rebuild(self, treedef: Any, slots: Sequence[Any], values: Sequence[Any], only: bool):
+        pairs = zip(slots, values, self.frozen_flags)
+        return jax.tree_util.tree_unflatten(
+            treedef, [rewrap(s, v) for s, v, f in pairs if not (only and f)]
+        )
+
+    def _check_shapes(self, left: Sequence[Any], right: Sequence[Any], names: str) -> None:
+        a, b = names.split("/")
+        for path, x, y in zip(self.paths, left, right):
+            if x is not None and y is not None and jnp.shape(x) != jnp.shape(y):
+                raise PlanError(
+                    f"the {a} at {path!r} has shape {tuple(jnp.shape(x))} but its {b} has"
+                    f" {tuple(jnp.shape(y))}; pass {a}s of the params the plan was built for"
+                )
+
+    # ---- split / merge -------------------------------------------------------------------------
     def split(self, tree: PyTree) -> tuple[PyTree, PyTree]:
         """Splits a tree shaped like the params into (trainable, frozen) partitions.
 
@@ -161,19 +306,13 @@ class FreezePlan:
           >>> p.split({"stem": {"w": 1.0}, "head": {"w": 2.0}})
           ({'head': {'w': 2.0}, 'stem': {'w': None}}, {'head': {'w': None}, 'stem': {'w': 1.0}})
         """
-        leaves = self._leaves(tree, "the tree to split")
+        slots, treedef, _ = self._slots(tree, "the tree to split")
         flags = self.frozen_flags
-        trainable = [None if f else x for x, f in zip(leaves, flags)]
-        frozen = [x if f else None for x, f in zip(leaves, flags)]
+        trainable = [rewrap(s, None) if f else s for s, f in zip(slots, flags)]
+        frozen = [s if f else rewrap(s, None) for s, f in zip(slots, flags)]
         return (
-            jax.tree_util.tree_unflatten(self.treedef, trainable),
-            jax.tree_util.tree_unflatten(self.treedef, frozen),
-        )
-
-    def _unflatten_partition(self, leaves: Sequence[Any], keep_frozen: bool) -> PyTree:
-        flags = self.frozen_flags
-        return jax.tree_util.tree_unflatten(
-            self.treedef, [x if f == keep_frozen else None for x, f in zip(leaves, flags)]
+            jax.tree_util.tree_unflatten(treedef, trainable),
+            jax.tree_util.tree_unflatten(treedef, frozen),
         )
 
     def merge(self, trainable: PyTree, frozen: PyTree) -> PyTree:
@@ -184,40 +323,43 @@ class FreezePlan:
           >>> p.merge(*p.split({"a": 1.0, "b": 2.0}))
           {'a': 1.0, 'b': 2.0}
         """
-        flags = self.frozen_flags
-        t_leaves = self._partition_leaves(trainable, flags, want_frozen=False)
-        f_leaves = self._partition_leaves(frozen, flags, want_frozen=True)
-        return jax.tree_util.tree_unflatten(
-            self.treedef, [f if flag else t for t, f, flag in zip(t_leaves, f_leaves, flags)]
-        )
-
-    def _partition_leaves(
-        self, part: PyTree, flags: Sequence[bool], want_frozen: bool
-    ) -> list[Any]:
-        leaves = self.treedef.flatten_up_to(part)
-        name = "frozen" if want_frozen else "trainable"
-        for leaf, flag, path in zip(leaves, flags, self.paths):
-            if flag == want_frozen and leaf is None:
+        t_slots, treedef, _ = self._slots(trainable, "the trainable partition")
+        f_slots, _, _ = self._slots(frozen, "the frozen partition")
+        out = []
+        for t, f, flag, path in zip(t_slots, f_slots, self.frozen_flags, self.paths):
+            owner = f if flag else t
+            if slot_value(owner) is None:
+                name = "frozen" if flag else "trainable"
                 raise PlanError(
                     f"the {name} partition has no value at {path!r}; pass the partitions"
                     " returned by plan.split in the order (trainable, frozen)"
                 )
-        return leaves
+            out.append(owner)
+        return jax.tree_util.tree_unflatten(treedef, out)
 
     # ---- optax ---------------------------------------------------------------------------------
     def optimizer(
         self, tx: optax.GradientTransformation, weight_decay: float | optax.Schedule = 0.0
     ) -> optax.GradientTransformation:
-        """Wraps ``tx`` so it sees only the trainable partition of params, grads and state.
+        """Wraps ``tx`` so it sees only the trainable leaves of params, grads and state.
+
+        Built on optax's own partition: ``optax.partition({"frozen": set_to_zero, "trainable":
+        tx}, labels)``, where ``optax.masked`` gives ``tx`` the trainable leaves only, then
 
         * frozen leaves get no optimizer state at all (not zeros: nothing) and updates of ``-0.0``,
           the exact additive identity, so ``optax.apply_updates`` leaves their bits unchanged;
-        * transforms inside ``tx`` (global-norm clipping, adamw's decay, ...) see trainable leaves
-          only, so frozen gradients never enter the clipping norm;
+        * transforms inside ``tx`` (global-norm clipping, adamw's decay, ...) see all trainable
+          leaves at once and nothing else: frozen gradients never enter the clipping norm, and
+          the norm is one norm over every trainable leaf (a partition per ``lr_mult`` group would
+          clip each group on its own norm, so ``lr_mult`` is applied after ``tx`` instead);
         * ``lr_mult`` scales each leaf's final update (a PyTorch param-group learning rate);
         * ``weight_decay`` adds decoupled decay ``-weight_decay(step) * wd_mult * param`` per step,
           big_vision's convention (not multiplied by the learning rate). Use it when rules set
           ``wd_mult``; otherwise put decay in ``tx`` (e.g. ``optax.adamw``) as usual.
+
+        Gradients and params may be the full tree, the trainable partition of :meth:`split`
+        (``None`` where frozen) or the trainable leaves only (``nnx.state(model,
+        plan.nnx_filter)``); updates come back in the gradients' container.
 
         Args:
           tx: any optax transformation, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
@@ -249,45 +391,69 @@ class FreezePlan:
         wd_mults = [None if f else self._setting(i)["wd_mult"] for i, f in enumerate(flags)]
         decay = weight_decay if callable(weight_decay) else (lambda _: weight_decay)
         has_decay = callable(weight_decay) or weight_decay != 0.0
+        partition = optax.partition(
+            {FROZEN: _negative_zeros(), TRAINABLE: tx},
+            self._unflatten([FROZEN if f else TRAINABLE for f in flags]),
+        )
 
         def init_fn(params):
-            trainable, _ = self.split(params)
-            return PlanOptimizerState(inner=tx.init(trainable), count=jnp.zeros([], jnp.int32))
+            slots, _, _ = self._slots(params, "the params passed to opt.init", True)
+            values = [slot_value(s) for s in slots]
+            for value, flag, path in zip(values, flags, self.paths):
+                if value is None and not flag:
+                    raise PlanError(
+                        f"the params passed to opt.init have no value at trainable leaf {path!r};"
+                        " pass the full params (or their trainable partition)"
+                    )
+            return PlanOptimizerState(
+                inner=partition.init(self._unflatten(values)), count=jnp.zeros([], jnp.int32)
+            )
 
         def update_fn(updates, state, params=None):
-            # Gradients may come as a full tree or as the trainable partition (None where frozen),
-            # which is what differentiating w.r.t. plan.split(params)[0] produces.
-            g_leaves = self.treedef.flatten_up_to(updates)
-            p_leaves = (
-                self.treedef.flatten_up_to(params) if params is not None else [None] * len(flags)
+            g_slots, g_treedef, only = self._slots(
+                updates, "the gradients passed to opt.update", True
+            )
+            grads = [slot_value(s) for s in g_slots]
+            p_values = (
+                [None] * len(flags)
+                if params is None
+                else [
+                    slot_value(s)
+                    for s in self._slots(params, "the params passed to opt.update", True)[0]
+                ]
             )
             if has_decay and params is None:
                 raise PlanError("weight_decay needs params: call opt.update(grads, state, params)")
-            grads = self._unflatten_partition(g_leaves, keep_frozen=False)
-            trainable_params = (
-                None if params is None else self._unflatten_partition(p_leaves, keep_frozen=False)
+            self._check_shapes(grads, p_values, "gradient/param")
+            for i, (g, p) in enumerate(zip(grads, p_values)):
+                if g is not None or only:
+                    continue
+                if not flags[i]:
+                    raise PlanError(
+                        f"the gradients have no value at trainable leaf {self.paths[i]!r}; pass"
+                        " the full gradients or those of plan.split(params)[0]"
+                    )
+                if p is None:
+                    raise PlanError(
+                        f"no gradient or param for frozen leaf {self.paths[i]!r}; pass params"
+                        " to opt.update(grads, state, params)"
+                    )
+                grads[i] = p  # set_to_zero reads only its shape and dtype
+            inner_updates, inner = partition.update(
+                self._unflatten(grads),
+                state.inner,
+                None if params is None else self._unflatten(p_values),
             )
-            inner_updates, inner = tx.update(grads, state.inner, trainable_params)
-            u_leaves = self.treedef.flatten_up_to(inner_updates)
             rate = decay(state.count)
             out = []
-            for i, (u, g, p) in enumerate(zip(u_leaves, g_leaves, p_leaves)):
-                if flags[i]:
-                    like = g if g is not None else p
-                    if like is None:
-                        raise PlanError(
-                            f"no gradient or param for frozen leaf {self.paths[i]!r}; pass params"
-                            " to opt.update(grads, state, params)"
-                        )
-                    out.append(jnp.full(jnp.shape(like), -0.0, jnp.result_type(like)))
-                    continue
-                if lr_mults[i] != 1.0:
-                    u = u * jnp.asarray(lr_mults[i], u.dtype)
-                if has_decay and wd_mults[i]:
-                    u = u - (rate * wd_mults[i] * p).astype(u.dtype)
+            for i, u in enumerate(self.treedef.flatten_up_to(inner_updates)):
+                if not flags[i]:
+                    if lr_mults[i] != 1.0:
+                        u = u * jnp.asarray(lr_mults[i], u.dtype)
+                    if has_decay and wd_mults[i]:
+                        u = u - (rate * wd_mults[i] * p_values[i]).astype(u.dtype)
                 out.append(u)
-            new_updates = jax.tree_util.tree_unflatten(self.treedef, out)
-            return new_updates, PlanOptimizerState(
+            return self._rebuild(g_treedef, g_slots, out, only), PlanOptimizerState(
                 inner=inner, count=optax.safe_increment(state.count)
             )
 
@@ -299,11 +465,29 @@ class FreezePlan:
         Unlike ``optax.apply_updates`` this never reads or writes a frozen leaf, so a jitted step
         spends no memory traffic on them (and their bits cannot change).
         """
-        trainable, frozen = self.split(params)
-        trainable_updates, _ = self.split(updates)
-        return self.merge(optax.apply_updates(trainable, trainable_updates), frozen)
+        p_slots, treedef, only = self._slots(params, "the params passed to apply_updates", True)
+        u_slots, _, _ = self._slots(updates, "the updates passed to apply_updates", True)
+        p_values = [slot_value(s) for s in p_slots]
+        u_values = [slot_value(s) for s in u_slots]
+        self._check_shapes(u_values, p_values, "update/param")
+        train = [i for i, f in enumerate(self.frozen_flags) if not f]
+        new = optax.apply_updates([p_values[i] for i in train], [u_values[i] for i in train])
+        values = list(p_values)
+        for i, value in zip(train, new):
+            values[i] = value
+        return self._rebuild(treedef, p_slots, values, only)
 
     # ---- other collections ---------------------------------------------------------------------
+    def _module_frozen(self, module: str) -> bool | None:
+        """Whether every parameter of ``module`` (or its nearest ancestor with some) is frozen."""
+        flags = self.frozen_flags
+        while module:
+            owned = [f for p, f in zip(self.paths, flags) if p.startswith(module + "/")]
+            if owned:
+                return all(owned)
+            module = module.rsplit("/", 1)[0] if "/" in module else ""
+        return None
+
     def collection_mask(self, collection: PyTree) -> PyTree:
         """Frozen mask for a non-parameter collection with the same module paths (``batch_stats``).
 
@@ -318,15 +502,9 @@ class FreezePlan:
           {'stem': {'BatchNorm_0': {'mean': True, 'var': True}}}
         """
         paths, _, treedef = flatten_with_paths(collection)
-        flags = self.frozen_flags
         out = []
         for path in paths:
-            module = path.rsplit("/", 1)[0] if "/" in path else ""
-            status = None
-            while module and status is None:
-                owned = [f for p, f in zip(self.paths, flags) if p.startswith(module + "/")]
-                status = all(owned) if owned else None
-                module = module.rsplit("/", 1)[0] if "/" in module else ""
+            status = self._module_frozen(path.rsplit("/", 1)[0] if "/" in path else "")
             if status is None:
                 raise PlanError(
                     f"collection leaf {path!r} belongs to no module with parameters; the"
@@ -334,6 +512,66 @@ class FreezePlan:
                 )
             out.append(status)
         return jax.tree_util.tree_unflatten(treedef, out)
+
+    def restore_frozen_stats(self, old: PyTree, new: PyTree) -> PyTree:
+        """Frozen modules' statistics from ``old``, the rest from ``new`` (Linen ``batch_stats``).
+
+        A Linen train step with ``mutable=["batch_stats"]`` updates every BatchNorm's running
+        statistics, frozen modules' too; call this on the step's result to keep them
+        bit-identical.
+
+        Example:
+          >>> params = {"stem": {"BN": {"scale": 1.0}}, "head": {"BN": {"scale": 1.0}}}
+          >>> p = plan(params, [("head/.*", {}), (".*", None)])
+          >>> old = {"stem": {"BN": {"mean": 0.0}}, "head": {"BN": {"mean": 0.0}}}
+          >>> new = {"stem": {"BN": {"mean": 5.0}}, "head": {"BN": {"mean": 5.0}}}
+          >>> jax.tree.map(float, p.restore_frozen_stats(old, new))
+          {'head': {'BN': {'mean': 5.0}}, 'stem': {'BN': {'mean': 0.0}}}
+        """
+        if not jax.tree_util.tree_leaves(old):
+            return new
+        mask = self.collection_mask(old)
+        return jax.tree_util.tree_map(
+            lambda m, o, n: o if m else jnp.asarray(n).astype(jnp.result_type(o)), mask, old, new
+        )
+
+    # ---- flax nnx ------------------------------------------------------------------------------
+    @property
+    def nnx_filter(self) -> _PathFilter:
+        """An ``nnx`` filter selecting the trainable parameters.
+
+        Use it as ``wrt=`` of ``nnx.Optimizer`` and in ``nnx.DiffState`` so that neither the
+        optimizer state nor the gradient covers frozen variables.
+
+        Example:
+          >>> p = plan({"body": {"kernel": 1.0}, "head": {"kernel": 1.0}},
+          ...          [("head/.*", {}), (".*", None)])
+          >>> p.nnx_filter(("head", "kernel"), None), p.nnx_filter(("body", "kernel"), None)
+          (True, False)
+        """
+        trainable = self._trainable_paths
+        return _PathFilter(
+            frozenset(trainable), f"trainable({len(trainable)} of {len(self.paths)})"
+        )
+
+    def nnx_view(self, model: Any) -> Any:
+        """A view of an NNX model whose frozen modules' BatchNorms use their running statistics.
+
+        The view shares every Variable with ``model`` (``nnx.view``); call it in the train step
+        and differentiate the view: frozen BatchNorms then normalise with, and never update,
+        their running mean and variance, while trainable ones train as usual.
+
+        Example:
+          >>> view = plan_.nnx_view(model)  # doctest: +SKIP
+        """
+        from flax import nnx  # the freezing core imports flax only for NNX users
+
+        def frozen_norm(path: tuple[Any, ...], node: Any) -> bool:
+            if not hasattr(node, "use_running_average"):
+                return False
+            return bool(self._module_frozen("/".join(str(k) for k in path)))
+
+        return nnx.view(model, only=frozen_norm, raise_if_not_found=False, use_running_average=True)
 
     # ---- summary -------------------------------------------------------------------------------
     def summary(self) -> dict[str, list[dict[str, Any]]]:
@@ -425,12 +663,44 @@ def _setting_str(setting: Mapping[str, float]) -> str:
     )
 
 
+def _root_type_name(treedef: Any) -> str:
+    data = treedef.node_data()
+    return "leaf" if data is None else data[0].__name__
+
+
+def _module_prefixes(paths: Sequence[str]) -> set[str]:
+    """Every path and every module above one: what a layer-group name may spell."""
+    out = set()
+    for path in paths:
+        parts = path.split("/")
+        out.update("/".join(parts[: j + 1]) for j in range(len(parts)))
+    return out
+
+
+def _check_group(group: str, prefixes: set[str], paths: Sequence[str], where: str) -> None:
+    if group.rstrip("/") not in prefixes:
+        tops = sorted({p.split("/", 1)[0] for p in paths})
+        raise PlanError(
+            f"{where}layer group {group!r} names nothing in the parameter tree"
+            f"{did_you_mean(group, prefixes)}; top-level groups: {', '.join(tops)}"
+        )
+
+
+def _param_tree(params: PyTree) -> PyTree:
+    # An nnx.Module is planned on its nnx.Param state; flax is already imported if one was passed.
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is not None and isinstance(params, nnx.Module):
+        return nnx.state(params, nnx.Param)
+    return params
+
+
 def plan(params: PyTree, rules: Sequence[Rule]) -> FreezePlan:
     """Resolves ordered ``(pattern, setting)`` rules against a parameter tree.
 
     Args:
-      params: any pytree of arrays: a dict, flax FrozenDict, Linen ``variables["params"]`` or an
-        ``nnx.State``. Only shapes and dtypes are read, so abstract arrays work too.
+      params: any pytree of arrays: a dict, flax FrozenDict, Linen ``variables["params"]``, an
+        ``nnx.State`` (Variable-wrapped or pure) or an ``nnx.Module`` (its ``nnx.Param``
+        variables). Only shapes and dtypes are read, so abstract arrays work too.
       rules: ordered ``(pattern, setting)`` pairs. ``pattern`` is a regex matched against the
         whole path, or a selector (:func:`~jaxtl.freeze.prefix`, ...). ``setting`` is ``None`` to
         freeze, or a dict with optional ``lr_mult`` / ``wd_mult`` (``{}`` = train with defaults).
@@ -440,9 +710,10 @@ def plan(params: PyTree, rules: Sequence[Rule]) -> FreezePlan:
       The validated :class:`FreezePlan`.
 
     Raises:
-      PlanError: with a one-line fix when a rule matches nothing, a leaf is covered by no rule,
-        nothing is trainable, ``lr_mult <= 0`` is used to freeze, a regex is invalid or a
-        setting key is unknown.
+      PlanError: with a one-line fix when a rule matches nothing, a rule matches only leaves an
+        earlier rule already decided (it is shadowed), a layer group of a selector names nothing,
+        a leaf is covered by no rule, nothing is trainable, ``lr_mult <= 0`` is used to freeze,
+        a regex is invalid or a setting key is unknown.
 
     Example:
       >>> import jax.numpy as jnp
@@ -456,11 +727,20 @@ def plan(params: PyTree, rules: Sequence[Rule]) -> FreezePlan:
             "rules must be a non-empty list of (pattern, setting) pairs, e.g."
             " [('head/.*', {}), ('.*', None)]"
         )
-    paths, leaves, treedef = flatten_with_paths(params)
+    params = _param_tree(params)
+    paths, leaves, _ = flatten_with_paths(params)
     if not paths:
         raise PlanError(
             "the parameter tree has no leaves; pass variables['params'], not an empty tree"
         )
+    slots, treedef = flatten_slots(params)
+    if len(slots) != len(paths):
+        hole = next(p for p, s in zip(slot_paths(params), slots) if slot_value(s) is None)
+        raise PlanError(
+            f"the parameter tree has no value at {hole!r}; build the plan on the full params,"
+            " not on a partition"
+        )
+    prefixes = _module_prefixes(paths)
     checked: list[tuple[sel.Selector, dict[str, float] | None]] = []
     for index, rule in enumerate(rules):
         if not isinstance(rule, (tuple, list)) or len(rule) != 2:
@@ -473,25 +753,36 @@ def plan(params: PyTree, rules: Sequence[Rule]) -> FreezePlan:
             selector = sel.as_selector(pattern)
         except sel.SelectorError as err:
             raise PlanError(f"rule {index}: {err}") from None
+        for group in selector.groups:
+            _check_group(group, prefixes, paths, f"rule {index} ({selector}): ")
         checked.append((selector, _check_setting(index, str(selector), setting)))
 
     rule_of_leaf = []
     uncovered = []
-    matched = [False] * len(checked)
-    for path, leaf in zip(paths, leaves):
+    first_hit: list[int | None] = [None] * len(checked)  # the first leaf each rule matches
+    for leaf_index, (path, leaf) in enumerate(zip(paths, leaves)):
         hits = [i for i, (selector, _) in enumerate(checked) if selector(path, leaf)]
         for i in hits:
-            matched[i] = True
+            if first_hit[i] is None:
+                first_hit[i] = leaf_index
         if hits:
             rule_of_leaf.append(hits[0])
         else:
             uncovered.append(path)
-    for index, was_matched in enumerate(matched):
-        if not was_matched:
+            rule_of_leaf.append(None)
+    for index, hit in enumerate(first_hit):
+        if hit is None:
             pattern = str(checked[index][0]).strip("'")
             raise PlanError(
                 f"rule {index} ({checked[index][0]}) matches no parameter; closest paths:"
                 f" {', '.join(_closest(pattern, paths))}"
+            )
+        if index not in rule_of_leaf:
+            earlier = rule_of_leaf[hit]
+            raise PlanError(
+                f"rule {index} ({checked[index][0]}) is shadowed: every parameter it matches was"
+                f" already decided by an earlier rule (e.g. {paths[hit]!r} by rule {earlier}"
+                f" ({checked[earlier][0]})); move it before rule {earlier} or remove it"
             )
     if uncovered:
         shown = ", ".join(uncovered[:3]) + (", ..." if len(uncovered) > 3 else "")
@@ -515,7 +806,10 @@ def plan(params: PyTree, rules: Sequence[Rule]) -> FreezePlan:
 
 
 def layerwise_lr_rules(
-    layer_groups: Sequence[str], decay: float, frozen: Sequence[str] = ()
+    layer_groups: Sequence[str],
+    decay: float,
+    frozen: Sequence[str] = (),
+    params: PyTree | None = None,
 ) -> list[Rule]:
     """Rules for layer-wise LR decay (discriminative fine-tuning).
 
@@ -525,6 +819,9 @@ def layerwise_lr_rules(
       layer_groups: group prefixes ordered from the input to the head.
       decay: per-group factor in (0, 1].
       frozen: groups to freeze instead (get ``None``).
+      params: the parameter tree (optional). When given, every group name is checked against it
+        (a misspelt group fails with a did-you-mean) and a group that is itself a leaf
+        (``embed``) gets a rule for exactly that leaf.
 
     Returns:
       Rules for :func:`plan`, one per group.
@@ -532,6 +829,8 @@ def layerwise_lr_rules(
     Example:
       >>> layerwise_lr_rules(["stem", "block1", "head"], 0.5)
       [('stem/.*', {'lr_mult': 0.25}), ('block1/.*', {'lr_mult': 0.5}), ('head/.*', {'lr_mult': 1.0})]
+      >>> layerwise_lr_rules(["embed", "head"], 0.5, params={"embed": 0.0, "head": {"w": 0.0}})
+      [('embed', {'lr_mult': 0.5}), ('head/.*', {'lr_mult': 1.0})]
     """
     if not 0.0 < decay <= 1.0:
         raise PlanError(f"decay={decay!r} must be in (0, 1]; e.g. 0.65 (ELECTRA/BEiT) or 0.8")
@@ -540,8 +839,18 @@ def layerwise_lr_rules(
         raise PlanError(
             f"frozen group {unknown[0]!r} is not a layer group; groups: {', '.join(layer_groups)}"
         )
+    leaves: set[str] = set()
+    if params is not None:
+        paths = leaf_paths(_param_tree(params))
+        prefixes = _module_prefixes(paths)
+        for group in layer_groups:
+            _check_group(group, prefixes, paths, "")
+        leaves = set(paths)
     n = len(layer_groups)
     return [
-        (f"{re.escape(g)}/.*", None if g in frozen else {"lr_mult": float(decay ** (n - 1 - i))})
+        (
+            re.escape(g) if g in leaves else f"{re.escape(g)}/.*",
+            None if g in frozen else {"lr_mult": float(decay ** (n - 1 - i))},
+        )
         for i, g in enumerate(layer_groups)
     ]

@@ -31,24 +31,35 @@ class Selector:
     Attributes:
       fn: the predicate.
       description: how the selector prints, e.g. ``regex('stage1/.*')``.
+      groups: layer-group prefixes the selector was built from (:func:`first_k_groups`);
+        :func:`jaxtl.freeze.plan` checks that each one names something in the tree.
     """
 
     fn: Callable[[str, Any], bool]
     description: str
+    groups: tuple[str, ...] = ()
 
     def __call__(self, path: str, leaf: Any = None) -> bool:
         return bool(self.fn(path, leaf))
 
     def __or__(self, other: Selector) -> Selector:
         other = as_selector(other)
-        return Selector(lambda p, x: self(p, x) or other(p, x), f"({self} | {other})")
+        return Selector(
+            lambda p, x: self(p, x) or other(p, x),
+            f"({self} | {other})",
+            self.groups + other.groups,
+        )
 
     def __and__(self, other: Selector) -> Selector:
         other = as_selector(other)
-        return Selector(lambda p, x: self(p, x) and other(p, x), f"({self} & {other})")
+        return Selector(
+            lambda p, x: self(p, x) and other(p, x),
+            f"({self} & {other})",
+            self.groups + other.groups,
+        )
 
     def __invert__(self) -> Selector:
-        return Selector(lambda p, x: not self(p, x), f"~{self}")
+        return Selector(lambda p, x: not self(p, x), f"~{self}", self.groups)
 
     def __str__(self) -> str:
         return self.description
@@ -129,7 +140,9 @@ def first_k_groups(layer_groups: Sequence[str], k: int) -> Selector:
       k: how many leading groups, ``0 <= k <= len(layer_groups)``.
 
     Returns:
-      A selector; ``k == 0`` selects nothing.
+      A selector; ``k == 0`` selects nothing. :func:`jaxtl.freeze.plan` checks every group name
+      against the parameter tree (a misspelt group fails with a did-you-mean instead of silently
+      leaving that group trainable). A group may itself be a leaf (``embed``).
 
     Example:
       >>> sel = first_k_groups(["stem", "stage1", "stage2", "head"], 2)
@@ -144,7 +157,9 @@ def first_k_groups(layer_groups: Sequence[str], k: int) -> Selector:
     selected = NOTHING
     for group in groups[:k]:
         selected = prefix(group) if selected is NOTHING else selected | prefix(group)
-    return Selector(selected.fn, f"first_k_groups(k={k}: {', '.join(groups[:k]) or 'none'})")
+    return Selector(
+        selected.fn, f"first_k_groups(k={k}: {', '.join(groups[:k]) or 'none'})", tuple(groups)
+    )
 
 
 def select(tree: PyTree, selector: str | Selector) -> PyTree:
