@@ -153,7 +153,12 @@ def test_model_families_disagreement_is_reported(tmp_path):
         "- cross_domain: mnist → usps, Q2 full_ft vs scratch at 5/class: cnn: full_ft better "
         "(+10.00 pp); mlp: no supported difference (+0.00 pp)." in section
     )
-    assert "cnn and mlp agree on the other" in section
+    assert (
+        "Q1 best frozen vs full_ft at all: cnn: linear_probe worse (-4.80 pp); "
+        "mlp: linear_probe better (+5.20 pp)." in section
+    )
+    same = answer_of(tmp_path / "same", cross_domain("cnn") + cross_domain("mlp"))
+    assert "- cross_domain: mnist → usps: cnn and mlp agree on all 6 shared comparisons" in same
 
 
 def test_yosinski_and_surgical_problems_get_their_own_questions(tmp_path):
@@ -284,7 +289,7 @@ def test_report_lists_chosen_hyperparameters_and_plots_sensitivity(tmp_path):
     assert f"**Protocol**: tuned per cell: {SELECTION}" in text
     assert "| strategies: a → b (cnn) | full_ft | 5/class | lr=0.003 | 2 | 5 |" in text
     assert "| strategies: a → b (cnn) | scratch | 5/class | lr=0.001 | 2 | 5 |" in text
-    png = tmp_path / "sensitivity_strategies-a-b-cnn-.png"
+    png = tmp_path / "sensitivity_strategies-a-b-cnn.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png.name})" in text
 
 

@@ -72,6 +72,8 @@ def _design(c: Contrast) -> str:
 def evidence(claim: Claim, sign: int = 1) -> str:
     """ "(paired over 5 seeds: 95% CI ...; t p=0.001, Holm p=0.004; sign-flip p=0.062)"."""
     c = claim.test
+    if c.method == "insufficient":
+        return f"(n={' vs '.join(map(str, c.sizes))} seeds: not enough for a test)"
     parts = [_ci(c, sign), f"p={_p(c.p)}, Holm p={_p(claim.p_adjusted)}"]
     if c.method == "paired":
         parts.append(f"sign-flip p={_p(c.sign_flip_p)}")
@@ -315,8 +317,12 @@ def q2_lines(claims: list[Claim], yosinski: bool) -> list[str]:
     """Q2: does pre-training on A then fine-tuning everything beat training on B alone?"""
     main = _of(claims, "Q2")
     if not main:
-        what = "AnB+ and baseB" if yosinski else "full_ft and scratch"
-        return [f"No data size has both {what}, so Q2 cannot be answered here.", ""]
+        what = (
+            "copied depth has both AnB+ and baseB"
+            if yosinski
+            else "data size has both full_ft and scratch"
+        )
+        return [f"No {what}, so Q2 cannot be answered here.", ""]
     prefix = {"better": "transfer counts", "worse": "negative transfer"}
     lines = [
         f"- **{c.slot}**: {prefix.get(c.decision, 'does not count as transfer')}: "
@@ -462,10 +468,11 @@ def model_family_lines(claims: list[Claim]) -> list[str]:
             said = "; ".join(f"{m}: {_outcome(keyed[m][key])}" for m in sorted(keyed))
             what = "" if metric == "acc_b" else f" ({METRIC_NAMES.get(metric, metric)})"
             lines.append(f"- {name}, {question} {role}{what} at {slot}: {said}.")
-        lines.append(
-            f"- {name}: {models} agree on the other {len(common) - len(disagree)} of "
-            f"{len(common)} shared comparisons."
-        )
+        if len(disagree) < len(common):
+            lines.append(
+                f"- {name}: {models} agree on the other {len(common) - len(disagree)} of "
+                f"{len(common)} shared comparisons."
+            )
     return lines + [""]
 
 

@@ -173,7 +173,7 @@ def hyperparameters_section(cells: list[Cell], out: Path) -> str:
             continue
         name = problem_label(problem)
         png = plot_sensitivity(
-            curves, out / f"sensitivity_{_file_stem(name)}.png", f"Sensitivity: {name}"
+            curves, out / f"sensitivity_{_file_stem(name).strip('-')}.png", f"Sensitivity: {name}"
         )
         lines += [f"![sensitivity {name}]({png.name})", ""]
     return "\n".join(lines)
