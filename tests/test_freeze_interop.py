@@ -3,6 +3,9 @@ interchangeable with hand-written optax recipes, and loud about wrong inputs."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -366,3 +369,14 @@ def test_gradients_of_the_wrong_structure_name_the_first_differing_path():
         plan.apply_updates(params, missing)
     with pytest.raises(freeze.PlanError, match=r"missing 'block/bias'"):
         plan.split(missing)
+
+
+def test_the_freezing_core_imports_no_flax():
+    code = (
+        "import sys, jax.numpy as jnp, optax; from jaxtl import freeze;"
+        "p = freeze.plan({'a': jnp.ones(2), 'b': jnp.ones(1)}, [('a', {}), ('.*', None)]);"
+        "p.optimizer(optax.adam(1.0)).init({'a': jnp.ones(2), 'b': jnp.ones(1)});"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'flax'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
