@@ -4,14 +4,21 @@ Depends only on jax, optax and numpy, so it can be imported into any training co
 
   from jaxtl import freeze
   plan = freeze.plan(params, [("head/.*", {}), (".*", None)])
-  tx = plan.optimizer(optax.adamw(1e-3))
+  tx = plan.optimizer(optax.adamw(1e-3))  # optax.partition: frozen leaves get no state
+
+``plan.labels`` / ``plan.trainable_mask`` feed hand-written ``optax.multi_transform`` /
+``optax.masked``; with Flax NNX, ``freeze.plan(model, rules)``, ``nnx.Optimizer(model,
+plan.optimizer(tx), wrt=plan.nnx_filter)`` and ``plan.nnx_view(model)`` (flax is imported only
+there).
 """
 
 from jaxtl.freeze.carry import carry_optimizer_state
 from jaxtl.freeze.cost import cost
 from jaxtl.freeze.paths import flatten_with_paths, leaf_paths, path_str
 from jaxtl.freeze.plan import (
+    FROZEN,
     SETTING_KEYS,
+    TRAINABLE,
     FreezePlan,
     PlanError,
     PlanOptimizerState,
@@ -35,8 +42,10 @@ from jaxtl.freeze.summary import format_table, tree_size
 
 __all__ = [
     "EVERYTHING",
+    "FROZEN",
     "NOTHING",
     "SETTING_KEYS",
+    "TRAINABLE",
     "FreezePlan",
     "PlanError",
     "PlanOptimizerState",

@@ -23,7 +23,10 @@ def _param_leaf_index(state: PyTree, param_paths: frozenset[str]) -> dict[tuple[
     """Maps (state prefix, param path) -> leaf for every state leaf shaped like a parameter.
 
     A state leaf belongs to a parameter when a suffix of its key path spells the parameter's path
-    (``inner[0].mu['head']['kernel']`` -> prefix ``.inner[0].mu``, param ``head/kernel``).
+    (``.inner.inner_states['trainable'].inner_state[0].mu['head']['kernel']`` -> that prefix up
+    to ``.mu``, param ``head/kernel``). ``plan.optimizer`` labels every trainable leaf
+    ``"trainable"`` inside its state whatever the rules' ``lr_mult``/``wd_mult`` groups, so the
+    prefix is the same in both plans' states.
     """
     index = {}
     for keypath, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
