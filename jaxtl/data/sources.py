@@ -434,16 +434,10 @@ def load_tfds(
                 f"unknown TFDS dataset {name!r}{did_you_mean(name, tfds_names(), n=3)};"
                 " see tfds_names() for the built-in ones"
             ) from None
-        except (NotImplementedError, FileNotFoundError) as e:
-            where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets)"
-            raise DataError(
-                f"TFDS dataset {name!r} is not prepared in {where} (jaxtl never downloads "
-                f"implicitly); prepare it once on a machine with network: "
-                f"`tfds build {name} --file_format=array_record"
-                + (f" --data_dir={data_dir}" if data_dir else "")
-                + f"` or tfds.data_source({name!r}, download=True), "
-                f"or pass download=True"
-            ) from e
+        except (NotImplementedError, FileNotFoundError, KeyError) as e:
+            # An explicit empty data_dir raises FileNotFoundError, the default one a KeyError
+            # ("splits is empty"), data in another file format NotImplementedError.
+            raise _not_prepared(name, data_dir) from e
         except ValueError as e:
             raise DataError(
                 f"TFDS dataset {name!r}, split {split!r}: {str(e).splitlines()[0]}"
@@ -472,6 +466,21 @@ def load_tfds(
         y_test,
         int(label.num_classes),
         tuple(label.names),
+    )
+
+
+def _not_prepared(name: str, data_dir: str | None) -> DataError:
+    """The one "prepare it with `tfds build`" error, naming the data_dir that was searched."""
+    import tensorflow_datasets as tfds
+
+    where = data_dir or f"the default TFDS data_dir ({tfds.core.constants.DATA_DIR})"
+    return DataError(
+        f"TFDS dataset {name!r} is not prepared in {where} (jaxtl never downloads "
+        f"implicitly); prepare it once on a machine with network: "
+        f"`tfds build {name} --file_format=array_record"
+        + (f" --data_dir={data_dir}" if data_dir else "")
+        + f"` or tfds.data_source({name!r}, download=True), "
+        f"or pass download=True"
     )
 
 
