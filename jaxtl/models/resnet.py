@@ -13,6 +13,10 @@ from jaxtl.models.base import ClassifierHead, GroupedModel, check_positive, choi
 
 BLOCKS: tuple[str, ...] = ("basic", "bottleneck")
 STEMS: tuple[str, ...] = ("cifar", "imagenet")
+# "same": XLA's SAME padding, which pads a stride-2 3x3 conv of an even-sized input only at the
+# bottom/right; "symmetric": k // 2 on every side, as torchvision does (needed to reproduce a
+# torchvision checkpoint's activations exactly; the two agree for stride-1 convs).
+PADDINGS: tuple[str, ...] = ("same", "symmetric")
 
 
 class ResNetStem(nn.Module):
@@ -53,6 +57,7 @@ class ResidualBlock(nn.Module):
     strides: int = 1
     bottleneck: bool = False
     norm: str = "batchnorm"
+    padding: str = "same"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -64,6 +69,7 @@ class ResidualBlock(nn.Module):
                 features,
                 (window, window),
                 strides=(strides, strides),
+                padding="SAME" if self.padding == "same" else [(window // 2, window // 2)] * 2,
                 use_bias=use_bias,
                 dtype=self.dtype,
                 name=name,
@@ -96,6 +102,7 @@ class ResNetStage(nn.Module):
     strides: int = 1
     bottleneck: bool = False
     norm: str = "batchnorm"
+    padding: str = "same"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -106,6 +113,7 @@ class ResNetStage(nn.Module):
                 strides=self.strides if j == 0 else 1,
                 bottleneck=self.bottleneck,
                 norm=self.norm,
+                padding=self.padding,
                 dtype=self.dtype,
                 name=f"block{j}",
             )(x, train=train)
@@ -124,6 +132,8 @@ class ResNet(GroupedModel):
       block_type: "basic" or "bottleneck".
       stem_type: "cifar" (3x3 conv, stride 1, no pool) or "imagenet" (7x7/2 conv + 3x3/2 max-pool).
       base_width: channels of the stem and the first stage (64 in the paper).
+      conv_padding: padding of the blocks' convs, "same" (XLA's SAME) or "symmetric" (k // 2 on
+        each side, torchvision's; what `jaxtl.models.pretrained` uses for its checkpoints).
 
     Example:
       >>> ResNet(num_classes=10, base_width=8).layer_groups
@@ -134,6 +144,7 @@ class ResNet(GroupedModel):
     block_type: str = "basic"
     stem_type: str = "cifar"
     base_width: int = 64
+    conv_padding: str = "same"
 
     def __post_init__(self) -> None:
         check_positive("ResNet stage_sizes", self.stage_sizes)
@@ -142,6 +153,8 @@ class ResNet(GroupedModel):
             raise choice_error("unknown ResNet block", self.block_type, BLOCKS)
         if self.stem_type not in STEMS:
             raise choice_error("unknown ResNet stem", self.stem_type, STEMS)
+        if self.conv_padding not in PADDINGS:
+            raise choice_error("unknown ResNet conv_padding", self.conv_padding, PADDINGS)
         super().__post_init__()
 
     @property
@@ -165,5 +178,6 @@ class ResNet(GroupedModel):
             strides=1 if i == 0 else 2,
             bottleneck=self.block_type == "bottleneck",
             norm=self.norm,
+            padding=self.conv_padding,
             dtype=self.dtype,
         )

@@ -43,6 +43,7 @@ class EncoderBlock(nn.Module):
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
+    gelu_approximate: bool = True
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -51,7 +52,7 @@ class EncoderBlock(nn.Module):
         y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype)(y, y)
         x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
         y = nn.LayerNorm(dtype=self.dtype)(x)
-        y = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype)(y))
+        y = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype)(y), approximate=self.gelu_approximate)
         y = nn.Dropout(self.dropout, deterministic=not train)(y)
         y = nn.Dense(x.shape[-1], dtype=self.dtype)(y)
         return x + nn.Dropout(self.dropout, deterministic=not train)(y)
@@ -68,6 +69,8 @@ class ViT(GroupedModel):
       depth: number of transformer blocks (one group each).
       num_heads: attention heads; must divide dim.
       mlp_ratio: MLP hidden width = mlp_ratio * dim.
+      gelu_approximate: tanh approximation of GELU (flax's default); False is the exact erf
+        GELU of timm/PyTorch, needed to reproduce a timm checkpoint's outputs.
 
     Example:
       >>> ViT(num_classes=10, depth=2).layer_groups
@@ -80,6 +83,7 @@ class ViT(GroupedModel):
     depth: int = 4
     num_heads: int = 4
     mlp_ratio: int = 4
+    gelu_approximate: bool = True
 
     supported_norms: ClassVar[tuple[str, ...]] = ("layernorm",)
 
@@ -104,5 +108,9 @@ class ViT(GroupedModel):
         if name == "head":
             return ClassifierHead(self.num_classes, pool="cls", layernorm=True, dtype=self.dtype)
         return EncoderBlock(
-            self.num_heads, self.mlp_ratio * self.dim, dropout=self.dropout, dtype=self.dtype
+            self.num_heads,
+            self.mlp_ratio * self.dim,
+            dropout=self.dropout,
+            gelu_approximate=self.gelu_approximate,
+            dtype=self.dtype,
         )
