@@ -140,7 +140,7 @@ def test_npz_with_and_without_test_split(tmp_path):
             {"x": np.zeros((2, 2, 2)), "y": [0.5, 1.0]},
             r"labels 'y' must have an integer dtype, got float64",
         ),
-        ({"x": np.zeros((2, 2, 2)), "y": [0, -1]}, r"must be >= 0"),
+        ({"x": np.zeros((2, 2, 2)), "y": [0, -1]}, r"'y': label -1 at index 1 is negative"),
         ({"x": np.full((2, 2, 2), 3.0), "y": [0, 1]}, r"float images must lie in \[0, 1\]"),
         (
             {"x": np.zeros((2, 2, 2)), "y": [0, 1], "x_test": np.zeros((1, 2, 2))},
@@ -202,7 +202,8 @@ def test_unknown_names_and_options_are_clear():
 
 def test_dataset_invariants_are_checked():
     ds = toy()
-    with pytest.raises(data.DataError, match="y_train must lie in 0..3"):
+    message = r"bad: y_train: label 4 at index 18 is outside the 4 classes 0\.\.3"
+    with pytest.raises(data.DataError, match=message):
         data.Dataset("bad", ds.x_train, ds.y_train + 1, ds.x_test, ds.y_test, 4, ds.class_names)
     with pytest.raises(data.DataError, match="x_train must be a float32"):
         data.Dataset(

@@ -7,7 +7,15 @@ task_b = data.few_shot(task_b, n_per_class=10, seed=0)
 shifted = data.apply_shift(ds, "rotate", degrees=30)
 """
 
-from jaxtl.data.dataset import DataError, Dataset, from_arrays, stratified_split
+from jaxtl.data.dataset import (
+    DataError,
+    Dataset,
+    check_finite,
+    check_labels,
+    first_nonfinite,
+    from_arrays,
+    stratified_split,
+)
 from jaxtl.data.idx import read_idx
 from jaxtl.data.pipeline import (
     DATA_AXIS,
@@ -55,6 +63,8 @@ __all__ = [
     "apply_shift",
     "batch_gather",
     "batch_indices",
+    "check_finite",
+    "check_labels",
     "class_split",
     "cross_dataset_pair",
     "data_mesh",
@@ -64,6 +74,7 @@ __all__ = [
     "device_put_sharded_batch",
     "epoch_permutation",
     "few_shot",
+    "first_nonfinite",
     "from_arrays",
     "load",
     "load_digits",

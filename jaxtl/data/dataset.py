@@ -11,6 +11,67 @@ class DataError(ValueError):
     """A dataset, option or file did not meet jaxtl's data contract."""
 
 
+def first_nonfinite(x: np.ndarray) -> int | None:
+    """Index of the first example of ``x`` holding a NaN or an infinity, or None if all are finite.
+
+    Args:
+      x: inputs with the example axis first, any numeric dtype.
+
+    Returns:
+      The example index, or None.
+
+    Example:
+      >>> first_nonfinite(np.array([[0.0, 1.0], [np.nan, 0.5]]))
+      1
+    """
+    if not np.issubdtype(x.dtype, np.inexact) or x.size == 0:
+        return None  # integers cannot hold NaN or inf
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def check_finite(x: np.ndarray, where: str) -> None:
+    """Raises a DataError naming ``where`` and the first example of ``x`` with NaN or inf.
+
+    Args:
+      x: inputs with the example axis first.
+      where: the array's name in messages, e.g. "npz data.npz: 'x'".
+
+    Example:
+      >>> check_finite(np.zeros((2, 3)), "x")  # finite: returns None
+    """
+    i = first_nonfinite(x)
+    if i is None:
+        return
+    flat = x.reshape(len(x), -1)
+    n_bad = int((~np.isfinite(flat)).any(axis=1).sum())
+    value = flat[i][~np.isfinite(flat[i])][0]
+    raise DataError(
+        f"{where} holds non-finite values: example {i} has {value} ({n_bad} of {len(x)} "
+        f"examples affected); clean or drop them before training"
+    )
+
+
+def check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
+    """Raises a DataError naming ``where`` and the first label outside 0..num_classes-1.
+
+    Args:
+      y: integer labels, shape (N,).
+      num_classes: the declared number of classes.
+      where: the array's name in messages, e.g. "npz data.npz: 'y'".
+
+    Example:
+      >>> check_labels(np.array([0, 2, 1]), 3, "y")  # in range: returns None
+    """
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{where}: label {int(y[i])} at index {i} is outside the {num_classes} classes "
+            f"0..{num_classes - 1}; {int(bad.sum())} of {len(y)} labels are out of range"
+        )
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """A classification dataset with a fixed train/test split, held in numpy.
@@ -57,11 +118,7 @@ class Dataset:
                 raise DataError(
                     f"{self.name}: x_{split} has {len(x)} examples but y_{split} has {len(y)}"
                 )
-            if y.size and (y.min() < 0 or y.max() >= self.num_classes):
-                raise DataError(
-                    f"{self.name}: y_{split} must lie in 0..{self.num_classes - 1}, "
-                    f"got range {y.min()}..{y.max()}"
-                )
+            check_labels(y, self.num_classes, f"{self.name}: y_{split}")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise DataError(
                 f"{self.name}: train examples have shape {self.x_train.shape[1:]} but test "
@@ -150,5 +207,7 @@ def from_arrays(
       >>> len(ds.y_test)
       2
     """
+    check_finite(x, f"{name}: x")
+    check_labels(y, len(class_names), f"{name}: y")
     train, test = stratified_split(y, test_fraction, seed)
     return Dataset(name, x[train], y[train], x[test], y[test], len(class_names), tuple(class_names))
