@@ -13,12 +13,14 @@ import importlib.util
 import inspect
 import os
 import random
-from collections.abc import Callable
+import zipfile
+import zlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from jaxtl.data.dataset import DataError, Dataset, from_arrays
+from jaxtl.data.dataset import DataError, Dataset, check_finite, check_labels, from_arrays
 from jaxtl.data.folder import load_folder
 from jaxtl.data.idx import read_idx
 from jaxtl.suggest import did_you_mean
@@ -265,6 +267,11 @@ def load_fashion_mnist(
             "fashion_mnist", ds.x_train, ds.y_train, ds.x_test, ds.y_test, 10, FASHION_MNIST_NAMES
         )
     arrays = {key: read_idx(path)[:max_examples] for key, path in files.items()}
+    for key, path in files.items():
+        if key.startswith("y"):
+            check_labels(arrays[key], 10, f"fashion_mnist {path}")
+        else:
+            check_finite(arrays[key], f"fashion_mnist {path}")
     x = {key: _images_to_float(arrays[key], "fashion_mnist") for key in ("x_train", "x_test")}
     return Dataset(
         "fashion_mnist",
@@ -290,13 +297,16 @@ def load_npz(
 
     ``x`` may be uint8 (scaled by 1/255) or float in [0, 1] for images: (N, H, W, C), or (N, H, W)
     for grayscale. Signals are (N, L) or (N, L, 1) float. Labels must have an integer dtype with
-    values 0..C-1. Without a test split, a seeded stratified one is made.
+    values 0..C-1. Without a test split, a seeded stratified one is made. A file that is empty,
+    truncated or not an .npz, non-finite inputs, labels outside the classes and classes without
+    examples are each one DataError naming the file, the array and the first bad index.
 
     Args:
       path: the .npz file.
       seed: seed of the split when the file has no test split.
       test_fraction: fraction of each class held out in that case.
-      num_classes: number of classes; defaults to max label + 1.
+      num_classes: number of classes; defaults to len(class_names), else max label + 1.
+        Labels outside 0..num_classes-1 and classes without a training example are errors.
       class_names: one name per class; defaults to "0", "1", ...
       name: dataset name; defaults to the file's stem.
 
@@ -310,10 +320,7 @@ def load_npz(
     """
     path = os.fspath(path)
     name = name or os.path.splitext(os.path.basename(path))[0]
-    if not os.path.exists(path):
-        raise DataError(f"npz: file {path} does not exist")
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {key: f[key] for key in f.files}
+    arrays = _read_npz(path)
     if "x" not in arrays or "y" not in arrays:
         raise DataError(
             f"npz {path}: needs arrays 'x' and 'y' (optional 'x_test', 'y_test'); "
@@ -330,26 +337,109 @@ def load_npz(
             raise DataError(
                 f"npz {path}: labels 'y{split}' must have an integer dtype, got {y.dtype}"
             )
-        if y.ndim != 1 or len(x) != len(y):
+        if y.ndim != 1 or x.ndim == 0 or len(x) != len(y):
             raise DataError(
-                f"npz {path}: 'x{split}' has {len(x)} examples but 'y{split}' has shape {y.shape}"
+                f"npz {path}: 'x{split}' has {len(x) if x.ndim else 0} examples but 'y{split}' "
+                f"has shape {y.shape}"
             )
-        if y.size and y.min() < 0:
-            raise DataError(f"npz {path}: labels 'y{split}' must be >= 0, got min {y.min()}")
+        if not len(y):
+            raise DataError(f"npz {path}: 'x{split}' and 'y{split}' hold no examples")
         if x.ndim not in (2, 3, 4):
             raise DataError(
                 f"npz {path}: 'x{split}' must be (N, H, W, C), (N, H, W), (N, L, 1) "
                 f"or (N, L); got shape {x.shape}"
             )
-    xs = {split: _npz_inputs(arrays["x" + split], f"npz {path}: 'x{split}'") for split in splits}
+        check_finite(x, f"npz {path}: 'x{split}'")
+        if y.min() < 0:
+            i = int(np.argmax(y < 0))
+            raise DataError(
+                f"npz {path}: 'y{split}': label {int(y[i])} at index {i} is negative; labels "
+                f"are class ids 0, 1, ..."
+            )
     ys = {split: arrays["y" + split].astype(np.int32) for split in splits}
-    num_classes = num_classes or int(max(y.max() for y in ys.values() if y.size)) + 1
+    num_classes = _npz_num_classes(path, ys, num_classes, class_names)
+    xs = {split: _npz_inputs(arrays["x" + split], f"npz {path}: 'x{split}'") for split in splits}
     class_names = tuple(class_names) if class_names else tuple(str(c) for c in range(num_classes))
     if len(splits) == 1:
         return from_arrays(
             name, xs[""], ys[""], class_names, test_fraction=test_fraction, seed=seed
         )
     return Dataset(name, xs[""], ys[""], xs["_test"], ys["_test"], num_classes, class_names)
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz file; a missing, empty, truncated or foreign file is a DataError."""
+    if not os.path.exists(path):
+        raise DataError(f"npz: file {path} does not exist")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise DataError(f"npz {path}: the file is empty (0 bytes); rewrite it with np.savez")
+    # np.load would fall back to unpickling (or hand back a bare .npy array) for non-zip files.
+    if not zipfile.is_zipfile(path):
+        raise DataError(
+            f"npz {path}: not an .npz archive ({size} bytes, truncated or not written by "
+            f"np.savez); rewrite it with np.savez(path, x=..., y=...)"
+        )
+    damaged = (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except damaged as e:
+        raise DataError(
+            f"npz {path}: the archive cannot be read ({str(e).splitlines()[0]}); rewrite it "
+            f"with np.savez"
+        ) from e
+    arrays = {}
+    with archive:
+        for key in archive.files:
+            try:
+                arrays[key] = archive[key]
+            except damaged as e:
+                raise DataError(
+                    f"npz {path}: array {key!r} cannot be read ({str(e).splitlines()[0]}); the "
+                    f"file is damaged or holds object arrays; rewrite it with np.savez"
+                ) from e
+    return arrays
+
+
+def _npz_num_classes(
+    path: str,
+    ys: dict[str, np.ndarray],
+    num_classes: int | None,
+    class_names: Sequence[str] | None,
+) -> int:
+    """The declared class count (num_classes, else len(class_names)), else max label + 1.
+
+    Labels outside the declared classes, and classes without a training example, are errors:
+    a typo such as a 12 among ten digit classes must not silently add classes 10..12.
+    """
+    declared = num_classes if num_classes is not None else len(class_names or ()) or None
+    if declared is not None:
+        if (
+            isinstance(declared, bool)
+            or not isinstance(declared, (int, np.integer))
+            or declared < 1
+        ):
+            raise DataError(f"npz {path}: num_classes must be a positive int, got {declared!r}")
+        for split, y in ys.items():
+            check_labels(y, int(declared), f"npz {path}: 'y{split}'")
+        count = int(declared)
+        source = f"{count} classes declared"
+    else:
+        count = int(max(y.max() for y in ys.values())) + 1
+        top = next(split for split, y in ys.items() if y.max() == count - 1)
+        source = (
+            f"classes inferred as 0..{count - 1} from label {count - 1} at index "
+            f"{int(np.argmax(ys[top] == count - 1))} of 'y{top}'; pass num_classes=... to declare "
+            f"them"
+        )
+    empty = np.flatnonzero(np.bincount(ys[""], minlength=count) == 0).tolist()
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        raise DataError(
+            f"npz {path}: class(es) {shown} have no examples in 'y' ({source}); fix the labels "
+            f"or drop the empty classes"
+        )
+    return count
 
 
 def _npz_inputs(x: np.ndarray, where: str) -> np.ndarray:
