@@ -410,7 +410,7 @@ def _write(state: dict[str, np.ndarray], path: str, fmt: str) -> None:
         save_file(state, path, metadata={"format": "pt"})
     else:
         torch = _import_torch(f"writing {path}")
-        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+        torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, path)
 
 
 # ---- architectures -------------------------------------------------------------------------------
