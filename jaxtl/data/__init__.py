@@ -5,6 +5,7 @@ ds = data.load("mnist5k")                          # 5,000 real digits, no netwo
 task_a, task_b = data.class_split(ds, classes_a=range(5))
 task_b = data.few_shot(task_b, n_per_class=10, seed=0)
 shifted = data.apply_shift(ds, "rotate", degrees=30)
+key = data.fingerprint("npz:train.npz")           # changes when the file's contents change
 """
 
 from jaxtl.data.dataset import (
@@ -16,6 +17,7 @@ from jaxtl.data.dataset import (
     from_arrays,
     stratified_split,
 )
+from jaxtl.data.fingerprints import data_files, fingerprint
 from jaxtl.data.idx import read_idx
 from jaxtl.data.pipeline import (
     DATA_AXIS,
@@ -67,6 +69,7 @@ __all__ = [
     "check_labels",
     "class_split",
     "cross_dataset_pair",
+    "data_files",
     "data_mesh",
     "data_sharding",
     "describe_shift",
@@ -74,6 +77,7 @@ __all__ = [
     "device_put_sharded_batch",
     "epoch_permutation",
     "few_shot",
+    "fingerprint",
     "first_nonfinite",
     "from_arrays",
     "load",
