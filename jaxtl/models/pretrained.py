@@ -881,7 +881,7 @@ def is_file_source(spec: str | None) -> bool:
 
 def source_from_file(
     spec: str,
-    num_classes_b: int,
+    num_classes_b: int | None = None,
     arch: str | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> Pretrained:
@@ -893,7 +893,8 @@ def source_from_file(
 
     Args:
       spec: "pretrained:PATH".
-      num_classes_b: classes of task B.
+      num_classes_b: classes of task B; None keeps the checkpoint's head whatever B's class
+        count (``transfer_variables`` then re-creates it when its shape differs).
       arch: registry name to build (None: inferred from the file).
       options: model options overriding the inferred ones.
 
