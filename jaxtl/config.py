@@ -1,10 +1,10 @@
 """Config as code: load an experiment's `get_config()`, apply `key=value` overrides, hash.
 
 An experiment is a Python file exposing `get_config() -> ml_collections.ConfigDict`,
-either given by path or by name (`experiments/<name>.py` in the repository). The
-command line overrides fields with `key=value` strings, type-checked against the
-field's current type; the result is locked so later typos raise instead of adding
-fields.
+either given by path or by name (`experiments/<name>.py` in the repository, installed as
+`jaxtl/experiments/<name>.py` by a wheel). The command line overrides fields with
+`key=value` strings, type-checked against the field's current type; the result is locked
+so later typos raise instead of adding fields.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
+import importlib.resources
 import importlib.util
 import json
 import os
@@ -24,7 +25,21 @@ import ml_collections
 
 from jaxtl.suggest import did_you_mean
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+
+def _experiments_dir() -> Path:
+    """Where experiment names are looked up: the installed copy, else the source checkout's.
+
+    A wheel installs the repository's experiments/ as the package folder jaxtl/experiments
+    (setup.py); an editable install or a source checkout has no such folder and reads the
+    top-level experiments/ beside the jaxtl package directly.
+    """
+    installed = Path(str(importlib.resources.files("jaxtl") / "experiments"))
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parents[1] / "experiments"
+
+
+EXPERIMENTS_DIR = _experiments_dir()
 
 
 class ConfigError(ValueError):
@@ -35,7 +50,8 @@ def experiment_names(experiments_dir: str | os.PathLike | None = None) -> list[s
     """Lists the experiments that `load_config` accepts by name.
 
     Args:
-      experiments_dir: folder to scan; defaults to the repository's experiments/.
+      experiments_dir: folder to scan; defaults to the repository's experiments/ (or the
+        copy a wheel installs as jaxtl/experiments).
 
     Returns:
       Sorted names (file stems of experiments/*.py, except private `_*.py`).
