@@ -111,6 +111,22 @@ def test_vit_safetensors_round_trip_is_bit_identical_with_timm_layout(tmp_path):
     assert_same_bits(ckpt.variables, variables)
 
 
+@pytest.mark.parametrize(
+    ("model", "options", "expected"),
+    [
+        ("resnet18_imagenet", {}, ("resnet18_imagenet", {"conv_padding": "symmetric"})),
+        ("resnet34", {"stem_type": "imagenet"}, ("resnet34", {"stem_type": "imagenet"})),
+        ("resnet50", {"stage_sizes": (3, 4, 23, 3)}, ("resnet50", {"stage_sizes": (3, 4, 23, 3)})),
+    ],
+)
+def test_architecture_is_inferred_from_keys_and_shapes(model, options, expected):
+    shapes = pretrained.state_dict_shapes(model, 10, {**options, "base_width": 2})
+    state = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+    name, inferred, num_classes, _ = pretrained.infer_architecture(state)
+    assert (name, num_classes) == (expected[0], 10)
+    assert inferred == {**expected[1], "base_width": 2, "conv_padding": "symmetric"}
+
+
 def test_conv_and_linear_layouts_are_torchs(tmp_path):
     model = models.create("resnet18_imagenet", 3, base_width=4, stage_sizes=(1, 1, 1, 1))
     variables = random_variables(model, (32, 32, 3))

@@ -487,7 +487,7 @@ def _vit_input_shape(state: Mapping[str, np.ndarray], patch: int) -> tuple[int, 
 
 def _resnet_name(options: Mapping[str, Any]) -> str:
     """The registry name whose defaults match most of the inferred architecture."""
-    keys = ("block_type", "stem_type", "stage_sizes")
+    keys = ("block_type", "stage_sizes", "stem_type")  # depth names a ResNet before its stem
 
     def score(name: str) -> tuple[int, ...]:
         defaults = registry.default_options(name)
