@@ -161,3 +161,43 @@ def test_fashion_mnist_idx_labels_out_of_range_name_the_file(tmp_path):
     labels = tmp_path / "train-labels-idx1-ubyte"
     with pytest.raises(data.DataError, match=rf"{labels}: label 12 at index 1 is outside the 10"):
         data.load("fashion_mnist", data_dir=str(tmp_path))
+
+
+# --- through the command line ---------------------------------------------------------------------
+
+
+def bad_npz_files(folder):
+    """Files a user could hand to `data.a=npz:...`; each must stop the run with one line."""
+    x, y = digits_like(n=100)
+    nan_x = x.astype(np.float32) / 255
+    nan_x[17, 2, 3] = np.nan
+    typo_y = y.copy()
+    typo_y[42] = 12
+    np.savez(folder / "nan.npz", x=nan_x, y=y)
+    np.savez(folder / "typo.npz", x=x, y=typo_y)
+    np.savez(folder / "good.npz", x=x, y=y)
+    good = (folder / "good.npz").read_bytes()
+    (folder / "truncated.npz").write_bytes(good[: len(good) // 3])
+    (folder / "empty.npz").write_bytes(b"")
+    return {
+        "nan.npz": "'x' holds non-finite values: example 17 has nan",
+        "typo.npz": "class(es) 10, 11 have no examples in 'y'",
+        "truncated.npz": "not an .npz archive",
+        "empty.npz": "the file is empty (0 bytes)",
+    }
+
+
+def test_cli_stops_on_bad_npz_data_in_one_line_before_training(
+    tmp_path, tiny_overrides, capsys, monkeypatch
+):
+    from jaxtl import cli
+
+    monkeypatch.delenv("JAXTL_DEBUG", raising=False)
+    for name, expected in bad_npz_files(tmp_path).items():
+        out = tmp_path / f"out_{name}"
+        argv = ["run", "strategies", "--out", str(out), "--set", *tiny_overrides]
+        assert cli.main([*argv, f"data.a=npz:{tmp_path / name}"]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"jaxtl: error: npz {tmp_path / name}: ") and expected in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert not (out / "sources").exists() and not (out / "runs").exists()
