@@ -201,3 +201,12 @@ def test_cli_stops_on_bad_npz_data_in_one_line_before_training(
         assert err.startswith(f"jaxtl: error: npz {tmp_path / name}: ") and expected in err, err
         assert err.count("\n") == 1 and "Traceback" not in err
         assert not (out / "sources").exists() and not (out / "runs").exists()
+
+
+def test_truncated_gzipped_idx_file_names_the_file(tmp_path):
+    import gzip
+
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 200]) + bytes(200))[:-12])
+    with pytest.raises(data.DataError, match=rf"{path} cannot be read .*truncated or damaged"):
+        data.read_idx(path)

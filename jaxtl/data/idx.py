@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 
@@ -36,8 +37,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
       [7, 8, 9]
     """
     opener = gzip.open if os.fspath(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{path} cannot be read ({e}); the file is truncated or damaged") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise DataError(
             f"{path} is not an IDX file: the header must be 0x00 0x00 <type> <ndim> "
