@@ -6,7 +6,7 @@ far-domain pair (local IDX files or prepared tfds data).
 
 import sys
 
-from jaxtl.runner import base_config
+from jaxtl.defaults import base_config
 
 
 def get_config():

@@ -7,7 +7,7 @@ Per cell: accuracy on B, retention of A, OOD accuracy, FLOPs, time, memory, trai
 
 import sys
 
-from jaxtl.runner import base_config
+from jaxtl.defaults import base_config
 
 
 def get_config():

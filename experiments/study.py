@@ -5,7 +5,7 @@ jaxtl run study --out runs/study       # then open runs/study/report.md
 
 import sys
 
-from jaxtl.runner import base_config
+from jaxtl.defaults import base_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ references.
 
 import sys
 
-from jaxtl.runner import base_config
+from jaxtl.defaults import base_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ is re-initialised and trained on B, with the copied groups frozen (AnB, BnB) or 
 
 import sys
 
-from jaxtl.runner import base_config
+from jaxtl.defaults import base_config
 
 
 def get_config():

@@ -96,8 +96,12 @@ def test_non_finite_loss_message():
     assert str(error) == (
         "loss became nan at step 123 (phase 'lp'); "
         "last good checkpoint: step 100 at /runs/x/checkpoints; "
-        "lower the learning rate or enable clipping"
+        "lower the learning rate (or clip_norm)"
     )
+    dirty = outputs.NonFiniteLossError(
+        5, "source on A", float("nan"), None, None, data_finite=False
+    )
+    assert str(dirty).endswith("the training inputs contain NaN or inf values: clean the data")
     assert "loss became -inf" in outputs.non_finite_loss_message(1, "ft", float("-inf"), None, None)
     assert "last good checkpoint: none;" in outputs.non_finite_loss_message(
         1, "ft", float("inf"), None, None

@@ -5,6 +5,7 @@ a sweep interrupted between cells, a corrupted latest checkpoint, and a divergin
 stops with one line naming the step and the last good checkpoint.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -19,6 +20,8 @@ import numpy as np
 import pytest
 
 from jaxtl import cli, runner
+from jaxtl.runner import jobs as jobs_lib
+from jaxtl.train import Callbacks
 from jaxtl.train.outputs import NonFiniteLossError
 
 # Per-chunk timings differ from run to run; everything else in metrics.jsonl must not.
@@ -191,21 +194,24 @@ def finished_sweep(tmp_path_factory, tiny_config):
 
 @pytest.fixture
 def counted_training(monkeypatch):
-    """Counts runner.run_phases calls and the chunks (compiled calls) each one trains."""
+    """Counts the runner's run_phases calls and the chunks (compiled calls) each one trains."""
     chunks: list[int] = []
-    run_phases = runner.run_phases
+    run_phases = jobs_lib.run_phases
 
-    def counting(*args, on_chunk=None, **kwargs):
+    def counting(*args, callbacks=None, **kwargs):
         chunks.append(0)
+        on_chunk = callbacks.on_chunk if callbacks else None
 
         def count(record):
             chunks[-1] += 1
             if on_chunk is not None:
                 on_chunk(record)
 
-        return run_phases(*args, on_chunk=count, **kwargs)
+        return run_phases(
+            *args, callbacks=dataclasses.replace(callbacks or Callbacks(), on_chunk=count), **kwargs
+        )
 
-    monkeypatch.setattr(runner, "run_phases", counting)
+    monkeypatch.setattr(jobs_lib, "run_phases", counting)
     return chunks
 
 

@@ -13,6 +13,7 @@ from conftest import tiny_mlp_task
 from jaxtl import freeze, models
 from jaxtl.train import (
     STRATEGIES,
+    Callbacks,
     GroupCosineDecay,
     Phase,
     Strategy,
@@ -76,8 +77,10 @@ def test_lp_ft_keeps_head_adam_moments_across_the_switch(setup):
         x,
         y,
         **RUN,
-        on_phase_start=lambda n, s: starts.setdefault(n, _host(s.opt_state)),
-        on_phase_end=lambda n, s: ends.setdefault(n, _host(s.opt_state)),
+        callbacks=Callbacks(
+            on_phase_start=lambda n, s: starts.setdefault(n, _host(s.opt_state)),
+            on_phase_end=lambda n, s: ends.setdefault(n, _host(s.opt_state)),
+        ),
     )
     assert run.carried["lp->ft"] == ("head/Dense_0/bias", "head/Dense_0/kernel")
     lp, ft = _adam(ends["lp"]), _adam(starts["ft"])
@@ -101,8 +104,10 @@ def test_gradual_unfreezing_carries_every_still_trainable_leaf(setup):
         x,
         y,
         **RUN,
-        on_phase_start=lambda n, s: starts.setdefault(n, _host(s.opt_state)),
-        on_phase_end=lambda n, s: ends.setdefault(n, _host(s.opt_state)),
+        callbacks=Callbacks(
+            on_phase_start=lambda n, s: starts.setdefault(n, _host(s.opt_state)),
+            on_phase_end=lambda n, s: ends.setdefault(n, _host(s.opt_state)),
+        ),
     )
     assert list(run.plans) == ["unfreeze0", "unfreeze1", "unfreeze2"]
     assert len(run.carried["unfreeze0->unfreeze1"]) == 2
@@ -171,8 +176,9 @@ def test_phase_shapes_for_a_model():
     assert [p.lr for p in get_strategy("lp_ft", ft_lr=0.1).phases(groups)] == [1.0, 0.1]
     surgical = get_strategy("surgical", group="layer1").phases(groups)[0].rules(groups)
     assert surgical == [("layer1/.*", {}), ("head/.*", {}), (".*", None)]
-    lr_rules = get_strategy("discriminative_lr", decay=0.5).phases(groups)[0].rules(groups)
-    assert [s["lr_mult"] for _, s in lr_rules] == [0.25, 0.5, 1.0]
+    (discriminative,) = get_strategy("discriminative_lr", decay=0.5).phases(groups)
+    assert discriminative.rules(groups) == [(".*", {})]
+    assert discriminative.hparams()["decay"] == 0.5 and discriminative.uses_group_decay
     assert get_strategy("l2_sp", alpha=0.1).phases(groups)[0].l2sp == 0.1
 
 
@@ -196,7 +202,7 @@ def test_phase_shapes_for_a_model():
             lambda: get_strategy("surgical", group="layr1").phases(("layer1", "head")),
             r"did you mean 'layer1'",
         ),
-        (lambda: get_strategy("lp_ft", lp_fraction=1.5), r"strictly between 0 and 1"),
+        (lambda: get_strategy("lp_ft", lp_fraction=1.5), r"must be in \[0, 1\)"),
         (lambda: get_strategy("gradual_unfreeze", num_groups=5).phases(("a", "head")), r"exceeds"),
     ],
 )
@@ -333,7 +339,9 @@ def test_a_schedule_spans_phases_on_the_global_step(setup):
         x,
         y,
         **RUN,
-        on_phase_end=lambda name, state: ends.setdefault(name, _host(state.params)),
+        callbacks=Callbacks(
+            on_phase_end=lambda name, state: ends.setdefault(name, _host(state.params))
+        ),
     )
     assert not np.array_equal(
         ends["p1"]["layer0"]["Dense_0"]["kernel"],
@@ -359,10 +367,12 @@ def test_freezeout_resumed_after_a_crash_equals_the_uninterrupted_run(setup, tmp
         checkpoint.Checkpointer(tmp_path / "ck", keep=4, every=1) as ckpt,
         pytest.raises(KeyboardInterrupt),
     ):
-        run(**settings, checkpointer=ckpt, on_chunk=crash_at_step_4)
+        run(**settings, checkpointer=ckpt, callbacks=Callbacks(on_chunk=crash_at_step_4))
     resumed_from = []
     with checkpoint.Checkpointer(tmp_path / "ck", keep=4, every=1) as ckpt:
-        resumed = run(**settings, checkpointer=ckpt, on_resume=resumed_from.append)
+        resumed = run(
+            **settings, checkpointer=ckpt, callbacks=Callbacks(on_resume=resumed_from.append)
+        )
     assert resumed_from == [3]
     for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state)):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()

@@ -145,16 +145,13 @@ def init_variables(
     """
     if isinstance(rng, int):
         rng = jax.random.key(rng)
-    init = functools.partial(model.init, train=False)
-    # Init runs once, and on CPU optimising the unrolled threefry initialisers dominates its
-    # compile time (about 10x), so skip the backend optimisation passes there.
     # compiler_options are only allowed on a top-level jit, not when we are being traced.
     traced = any(
         isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((rng, example_input))
     )
-    fast = jax.default_backend() == "cpu" and not traced
-    compiler_options = fast_compile_options() if fast else None
-    variables = jax.jit(init, compiler_options=compiler_options)(rng, example_input)
+    variables = _jitted_init(model, jax.default_backend() == "cpu" and not traced)(
+        rng, example_input
+    )
     # jit returns dicts with sorted keys; restore model order so printed trees read stem -> head.
     order = getattr(model, "layer_groups", ())
     return {
@@ -163,6 +160,15 @@ def init_variables(
         for k in ("params", "batch_stats")
         if k in variables
     }
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(model: nn.Module, fast: bool) -> Any:
+    """One jitted init per model (a sweep initialises the same model for every seed)."""
+    # Init runs once per model, and on CPU optimising the unrolled threefry initialisers
+    # dominates its compile time (about 10x), so skip the backend optimisation passes there.
+    compiler_options = fast_compile_options() if fast else None
+    return jax.jit(functools.partial(model.init, train=False), compiler_options=compiler_options)
 
 
 def _lookup(name: str) -> tuple[type[GroupedModel], dict[str, Any]]:

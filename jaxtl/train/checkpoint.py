@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -125,34 +126,65 @@ class Checkpointer:
       >>> step, state, meta = ckpt.restore_latest(state)
     """
 
-    def __init__(self, directory: str | os.PathLike, *, keep: int = 2, every: int = 1000):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep: int = 2,
+        every: int | None = 1000,
+        seconds: float | None = None,
+    ):
         if not isinstance(keep, int) or keep < 1:
             raise ValueError(f"keep must be an int >= 1 (checkpoints to keep), got {keep!r}")
-        if not isinstance(every, int) or every < 1:
+        if every is not None and (not isinstance(every, int) or every < 1):
             raise ValueError(
                 f"every must be an int >= 1 (steps between checkpoints), got {every!r}"
+            )
+        if every is None and (seconds is None or not seconds > 0):
+            raise ValueError(
+                f"pass every=STEPS or seconds=S > 0 (time between checkpoints), got {seconds!r}"
             )
         self.directory = Path(directory).absolute()
         self.keep = keep
         self.every = every
-        options = ocp.CheckpointManagerOptions(
-            save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every),
-            preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
-            # Synchronous saves: a step that save() reported must survive a SIGKILL.
-            enable_async_checkpointing=False,
-            # Leftovers of a save killed midway are never valid checkpoints.
-            cleanup_tmp_directories=True,
-            create=True,
-        )
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            item_names=(_STATE, _META),
-            item_handlers={
-                _STATE: ocp.StandardCheckpointHandler(),
-                _META: ocp.JsonCheckpointHandler(),
-            },
-            options=options,
-        )
+        self.seconds = seconds
+        self._last_save = time.monotonic()
+        self._manager_instance: ocp.CheckpointManager | None = None
+
+    @property
+    def _manager(self) -> ocp.CheckpointManager:
+        # Created on first use: a short run that never saves never pays for orbax's set-up.
+        if self._manager_instance is None:
+            options = ocp.CheckpointManagerOptions(
+                preservation_policy=ocp.checkpoint_managers.LatestN(n=self.keep),
+                # Synchronous saves: a step that save() reported must survive a SIGKILL.
+                enable_async_checkpointing=False,
+                # Leftovers of a save killed midway are never valid checkpoints.
+                cleanup_tmp_directories=True,
+                create=True,
+            )
+            self._manager_instance = ocp.CheckpointManager(
+                self.directory,
+                item_names=(_STATE, _META),
+                item_handlers={
+                    _STATE: ocp.StandardCheckpointHandler(),
+                    _META: ocp.JsonCheckpointHandler(),
+                },
+                options=options,
+            )
+        return self._manager_instance
+
+    def due(self, step: int, *, phase_end: bool = False) -> bool:
+        """Whether a checkpoint is due at ``step``: every ``every`` steps and at phase ends, or,
+        with ``seconds``, when that much time has passed since the last save (or the start).
+
+        Example:
+          >>> Checkpointer(d, every=10).due(20)
+          True
+        """
+        if self.every is not None:
+            return step % self.every == 0 or phase_end
+        return time.monotonic() - self._last_save >= self.seconds
 
     def all_steps(self) -> list[int]:
         """Returns the steps of the checkpoints on disk, oldest first.
@@ -164,6 +196,8 @@ class Checkpointer:
           >>> Checkpointer(d, keep=2, every=10).all_steps()
           [10, 20]
         """
+        if self._manager_instance is None and not self.directory.exists():
+            return []
         return sorted(self._manager.all_steps())
 
     def save(
@@ -174,7 +208,7 @@ class Checkpointer:
         *,
         force: bool = False,
     ) -> bool:
-        """Saves `state` and `meta` at `step` if `step % every == 0` or `force`.
+        """Saves `state` and `meta` at `step` if :meth:`due` or `force`.
 
         Returns only once the checkpoint is committed. Saving a step that already
         exists is a no-op (e.g. a forced phase-end save on a step the interval saved).
@@ -194,16 +228,17 @@ class Checkpointer:
           True
         """
         meta_json = _as_json(meta or {}, "checkpoint meta")
-        if step in self._manager.all_steps():
+        if not (force or self.due(step)) or step in self.all_steps():
             return False
         saved = self._manager.save(
             step,
             args=ocp.args.Composite(
                 **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta_json)}
             ),
-            force=force,
+            force=True,
         )
         self._manager.wait_until_finished()
+        self._last_save = time.monotonic()
         return bool(saved)
 
     def restore_latest(self, abstract_state: PyTree) -> tuple[int, PyTree, dict[str, Any]] | None:
@@ -291,7 +326,8 @@ class Checkpointer:
         Example:
           >>> ckpt.wait()
         """
-        self._manager.wait_until_finished()
+        if self._manager_instance is not None:
+            self._manager_instance.wait_until_finished()
 
     def close(self) -> None:
         """Waits for pending work and releases the manager.
@@ -299,8 +335,9 @@ class Checkpointer:
         Example:
           >>> ckpt.close()
         """
-        self._manager.wait_until_finished()
-        self._manager.close()
+        if self._manager_instance is not None:
+            self._manager_instance.wait_until_finished()
+            self._manager_instance.close()
 
     def __enter__(self) -> Self:
         return self

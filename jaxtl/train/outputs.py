@@ -70,6 +70,8 @@ class NonFiniteLossError(RuntimeError):
         value: float,
         checkpoint_step: int | None,
         checkpoint_dir: str | os.PathLike | None,
+        *,
+        data_finite: bool = True,
     ):
         self.step = step
         self.phase = phase
@@ -77,7 +79,9 @@ class NonFiniteLossError(RuntimeError):
         self.checkpoint_step = checkpoint_step
         self.checkpoint_dir = checkpoint_dir
         super().__init__(
-            non_finite_loss_message(step, phase, value, checkpoint_step, checkpoint_dir)
+            non_finite_loss_message(
+                step, phase, value, checkpoint_step, checkpoint_dir, data_finite=data_finite
+            )
         )
 
 
@@ -87,6 +91,8 @@ def non_finite_loss_message(
     value: float,
     checkpoint_step: int | None,
     checkpoint_dir: str | os.PathLike | None,
+    *,
+    data_finite: bool = True,
 ) -> str:
     """Builds the one-line message of `NonFiniteLossError`.
 
@@ -96,6 +102,7 @@ def non_finite_loss_message(
       value: the loss value (nan, inf or -inf).
       checkpoint_step: last good checkpoint step, or None.
       checkpoint_dir: checkpoint directory.
+      data_finite: False when the training inputs hold NaN/inf: then the data is the cause.
 
     Returns:
       The message.
@@ -109,10 +116,26 @@ def non_finite_loss_message(
         last = "none"
     else:
         last = f"step {checkpoint_step} at {checkpoint_dir}"
-    return (
-        f"loss became {kind} at step {step} (phase '{phase}'); last good checkpoint: {last}; "
-        "lower the learning rate or enable clipping"
+    fix = (
+        "the training inputs contain NaN or inf values: clean the data"
+        if not data_finite
+        else "lower the learning rate (or clip_norm)"
     )
+    return (
+        f"loss became {kind} at step {step} (phase '{phase}'); last good checkpoint: {last}; " + fix
+    )
+
+
+def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Appends one JSON record to a ``.jsonl`` file and fsyncs it (metrics outside a RunDir).
+
+    Example:
+      >>> append_jsonl("/tmp/source.metrics.jsonl", {"step": 50, "loss": 0.4})
+    """
+    with open(path, "a") as f:
+        f.write(_dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

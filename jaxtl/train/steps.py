@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 from jaxtl.data.pipeline import data_sharding
 from jaxtl.freeze import FreezePlan, flatten_with_paths
 from jaxtl.suggest import did_you_mean
-from jaxtl.train.state import TrainState, variables_of
+from jaxtl.train.state import TrainState, TxFactory, variables_of
 
 PyTree = Any
 StepFn = Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict]]
@@ -122,28 +122,42 @@ def _restore_frozen_stats(plan: FreezePlan, old: PyTree, new: PyTree) -> PyTree:
     return jax.tree.map(lambda m, o, n: o if m else n.astype(o.dtype), mask, old, new)
 
 
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy with integer labels, in float32: the one loss of jaxtl.
+
+    Example:
+      >>> float(cross_entropy(jnp.zeros((1, 2)), jnp.array([0]))[0])  # log 2
+      0.6931471824645996
+    """
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
 def build_step(
     model: nn.Module,
     plan: FreezePlan,
-    tx: optax.GradientTransformation,
+    tx: optax.GradientTransformation | TxFactory,
     *,
     bn_policy: str = "frozen",
-    l2sp: float | None = None,
+    l2sp: float | bool | None = None,
     compute_dtype: Any = None,
     start: int = 0,
 ) -> StepFn:
     """The un-jitted step function behind :func:`make_train_step` and :func:`make_train_loop`.
 
     Same arguments as :func:`make_train_step`; use it to embed a step in your own jitted code.
+    ``tx`` may also be a factory ``hparams -> transformation`` and ``l2sp=True`` reads alpha
+    from ``state.hparams["l2sp"]``: the numbers then live in the state, so one compiled step
+    serves every value of a sweep (:class:`jaxtl.train.phase.PhaseStep` builds steps this way).
     """
     inference_groups = _inference_groups(plan, model, bn_policy)
-    optimizer = plan.optimizer(tx)
+    fixed_tx = isinstance(tx, optax.GradientTransformation)
+    fixed_optimizer = plan.optimizer(tx) if fixed_tx else None
     penalty_mask = _l2sp_mask(plan, model.layer_groups[-1]) if l2sp else None
 
-    def loss_fn(trainable, frozen, batch_stats, reference, x, y, rng):
+    def loss_fn(trainable, frozen, batch_stats, reference, alpha, x, y, rng):
         params = plan.merge(trainable, frozen)
         penalty = (
-            l2sp_penalty(params, reference, penalty_mask, l2sp)
+            l2sp_penalty(params, reference, penalty_mask, alpha)
             if l2sp
             else jnp.zeros([], jnp.float32)
         )
@@ -160,7 +174,7 @@ def build_step(
             mutable=["batch_stats"],
         )
         logits = logits.astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        loss = cross_entropy(logits, y).mean()
         acc = jnp.mean(jnp.argmax(logits, -1) == y)
         aux = (updates.get("batch_stats", {}), {"loss": loss, "acc": acc, "l2sp": penalty})
         return loss + penalty, aux
@@ -171,10 +185,14 @@ def build_step(
                 "l2sp is set but state.reference is None; pass"
                 " create_train_state(..., reference=source_params)"
             )
+        if not fixed_tx and state.hparams is None:
+            raise ValueError("a transformation factory needs state.hparams; see create_train_state")
+        alpha = state.hparams["l2sp"] if l2sp is True else l2sp
+        optimizer = fixed_optimizer or plan.optimizer(tx(state.hparams))
         trainable, frozen = plan.split(state.params)
         dropout_rng = jax.random.fold_in(rng, state.step)
         grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
-            trainable, frozen, state.batch_stats, state.reference, x, y, dropout_rng
+            trainable, frozen, state.batch_stats, state.reference, alpha, x, y, dropout_rng
         )
         # The plan's optimizer takes full trees; zeros stand in for frozen gradients, which it
         # ignores (and XLA removes).
@@ -306,8 +324,8 @@ def make_eval_step(
         if compute_dtype is not None:
             variables = {**variables, "params": _cast_floating(variables["params"], compute_dtype)}
             x = x.astype(compute_dtype)
-        logits = model.apply(variables, x, train=False, start=start).astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        logits = model.apply(variables, x, train=False, start=start)
+        loss = cross_entropy(logits, y)
         correct = (jnp.argmax(logits, -1) == y) & mask
         return {
             "loss_sum": jnp.sum(jnp.where(mask, loss, 0.0)),

@@ -1,0 +1,103 @@
+"""The defaults every experiment config starts from (config as code; imports ml_collections only).
+
+An experiment file does ``config = base_config()`` and changes what it studies; the command line
+overrides any field with ``--set key=value``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+YOSINSKI_CONDITIONS = ("AnB", "AnB+", "BnB", "BnB+")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults every experiment starts from (sizes for the embedded CPU study).
+
+    Example:
+      >>> base_config().model.name
+      'mlp'
+    """
+    c = ml_collections.ConfigDict()
+    c.experiment = "strategies"
+    # Five seeds: every strategy of a seed shares its few-shot subset, source model and head
+    # init, so comparisons are paired by seed (jaxtl.report's paired t / sign-flip statistics).
+    c.seeds = [0, 1, 2, 3, 4]
+    c.data = ml_collections.ConfigDict()
+    c.data.a = "mnist5k"  # dataset of task A (and of B unless data.b is set)
+    c.data.b = ""  # another dataset for B (cross-domain); "" = same as A
+    c.data.options = {}  # loader options for data.a, e.g. {"max_translation": 20} for mnist1d
+    c.data.classes_a = [0, 1, 2, 3, 4]  # class split; [] = A and B both use every class
+    c.data.classes_b = [5, 6, 7, 8, 9]
+    c.data.resize = 0  # >0: resize images (both tasks) to this side length
+    c.data.ood_shift = "gaussian_noise"  # B's test set under this shift = the OOD set
+    c.data.ood_params = {"std": 0.3}
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "mlp"
+    c.model.options = {"widths": (256, 256, 128), "norm": "batchnorm"}
+    c.train_a = ml_collections.ConfigDict(
+        {"steps": 600, "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-4, "clip_norm": 1.0}
+    )
+    # Batch 25 = the smallest B (5 per class x 5 classes): every data size then runs the same
+    # compiled step, so a sweep over sizes compiles each phase once.
+    c.train_b = ml_collections.ConfigDict(
+        {"steps": 300, "batch_size": 25, "lr": 1e-3, "weight_decay": 1e-4, "clip_norm": 1.0}
+    )
+    # How hyperparameters are chosen. "tuned": per cell (strategy x data size), on a seeded
+    # 80/20 split of B's training examples (per class, >= 1 each side), by mean validation
+    # accuracy over the seeds; the chosen setting is retrained on all n examples and only then
+    # sees the test set. "fixed": train_b and strategy_options as given, no selection.
+    c.protocol = ml_collections.ConfigDict(
+        {
+            "name": "tuned",
+            "val_fraction": 0.2,
+            "lr_factors": [0.3, 1.0, 3.0],  # x train_b.lr, log-spaced around it
+            # Each strategy's own knob, tried at every learning rate.
+            "knobs": {
+                "lp_ft": {"ft_lr": [0.1, 1.0]},
+                "l2_sp": {"alpha": [1e-4, 1e-2]},
+                "discriminative_lr": {"decay": [0.5, 0.8]},
+                "freeze_first_k": {"k": [1, 2]},
+            },
+        }
+    )
+    c.bn_policy = "frozen"
+    c.cache_features = True
+    c.reinit_head = True  # B has a new label space: re-create the head
+    c.strategies = ["scratch", "linear_probe", "lp_ft", "full_ft"]
+    c.strategy_options = {"freeze_first_k": {"k": 2}}
+    c.n_per_class = [5, 20, None]  # None = all of B's training data
+    c.yosinski = ml_collections.ConfigDict(
+        {"depths": [1, 2, 3], "conditions": list(YOSINSKI_CONDITIONS), "n_per_class": None}
+    )
+    c.shifts = {}  # surgical: name -> {"level": input|feature|output, "shift": ..., "params": {}}
+    c.compute_dtype = ""  # e.g. "bfloat16": compute in bf16, params and optimizer state in fp32
+    c.tensorboard = False  # also write TensorBoard events per run (needs tensorboardX)
+    # Models trained side by side in one vmapped program (seeds, grid points); 0 = the engine's
+    # measured rule (jaxtl.train.seed_slots: 1 for conv nets on CPU, 5 for dense ones, 8 on
+    # accelerators). Results depend on it, so it is part of every cache key.
+    c.seed_slots = 0
+    # Data parallel over every local device (jax.sharding, batch split on a "data" mesh axis);
+    # with seed_slots=1. Multi-host (TPU pods, several GPU hosts): distributed.distributed.
+    c.data_parallel = False
+    c.distributed = ml_collections.ConfigDict(
+        {
+            "distributed": False,
+            "coordinator_address": None,
+            "num_processes": None,
+            "process_id": None,
+        }
+    )
+    c.steps_per_call = 50  # steps per compiled call; one metrics record each
+    # Checkpoints: every N steps (a multiple of steps_per_call), or 0 = whenever
+    # checkpoint_seconds of training passed since the last one (a 300-step CPU run never
+    # needs one; an interruption by SIGINT/SIGTERM always saves one).
+    c.checkpoint_every = 0
+    c.checkpoint_seconds = 60.0
+    c.checkpoint_keep = 2
+    # XLA's persistent compilation cache: a rerun or a second experiment compiles nothing it
+    # compiled before. "" = off.
+    c.compilation_cache_dir = "~/.cache/jaxtl/xla"
+    c.parts = []  # study: experiment names run into one output directory
+    c.part_overrides = {}  # study: experiment name -> list of "key=value" overrides
+    return c

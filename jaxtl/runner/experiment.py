@@ -1,0 +1,277 @@
+"""Run an experiment config end to end: check it, then every cell, then the report.
+
+Before anything trains, every part of the config is checked (one-line errors naming the field);
+the output directory is locked against a second run; SIGINT and SIGTERM stop training at the
+next chunk boundary with a checkpoint saved; XLA's persistent compilation cache is switched on
+so a rerun compiles nothing it compiled before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxtl import data as data_lib
+from jaxtl import report
+from jaxtl.config import ConfigError, apply_overrides, load_config
+from jaxtl.defaults import base_config
+from jaxtl.runner.cell import notice, run_cell
+from jaxtl.runner.cells import TUNABLE_EXPERIMENTS, Cell, experiment_cells
+from jaxtl.runner.protocol import check_protocol
+from jaxtl.runner.tasks import build_tasks, model_for
+from jaxtl.train import get_strategy, outputs
+from jaxtl.train.sharding import maybe_initialize_distributed
+from jaxtl.train.steps import check_bn_policy
+
+LOCK_FILE = ".jaxtl.lock"
+
+
+class StopSignal:
+    """Set by SIGINT/SIGTERM while an experiment runs; the driver polls it between chunks."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[StopSignal]:
+    """SIGINT/SIGTERM ask training to stop at the next chunk (checkpoint saved); a second
+    SIGINT stops at once. Handlers are restored on exit. Main thread only (else a no-op)."""
+    stop = StopSignal()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if stop.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.signum = signum
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path) -> Iterator[None]:
+    """One run per output directory: a second gets one line naming the first (pid and host).
+
+    A lock left by a process that no longer exists (on this host) is taken over with a note.
+    """
+    path = out_dir / LOCK_FILE
+    host, pid = socket.gethostname(), os.getpid()
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            other_pid, other_host = path.read_text().split()[:2]
+        except (OSError, ValueError):
+            other_pid, other_host = "0", host
+        if other_host == host and not _pid_alive(int(other_pid)):
+            notice(
+                f"took over a stale lock of process {other_pid} (no longer running) in {out_dir}"
+            )
+            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        else:
+            raise outputs.OutputDirError(
+                f"another jaxtl run (pid {other_pid} on {other_host}) is writing to {out_dir};"
+                f" wait for it to finish or use another --out (remove {path} if that run is gone)"
+            ) from None
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{pid} {host}\n")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def enable_compilation_cache(directory: str) -> None:
+    """Switches on XLA's persistent compilation cache in ``directory`` ("" leaves it off)."""
+    if not directory:
+        return
+    path = Path(directory).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"compilation_cache_dir={directory!r} cannot be created ({e.strerror}); set another"
+            " directory or compilation_cache_dir=''"
+        ) from None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    # Small programs are the point: cache everything, however fast it compiled.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def run_experiment(
+    config: ml_collections.ConfigDict, out_dir: str | Path, *, show_progress: bool | None = None
+) -> Path:
+    """Runs every cell x seed of ``config`` into ``out_dir`` and writes ``out_dir/report.md``.
+
+    Rerunning with the same ``out_dir`` skips finished runs, resumes interrupted ones and
+    reruns those whose settings, data or code changed.
+
+    Returns:
+      The path of the report.
+    """
+    maybe_initialize_distributed(config.distributed.to_dict())
+    out_dir = Path(out_dir)
+    outputs.RunDir(out_dir)  # validates the output directory before any work
+    parts = expand_parts(config)
+    jobs: list[tuple[ml_collections.ConfigDict, Cell]] = []
+    for part in parts:
+        groups = model_for(part, 2).layer_groups
+        cells = experiment_cells(part, groups)
+        check_part(part, cells, groups)
+        jobs += [(part, cell) for cell in cells]
+    enable_compilation_cache(config.compilation_cache_dir)
+    with run_lock(out_dir), graceful_stop() as stop:
+        bar = outputs.progress(
+            len(jobs),
+            desc=f"jaxtl {config.experiment}",
+            disable=None if show_progress is None else not show_progress,
+        )
+        for part, cell in jobs:
+            bar.set_description_str(f"jaxtl {config.experiment}: {cell.id}", refresh=True)
+            run_cell(part, cell, out_dir, stop_requested=stop, show_progress=show_progress)
+            bar.update(1)
+        bar.close()
+        return report.write_report(out_dir)
+
+
+def _positive_int(where: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where}={value!r} must be an int >= {minimum}")
+
+
+def check_part(
+    config: ml_collections.ConfigDict, cells: Sequence[Cell], layer_groups: Sequence[str]
+) -> None:
+    """Fails a sweep on a bad name, option or size before anything trains (one-line errors)."""
+    check_bn_policy(config.bn_policy)
+    check_protocol(config)
+    seeds = list(config.seeds)
+    if (
+        not seeds
+        or len(set(seeds)) != len(seeds)
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+    ):
+        raise ConfigError(f"seeds={seeds} must be distinct ints >= 0, e.g. [0,1,2,3,4]")
+    for name in ("train_a", "train_b"):
+        train = config[name]
+        _positive_int(f"{name}.steps", train.steps)
+        _positive_int(f"{name}.batch_size", train.batch_size)
+        if not train.lr > 0:
+            raise ConfigError(f"{name}.lr={train.lr!r} must be > 0, e.g. 1e-3")
+        if train.weight_decay < 0 or train.clip_norm <= 0:
+            raise ConfigError(
+                f"{name}.weight_decay must be >= 0 and {name}.clip_norm > 0; got"
+                f" {train.weight_decay!r} and {train.clip_norm!r}"
+            )
+    _positive_int("steps_per_call", config.steps_per_call)
+    _positive_int("checkpoint_keep", config.checkpoint_keep)
+    _positive_int("checkpoint_every", config.checkpoint_every, minimum=0)
+    every, per_call = config.checkpoint_every, config.steps_per_call
+    if every and every % per_call:
+        raise ConfigError(
+            f"checkpoint_every={every} must be a multiple of steps_per_call={per_call} (checkpoints"
+            f" are saved between compiled calls), e.g. {-(-every // per_call) * per_call}"
+        )
+    if not every and not config.checkpoint_seconds > 0:
+        raise ConfigError(
+            f"checkpoint_seconds={config.checkpoint_seconds!r} must be > 0 (with checkpoint_every=0)"
+        )
+    if config.experiment in TUNABLE_EXPERIMENTS:  # options a tuned knob replaces are still checked
+        for name in config.strategies:
+            get_strategy(name, **dict(config.strategy_options.get(name, {}))).phases(layer_groups)
+    for cell in cells:
+        get_strategy(cell.strategy, **dict(cell.options)).phases(layer_groups)
+        for knob, values in dict(config.protocol.knobs.get(cell.strategy, {})).items():
+            if knob in cell.tuned_knobs:
+                for value in values:
+                    get_strategy(cell.strategy, **{**dict(cell.options), knob: value}).phases(
+                        layer_groups
+                    )
+    for shift in dict.fromkeys(cell.shift for cell in cells):
+        tasks = build_tasks(config, shift)  # cached: the runs reuse these tasks
+        for name, task in (("train_a", tasks.a), ("train_b", tasks.b)):
+            if config[name].batch_size > len(task.y_train):
+                raise ConfigError(
+                    f"{name}.batch_size={config[name].batch_size} exceeds the task's"
+                    f" {len(task.y_train)} training examples; use a smaller batch"
+                )
+        for n in dict.fromkeys(cell.n_per_class for cell in cells if cell.shift == shift):
+            data_lib.few_shot(tasks.b, n, seed=0)
+
+
+def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _set(config: ml_collections.ConfigDict, name: str, value: Any) -> None:
+    *parents, leaf = name.split(".")
+    for p in parents:
+        config = config[p]
+    config[leaf] = value
+
+
+def expand_parts(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+    """A study's parts (each with the study's own settings applied), or ``[config]``.
+
+    Fields the study sets away from :func:`jaxtl.defaults.base_config` (``--set seeds=[0,1]``,
+    ``protocol.name=fixed``, ...) apply to every part; ``part_overrides`` then apply per part.
+    """
+    if config.experiment != "study":
+        return [config]
+    defaults = _flat(base_config())
+    shared = {
+        k: v
+        for k, v in _flat(config).items()
+        if k not in ("experiment", "parts", "part_overrides") and defaults.get(k, v) != v
+    }
+    parts = []
+    for name in config.parts:
+        part = load_config(name)
+        with part.unlocked():
+            for key, value in shared.items():
+                _set(part, key, value)
+        overrides = list(config.part_overrides.get(name, []))
+        parts.append(apply_overrides(part, overrides))
+    if not parts:
+        raise ConfigError("a study needs config.parts, e.g. ['strategies', 'yosinski']")
+    return parts

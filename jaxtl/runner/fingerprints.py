@@ -1,0 +1,83 @@
+"""What a cached result depends on: config fields, data contents and the code that made it.
+
+Every cache (source models, finished runs, selections) is keyed by a hash of these, so a changed
+setting, a data file edited in place or a new jaxtl version retrains what depends on it instead
+of serving an old result.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from jaxtl import data as data_lib
+from jaxtl.config import config_hash
+
+# Fields that change where or how a run reports, not what it computes.
+_NOT_RESULT_FIELDS = (
+    "tensorboard",
+    "checkpoint_every",
+    "checkpoint_seconds",
+    "checkpoint_keep",
+    "compilation_cache_dir",
+    "parts",
+    "part_overrides",
+    "strategies",
+    "n_per_class",
+    "experiment",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of jaxtl's own source files (every ``jaxtl/**/*.py``), computed once per process.
+
+    Example:
+      >>> len(code_version())
+      16
+    """
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _dataset_fingerprint(spec: str, options: dict[str, Any]) -> str:
+    fingerprint = getattr(data_lib, "fingerprint", None)
+    if fingerprint is None:  # a data module without content fingerprints: the spec alone
+        return config_hash({"spec": spec, "options": options})
+    return fingerprint(spec, **options)
+
+
+def data_fingerprint(config: ml_collections.ConfigDict) -> str:
+    """A hash of the contents of every dataset a config reads (A, and B when it differs)."""
+    d = config.data
+    parts = [_dataset_fingerprint(d.a, dict(d.options))]
+    if d.b:
+        parts.append(_dataset_fingerprint(d.b, {}))
+    return config_hash({"data": parts})
+
+
+def result_fields(config: ml_collections.ConfigDict, *, drop: Iterable[str] = ()) -> dict:
+    """The config as a dict without fields that do not change results (and ``drop``)."""
+    out = config.to_dict()
+    for name in (*_NOT_RESULT_FIELDS, *drop):
+        out.pop(name, None)
+    return out
+
+
+def fingerprint(**parts: Any) -> str:
+    """One hash over named parts plus the code version.
+
+    Example:
+      >>> fingerprint(config={"a": 1}, seed=0) == fingerprint(seed=0, config={"a": 1})
+      True
+    """
+    return config_hash({**parts, "code": code_version()})

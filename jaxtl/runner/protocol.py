@@ -1,0 +1,124 @@
+"""The tuned protocol: each cell's hyperparameters chosen on validation data carved from B's
+training examples, never on the test set.
+
+For a cell (strategy x data size) and each seed, B's n training examples per class are split
+80/20 per class (VTAB-1k style, at least one example of every class on each side, seeded);
+every grid point (learning rate x the strategy's own knob) trains on the 80% and is scored on
+the 20%; the setting with the best mean validation accuracy over the seeds is retrained on all
+n examples, and only that model meets the test set. Test accuracies of the grid models are kept
+for the report's sensitivity plot and robustness marks; :func:`select` never sees them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from jaxtl import data as data_lib
+from jaxtl.config import ConfigError
+
+PROTOCOLS = ("tuned", "fixed")
+
+
+def check_protocol(config: ml_collections.ConfigDict) -> None:
+    """One-line errors for a protocol config that cannot run."""
+    p = config.protocol
+    if p.name not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol.name {p.name!r}; choices: {', '.join(PROTOCOLS)}")
+    if p.name == "fixed":
+        return
+    if not 0.0 < p.val_fraction < 1.0:
+        raise ConfigError(f"protocol.val_fraction={p.val_fraction} must be in (0, 1), e.g. 0.2")
+    factors = list(p.lr_factors)
+    if not factors or any(not (isinstance(f, (int, float)) and f > 0) for f in factors):
+        raise ConfigError(
+            f"protocol.lr_factors={factors} must be positive numbers, e.g. [0.3, 1, 3]"
+        )
+    for strategy, knobs in dict(p.knobs).items():
+        for knob, values in dict(knobs).items():
+            if not list(values):
+                raise ConfigError(f"protocol.knobs.{strategy}.{knob} is empty; give values to try")
+
+
+def val_split(
+    task: data_lib.Dataset, fraction: float, seed: int
+) -> tuple[data_lib.Dataset, data_lib.Dataset]:
+    """Splits ``task``'s training examples per class into (train, validation), seeded.
+
+    Each class with ``m`` examples gives ``round(fraction * m)`` to validation, at least one and
+    at most ``m - 1``, so both sides see every class. The test split is not touched (both
+    returned datasets keep it, but the protocol never evaluates a grid model's choice on it).
+
+    Example:
+      >>> train, val = val_split(few_shot(task_b, 5, seed=0), 0.2, seed=0)  # doctest: +SKIP
+      >>> len(val.y_train) == task_b.num_classes  # one per class
+      True
+    """
+    rng = np.random.default_rng([seed, 0x5EED])
+    train_idx, val_idx = [], []
+    for c in range(task.num_classes):
+        members = np.flatnonzero(task.y_train == c)
+        if len(members) < 2:
+            raise ConfigError(
+                f"class {c} of B has {len(members)} training example(s); the tuned protocol"
+                " needs >= 2 per class (one each side); use more per class or protocol.name=fixed"
+            )
+        members = rng.permutation(members)
+        k = min(max(round(fraction * len(members)), 1), len(members) - 1)
+        val_idx.append(members[:k])
+        train_idx.append(members[k:])
+    pick = lambda idx: np.sort(np.concatenate(idx))
+    t, v = pick(train_idx), pick(val_idx)
+    return (
+        dataclasses.replace(task, x_train=task.x_train[t], y_train=task.y_train[t]),
+        dataclasses.replace(task, x_train=task.x_train[v], y_train=task.y_train[v]),
+    )
+
+
+def grid(
+    config: ml_collections.ConfigDict, strategy: str, knobs: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The settings a cell tries: ``train_b.lr`` x each lr factor, crossed with its knobs.
+
+    Example:
+      >>> grid(base_config(), "l2_sp", ["alpha"])[:2]  # doctest: +SKIP
+      [{'lr': 0.0003, 'alpha': 0.0001}, {'lr': 0.0003, 'alpha': 0.01}]
+    """
+    lrs = [float(config.train_b.lr) * float(f) for f in config.protocol.lr_factors]
+    values = dict(config.protocol.knobs.get(strategy, {}))
+    axes = [[("lr", lr) for lr in lrs]] + [[(k, v) for v in values[k]] for k in knobs]
+    return [dict(point) for point in itertools.product(*axes)]
+
+
+def select(settings: Sequence[Mapping[str, Any]], val_acc: Sequence[Sequence[float]]) -> int:
+    """Index of the setting with the best mean validation accuracy over seeds.
+
+    A diverged grid point (NaN) never wins; ties go to the earlier setting in grid order.
+
+    Args:
+      settings: the grid.
+      val_acc: per setting, one validation accuracy per seed.
+
+    Example:
+      >>> select([{"lr": 1}, {"lr": 2}], [[0.5, 0.7], [0.6, 0.7]])
+      1
+    """
+    means = [float(np.mean(a)) if all(math.isfinite(v) for v in a) else -math.inf for a in val_acc]
+    if len(means) != len(settings):
+        raise ValueError(f"{len(val_acc)} accuracy rows for {len(settings)} settings")
+    return int(np.argmax(means))
+
+
+def describe(seeds: Sequence[int], fraction: float) -> str:
+    """The selection rule, as the report states it."""
+    return (
+        f"mean validation accuracy over seeds {','.join(map(str, seeds))}"
+        f" ({round((1 - fraction) * 100)}/{round(fraction * 100)} split of B's training"
+        " examples, per class)"
+    )

@@ -1,0 +1,155 @@
+"""Source models: trained on task A (or on B, for Yosinski's BnB), one per seed, cached on disk.
+
+The cache key holds everything a source model depends on (data contents, model, training
+config, slot count, code version), so every B run of a sweep, and every later sweep into the
+same output directory, reuses it; a changed input trains a new one. Seeds train side by side in
+fixed-size slots, so a source seed's bits never depend on which other seeds were trained with it
+(a seed deleted and retrained alone comes back identical). Loaded once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from jaxtl.runner.fingerprints import data_fingerprint, fingerprint
+from jaxtl.runner.tasks import Tasks, init_variables, model_for, slots_for
+from jaxtl.train import (
+    AdamW,
+    Callbacks,
+    get_strategy,
+    outputs,
+    run_phases,
+    stack_trees,
+    unstack_tree,
+)
+from jaxtl.train import checkpoint as ckpt_lib
+
+
+def source_key(config: ml_collections.ConfigDict, which: str, slots: int) -> str:
+    """The cache key of a config's source models on task ``which`` ("a" or "b")."""
+    return fingerprint(
+        data=config.data.to_dict(),
+        data_contents=data_fingerprint(config),
+        model=config.model.to_dict(),
+        train=config.train_a.to_dict(),
+        which=which,
+        bn_policy=config.bn_policy,
+        slots=slots,
+        steps_per_call=config.steps_per_call,
+        compute_dtype=config.compute_dtype,
+    )
+
+
+def source_models(
+    config: ml_collections.ConfigDict,
+    tasks: Tasks,
+    which: str,
+    seeds: Sequence[int],
+    out_dir: Path,
+    *,
+    show_progress: bool | None = None,
+) -> list[dict]:
+    """The source model of every seed: loaded from the cache, or trained (missing seeds only)."""
+    task = tasks.a if which == "a" else tasks.b
+    model = model_for(config, task.num_classes)
+    slots = slots_for(config, model)
+    root = out_dir / "sources" / f"{which}-{source_key(config, which, slots)}"
+    paths = {s: root / f"seed_{s}" for s in seeds}
+    missing = [s for s in seeds if not (paths[s] / "model.json").exists()]
+    if missing:
+        _train(config, task, model, which, missing, slots, paths, show_progress)
+    template = init_variables(model, seeds[0], task.x_train)
+    return [_load(str(paths[s]), template) for s in seeds]
+
+
+_LOADED: dict[str, dict] = {}
+
+
+def _load(path: str, template: dict) -> dict:
+    """A saved source model, read from disk once per process."""
+    if path not in _LOADED:
+        _LOADED[path] = ckpt_lib.load_variables(path, template)[0]
+    return _LOADED[path]
+
+
+def _train(config, task, model, which, seeds, slots, paths, show_progress) -> None:
+    """Trains the missing source seeds in groups of ``slots`` and saves each one."""
+    train = config.train_a
+    batch_size = min(train.batch_size, len(task.y_train))
+    groups = [seeds[i : i + slots] for i in range(0, len(seeds), slots)]
+    bar = outputs.progress(
+        train.steps * len(groups),
+        desc=f"source models on {which.upper()} ({len(seeds)} seeds)",
+        disable=None if show_progress is None else not show_progress,
+    )
+    for group in groups:
+        # A partial group fills its empty slots with copies of its last seed (discarded), so
+        # every seed trains in a program of the same shape.
+        padded = group + [group[-1]] * (slots - len(group))
+        logs = {s: paths[s].parent / f"seed_{s}.metrics.jsonl" for s in group}
+
+        def on_chunk(record, group=group, logs=logs):
+            bar.update(record["chunk_steps"])
+            for i, s in enumerate(group):
+                loss = record["loss"][i]
+                if not math.isfinite(loss):
+                    raise outputs.NonFiniteLossError(
+                        record["step"],
+                        f"source on {which.upper()}",
+                        loss,
+                        None,
+                        str(paths[s]),
+                        data_finite=bool(np.isfinite(task.x_train).all()),
+                    )
+                entry = {k: (v[i] if isinstance(v, list) else v) for k, v in record.items()}
+                outputs.append_jsonl(logs[s], entry)
+
+        for log in logs.values():
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.unlink(missing_ok=True)
+        run = run_phases(
+            model,
+            stack_trees([init_variables(model, s, task.x_train) for s in padded]),
+            get_strategy("scratch"),
+            _adamw(train),
+            np.stack([task.x_train] * slots),
+            np.stack([task.y_train] * slots),
+            seeds=padded,
+            lr=[float(train.lr)] * slots,
+            total_steps=train.steps,
+            batch_size=batch_size,
+            bn_policy=config.bn_policy,
+            steps_per_call=config.steps_per_call,
+            compute_dtype=config.compute_dtype or None,
+            callbacks=Callbacks(on_chunk=on_chunk),
+        )
+        for i, s in enumerate(group):
+            ckpt_lib.save_variables(
+                paths[s],
+                unstack_tree(run.variables, i),
+                {
+                    "model": config.model.name,
+                    "num_classes": task.num_classes,
+                    "options": config.model.options.to_dict(),
+                    "task": which,
+                    "seed": s,
+                    "seed_slots": slots,
+                },
+            )
+    bar.close()
+
+
+@functools.lru_cache(maxsize=16)
+def _adamw_cached(clip_norm: float, weight_decay: float) -> AdamW:
+    return AdamW(clip_norm, weight_decay)
+
+
+def _adamw(train: ml_collections.ConfigDict) -> AdamW:
+    """The base optimizer of a training config (its learning rate travels as a value)."""
+    return _adamw_cached(float(train.clip_norm), float(train.weight_decay))
