@@ -1,0 +1,172 @@
+"""Limit-case identities of the strategy catalogue, bit for bit on CPU (issue 10).
+
+Each strategy at its limit setting must train exactly the model its simpler neighbour trains:
+same starting variables, seed, data and base optimizer give the same bits in every leaf of the
+final variables and the same per-chunk metrics. Next to each identity, a setting just off the
+limit must differ, so a check that compares nothing cannot pass. Last, grid points of a sweep
+train side by side as slots of one compiled program, and a slot's bits depend only on its own
+inputs and the slot count: never on its neighbours or its position in the group.
+"""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from conftest import tiny_mlp_task
+
+from jaxtl.train import AdamW, get_strategy, run_phases, stack_trees, unstack_tree
+from jaxtl.train import driver as driver_lib
+from jaxtl.train import phase as phase_lib
+
+# The runner's base optimizer (learning rate a run-time value), and a plain optax one.
+ADAMW = AdamW(clip_norm=1.0, weight_decay=1e-4)
+ADAM = optax.adam(1e-3)
+# 6 steps in chunks of 4: a full and a partial chunk, so the trip count is a run-time value too.
+RUN = {"total_steps": 6, "batch_size": 16, "steps_per_call": 4, "seed": 3, "cache_features": True}
+
+
+@pytest.fixture(scope="module")
+def task():
+    return tiny_mlp_task()
+
+
+def _train(task, strategy, tx, **options):
+    model, x, y, variables = task
+    lr = {"lr": 1e-3} if tx is ADAMW else {}
+    return run_phases(model, variables, strategy, tx, x, y, **lr, **RUN, **options)
+
+
+def _chunks(run, slot=None):
+    """Per-chunk metrics, without wall time and phase names (those differ by design)."""
+    pick = (lambda v: v) if slot is None else (lambda v: v[slot] if isinstance(v, list) else v)
+    return [
+        {k: pick(v) for k, v in h.items() if k not in ("seconds", "phase")} for h in run.history
+    ]
+
+
+def _differences(got, want) -> list[str]:
+    """Leaves whose bits differ, with the largest absolute difference of each."""
+    got_leaves, got_def = jax.tree_util.tree_flatten_with_path(got)
+    want_leaves, want_def = jax.tree_util.tree_flatten_with_path(want)
+    assert got_def == want_def, f"structures differ: {got_def} vs {want_def}"
+    out = []
+    for (path, a), (_, b) in zip(got_leaves, want_leaves):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
+            diff = np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))
+            out.append(f"{jax.tree_util.keystr(path)}: max |diff| = {diff:.3g}")
+    return out
+
+
+def _assert_same_run(got, want):
+    assert _differences(got.variables, want.variables) == []
+    assert _chunks(got) == _chunks(want)
+
+
+# (limit case, the strategy it must equal, a setting just off the limit that must not)
+IDENTITIES = {
+    "l2_sp(alpha=0)": (("l2_sp", {"alpha": 0.0}), "full_ft", ("l2_sp", {"alpha": 0.5})),
+    "lp_ft(lp_fraction=0, ft_lr=1)": (
+        ("lp_ft", {"lp_fraction": 0.0, "ft_lr": 1.0}),
+        "full_ft",
+        ("lp_ft", {"lp_fraction": 0.0, "ft_lr": 0.5}),
+    ),
+    "freeze_first_k(k=0)": (("freeze_first_k", {"k": 0}), "full_ft", ("freeze_first_k", {"k": 1})),
+    "discriminative_lr(decay=1)": (
+        ("discriminative_lr", {"decay": 1.0}),
+        "full_ft",
+        ("discriminative_lr", {"decay": 0.5}),
+    ),
+    "gradual_unfreeze(num_groups=1)": (
+        ("gradual_unfreeze", {"num_groups": 1}),
+        "linear_probe",
+        ("gradual_unfreeze", {"num_groups": 2}),
+    ),
+    "surgical(group=-1)": (
+        ("surgical", {"group": -1, "train_head": True}),
+        "linear_probe",
+        ("surgical", {"group": 0, "train_head": True}),
+    ),
+    "surgical(group='head')": (
+        ("surgical", {"group": "head", "train_head": True}),
+        "linear_probe",
+        ("surgical", {"group": "layer1", "train_head": True}),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def references(task):
+    """full_ft and linear_probe under each base optimizer, trained once for every identity."""
+    return {
+        (name, id(tx)): _train(task, get_strategy(name), tx)
+        for name in ("full_ft", "linear_probe")
+        for tx in (ADAMW, ADAM)
+    }
+
+
+@pytest.mark.parametrize("tx", [ADAMW, ADAM], ids=["adamw_runtime_lr", "optax_adam"])
+@pytest.mark.parametrize("case", list(IDENTITIES))
+def test_limit_case_equals_its_simpler_strategy_bit_for_bit(task, references, case, tx):
+    (name, options), equal_to, _ = IDENTITIES[case]
+    got = _train(task, get_strategy(name, **options), tx)
+    _assert_same_run(got, references[(equal_to, id(tx))])
+
+
+@pytest.mark.parametrize("case", list(IDENTITIES))
+def test_a_setting_off_the_limit_differs(task, references, case):
+    """The identities compare real training: one step away from the limit, the bits move."""
+    _, equal_to, (name, options) = IDENTITIES[case]
+    got = _train(task, get_strategy(name, **options), ADAMW)
+    assert _differences(got.variables, references[(equal_to, id(ADAMW))].variables)
+
+
+# ---- grid points as slots of one program ------------------------------------------------------
+
+# Its own weight decay, so this test's programs are compiled here (not by the tests above).
+SLOT_ADAMW = AdamW(clip_norm=1.0, weight_decay=3e-4)
+
+
+def test_grid_points_share_one_program_and_never_change_each_others_bits(task):
+    model, x, y, variables = task
+    a, b = get_strategy("lp_ft", ft_lr=0.1), get_strategy("lp_ft", ft_lr=1.0)
+
+    def pair(first, second):
+        return run_phases(
+            model,
+            stack_trees([variables, variables]),
+            [first, second],
+            SLOT_ADAMW,
+            np.stack([x, x]),
+            np.stack([y, y]),
+            seeds=[0, 0],
+            lr=[1e-3, 1e-3],
+            **{k: v for k, v in RUN.items() if k != "seed"},
+        )
+
+    misses, compiled = phase_lib._compiled_loop.cache_info().misses, len(driver_lib._COMPILED)
+    ab = pair(a, b)
+    # lp_ft's two phases, each one program for both grid points.
+    assert phase_lib._compiled_loop.cache_info().misses - misses == 2
+    assert len(driver_lib._COMPILED) - compiled == 2
+    programs = set(driver_lib._COMPILED)
+    ba, aa, bb = pair(b, a), pair(a, a), pair(b, b)
+    assert phase_lib._compiled_loop.cache_info().misses - misses == 2
+    assert set(driver_lib._COMPILED) == programs
+
+    def slot(run, i):
+        return unstack_tree(run.variables, i), _chunks(run, i)
+
+    def same(got, want):
+        assert _differences(got[0], want[0]) == []
+        assert got[1] == want[1]
+
+    # Alone = a 2-slot group padded with a copy; neighbours never change a slot's bits...
+    same(slot(ab, 0), slot(aa, 0))
+    same(slot(ab, 1), slot(bb, 0))
+    # ...and neither does its position in the group.
+    same(slot(ba, 1), slot(ab, 0))
+    same(slot(ba, 0), slot(ab, 1))
+    same(slot(aa, 1), slot(aa, 0))
+    # The knob reaches the slot: the two grid points train different models.
+    assert _differences(slot(ab, 0)[0], slot(ab, 1)[0])
