@@ -1,0 +1,246 @@
+"""The tuned protocol (issue 10): validation splits, the grid, the selection rule, and end to end
+through the runner: selection never reads test labels, and results/report carry the choice."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxtl import data as data_lib
+from jaxtl import runner
+from jaxtl.config import ConfigError, apply_overrides
+from jaxtl.defaults import base_config
+from jaxtl.runner import cell as cell_lib
+from jaxtl.runner.cells import tuned_knobs
+from jaxtl.runner.protocol import grid, select, val_split
+
+# ---- val_split -----------------------------------------------------------------------------------
+
+
+def indexed_dataset(class_sizes: list[int]) -> data_lib.Dataset:
+    """Training example ``i`` carries ``i`` in its pixels, so a split's indices can be read back."""
+    y = np.concatenate([np.full(m, c, np.int32) for c, m in enumerate(class_sizes)])
+    y = np.random.default_rng(0).permutation(y).astype(np.int32)  # classes interleaved
+    n = len(y)
+    x = np.broadcast_to((np.arange(n, dtype=np.float32) / n)[:, None, None, None], (n, 2, 2, 1))
+    x_test = np.full((3, 2, 2, 1), 0.5, np.float32)
+    y_test = np.arange(3, dtype=np.int32) % len(class_sizes)
+    names = tuple(f"c{c}" for c in range(len(class_sizes)))
+    return data_lib.Dataset("toy", x.copy(), y, x_test, y_test, len(class_sizes), names)
+
+
+def indices(ds: data_lib.Dataset, n: int) -> np.ndarray:
+    return np.rint(ds.x_train[:, 0, 0, 0] * n).astype(int)
+
+
+SIZES = [5, 5, 2, 7, 3]
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.9])
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_val_split_is_a_disjoint_cover_with_every_class_on_both_sides(fraction, seed):
+    ds = indexed_dataset(SIZES)
+    n = len(ds.y_train)
+    train, val = val_split(ds, fraction, seed)
+    t, v = indices(train, n), indices(val, n)
+    assert not set(t) & set(v)
+    assert sorted([*t, *v]) == list(range(n))  # union = the input, nothing repeated
+    assert (train.y_train == ds.y_train[t]).all() and (val.y_train == ds.y_train[v]).all()
+    for c, m in enumerate(SIZES):
+        k = int((val.y_train == c).sum())
+        assert 1 <= k <= m - 1, (c, k)
+        assert k == min(max(round(fraction * m), 1), m - 1)
+    # The test split is untouched on both sides.
+    for side in (train, val):
+        assert side.x_test is ds.x_test and side.y_test is ds.y_test
+
+
+def test_val_split_is_deterministic_per_seed_and_differs_across_seeds():
+    ds = indexed_dataset(SIZES)
+    n = len(ds.y_train)
+    split = lambda seed: [indices(side, n).tolist() for side in val_split(ds, 0.2, seed)]
+    assert split(0) == split(0)
+    assert split(1) == split(1)
+    assert split(0) != split(1)
+    assert len({json.dumps(split(s)) for s in range(5)}) == 5
+
+
+@pytest.mark.parametrize("sizes, bad", [([5, 1, 5], 1), ([3, 3, 0], 2)])
+def test_val_split_needs_two_examples_of_every_class(sizes, bad):
+    ds = indexed_dataset(sizes)  # [3, 3, 0]: a declared class without training examples
+    with pytest.raises(ConfigError) as err:
+        val_split(ds, 0.2, 0)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"class {bad} of B has {sizes[bad]} training example(s)")
+    assert "needs >= 2 per class" in message and "protocol.name=fixed" in message
+
+
+# ---- grid ------------------------------------------------------------------------------------
+
+
+def test_grid_crosses_learning_rates_with_each_strategys_own_knobs_in_order():
+    config = base_config()
+    lrs = [1e-3 * f for f in (0.3, 1.0, 3.0)]
+    assert tuned_knobs(config, "lp_ft") == ("ft_lr",)
+    assert grid(config, "lp_ft", tuned_knobs(config, "lp_ft")) == [
+        {"lr": lr, "ft_lr": v} for lr in lrs for v in (0.1, 1.0)
+    ]
+    assert grid(config, "l2_sp", tuned_knobs(config, "l2_sp")) == [
+        {"lr": lr, "alpha": v} for lr in lrs for v in (1e-4, 1e-2)
+    ]
+    assert grid(config, "freeze_first_k", tuned_knobs(config, "freeze_first_k")) == [
+        {"lr": lr, "k": v} for lr in lrs for v in (1, 2)
+    ]
+    # Strategies without a knob of their own try the learning rates only.
+    for name in ("full_ft", "scratch", "linear_probe"):
+        assert tuned_knobs(config, name) == ()
+        assert grid(config, name, ()) == [{"lr": lr} for lr in lrs]
+
+
+def test_grid_follows_the_config_and_is_empty_of_knobs_under_fixed():
+    config = apply_overrides(base_config(), ["train_b.lr=0.01", "protocol.lr_factors=[1.0, 0.1]"])
+    with config.unlocked():
+        config.protocol.knobs = {"lp_ft": {"lp_fraction": [0.25, 0.5], "ft_lr": [1.0]}}
+    knobs = tuned_knobs(config, "lp_ft")
+    assert knobs == ("ft_lr", "lp_fraction")  # sorted: the grid's order never depends on dicts
+    assert grid(config, "lp_ft", knobs) == [
+        {"lr": 0.01 * 1.0, "ft_lr": 1.0, "lp_fraction": 0.25},
+        {"lr": 0.01 * 1.0, "ft_lr": 1.0, "lp_fraction": 0.5},
+        {"lr": 0.01 * 0.1, "ft_lr": 1.0, "lp_fraction": 0.25},
+        {"lr": 0.01 * 0.1, "ft_lr": 1.0, "lp_fraction": 0.5},
+    ]
+    assert tuned_knobs(config, "l2_sp") == ()  # not in protocol.knobs: lr only
+    fixed = apply_overrides(base_config(), ["protocol.name=fixed"])
+    assert tuned_knobs(fixed, "lp_ft") == ()
+    yosinski = apply_overrides(base_config(), ["experiment=yosinski"])
+    assert tuned_knobs(yosinski, "freeze_first_k") == ()  # depth is the experiment's variable
+
+
+# ---- select ----------------------------------------------------------------------------------
+
+
+def test_select_takes_the_best_mean_ties_to_the_earlier_setting_and_never_nan():
+    settings = [{"lr": 1}, {"lr": 2}, {"lr": 3}]
+    assert select(settings, [[0.5, 0.7], [0.6, 0.7], [0.5, 0.6]]) == 1
+    assert select(settings, [[0.6, 0.6], [0.7, 0.5], [0.5, 0.7]]) == 0  # three-way tie
+    assert select(settings, [[0.2, 0.2], [0.5, 0.7], [0.7, 0.5]]) == 1  # later tie loses
+    # A diverged seed (NaN) disqualifies its setting, however good the other seeds.
+    assert select(settings, [[0.5, 0.5], [1.0, math.nan], [0.4, 0.4]]) == 0
+    assert select(settings, [[math.nan, 0.9], [0.1, 0.1], [math.nan, math.nan]]) == 1
+    with pytest.raises(ValueError, match="2 accuracy rows for 3 settings"):
+        select(settings, [[0.5], [0.6]])
+
+
+# ---- end to end through the runner ------------------------------------------------------------
+
+E2E = ("seeds=[0,1]", "n_per_class=[5]", "strategies=['full_ft']")
+
+
+def run(config, out: Path) -> dict:
+    """Runs ``config`` into ``out``: the one cell's selection record, results and report."""
+    report = runner.run_experiment(config, out, show_progress=False)
+    (cell_dir,) = (out / "runs").iterdir()
+    selection = cell_dir / "selection.json"
+    return {
+        "selection": json.loads(selection.read_text()) if selection.exists() else None,
+        "results": {
+            int(p.parent.name.split("_")[1]): json.loads(p.read_text())
+            for p in sorted(cell_dir.glob("seed_*/results.json"))
+        },
+        "losses": {
+            int(p.parent.name.split("_")[1]): [
+                r["loss"] for r in map(json.loads, p.read_text().splitlines()) if "loss" in r
+            ]
+            for p in sorted(cell_dir.glob("seed_*/metrics.jsonl"))
+        },
+        "report": report.read_text(),
+    }
+
+
+@pytest.fixture(scope="module")
+def clean(tiny_config, tmp_path_factory):
+    return run(tiny_config(*E2E), tmp_path_factory.mktemp("clean"))
+
+
+def _poisoned(build_tasks):
+    """``build_tasks`` whose task B has every test label moved to the next class."""
+
+    def poisoned(config, shift=None):
+        tasks = build_tasks(config, shift)
+        b = tasks.b
+        y_test = ((b.y_test + 1) % b.num_classes).astype(np.int32)
+        return dataclasses.replace(tasks, b=dataclasses.replace(b, y_test=y_test))
+
+    return poisoned
+
+
+def test_selection_never_reads_test_labels(clean, tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(cell_lib, "build_tasks", _poisoned(cell_lib.build_tasks))
+    poisoned = run(tiny_config(*E2E), tmp_path / "poisoned")
+    before, after = clean["selection"], poisoned["selection"]
+    assert after["selected"] == before["selected"]
+    assert [g["setting"] for g in after["grid"]] == [g["setting"] for g in before["grid"]]
+    assert [g["val_acc"] for g in after["grid"]] == [g["val_acc"] for g in before["grid"]]
+    # The poison reached every test evaluation: grid models' test accuracies and the final acc_b.
+    assert [g["test_acc"] for g in after["grid"]] != [g["test_acc"] for g in before["grid"]]
+    for seed in (0, 1):
+        assert (
+            poisoned["results"][seed]["metrics"]["acc_b"]
+            != (clean["results"][seed]["metrics"]["acc_b"])
+        )
+        # Training never saw them either: the same losses, chunk by chunk.
+        assert poisoned["losses"][seed] == clean["losses"][seed]
+        assert (
+            poisoned["results"][seed]["metrics"]["acc_ood"]
+            == (clean["results"][seed]["metrics"]["acc_ood"])
+        )
+
+
+def test_results_and_report_carry_the_tuned_protocol(clean):
+    selection = clean["selection"]
+    assert selection["seeds"] == [0, 1]
+    lrs = [1e-3 * f for f in (0.3, 1.0, 3.0)]
+    assert [g["setting"] for g in selection["grid"]] == [{"lr": lr} for lr in lrs]
+    means = [float(np.mean(g["val_acc"])) for g in selection["grid"]]
+    assert selection["selected"] == selection["grid"][int(np.argmax(means))]["setting"]
+    rule = (
+        "mean validation accuracy over seeds 0,1 (80/20 split of B's training examples, per class)"
+    )
+    assert selection["selection"] == rule
+    for seed, record in clean["results"].items():
+        block = record["protocol"]
+        assert block["name"] == "tuned"
+        assert block["selected"] == selection["selected"]
+        assert block["selection"] == rule
+        assert block["grid"] == [
+            {
+                "setting": g["setting"],
+                "val_acc": g["val_acc"][seed],
+                "test_acc": g["test_acc"][seed],
+            }
+            for g in selection["grid"]
+        ]
+        # The validation set is 1 example per class of 5: accuracies in steps of 0.2.
+        for g in block["grid"]:
+            assert 0.0 <= g["val_acc"] <= 1.0 and 0.0 <= g["test_acc"] <= 1.0
+    report = clean["report"]
+    assert f"- **Protocol**: tuned per cell: {rule} (see Hyperparameters)" in report
+    assert "## Hyperparameters" in report
+    chosen = f"lr={selection['selected']['lr']:g}"
+    assert f"| strategies: mnist5k → mnist5k (mlp) | full_ft | 5/class | {chosen} | 3 | 2 |" in (
+        report
+    )
+
+
+def test_fixed_protocol_writes_no_selection_and_a_bare_block(tiny_config, tmp_path):
+    fixed = run(tiny_config(*E2E[1:], "protocol.name=fixed"), tmp_path)
+    assert fixed["selection"] is None
+    assert [r["protocol"] for r in fixed["results"].values()] == [{"name": "fixed"}]
+    assert "- **Protocol**: fixed hyperparameters" in fixed["report"]
+    assert "## Hyperparameters" not in fixed["report"]
