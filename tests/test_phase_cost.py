@@ -1,0 +1,75 @@
+"""The step that trains is the step that is measured (issue 15).
+
+The runner once rebuilt each phase's step for its cost report without L2-SP or the compute
+dtype, so an L2-SP or bfloat16 run printed another step's FLOPs. Here an L2-SP + bfloat16 run
+goes through the runner, and the FLOPs (and memory) in its results.json must equal
+:func:`jaxtl.freeze.cost` of that step built independently, and differ from the cost of every
+step that drops one of its two settings.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxtl import freeze, runner
+from jaxtl.runner.tasks import init_variables
+from jaxtl.train import AdamW, PhaseStep, get_strategy, hparams
+
+L2SP_BF16 = ("strategies=['l2_sp']", "compute_dtype=bfloat16", "protocol.name=fixed")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_config, tmp_path_factory):
+    config = tiny_config(*L2SP_BF16)
+    out = tmp_path_factory.mktemp("l2sp_bf16")
+    runner.run_experiment(config, out, show_progress=False)
+    (path,) = out.glob("runs/*/seed_0/results.json")
+    return config, json.loads(path.read_text())
+
+
+def step_cost(config, *, l2sp: bool, compute_dtype) -> dict[str, float]:
+    """XLA's cost of one full fine-tuning step on the config's task B, built here, not by the
+    runner: the l2_sp phase's plan, the runner's base optimizer, the given L2-SP / dtype."""
+    tasks = runner.build_tasks(config)
+    model = runner.model_for(config, tasks.b.num_classes)
+    variables = init_variables(model, 0, tasks.b.x_train)
+    (phase,) = get_strategy("l2_sp").phases(model.layer_groups)
+    plan = freeze.plan(variables["params"], phase.rules(model.layer_groups))
+    train = config.train_b
+    step = PhaseStep(
+        model,
+        plan,
+        AdamW(clip_norm=float(train.clip_norm), weight_decay=float(train.weight_decay)),
+        bn_policy=config.bn_policy,
+        l2sp=l2sp,
+        compute_dtype=compute_dtype,
+        total_steps=train.steps,
+    )
+    reference = variables["params"] if l2sp else None
+    state = step.init_state(variables, hparams(lr=float(train.lr)), reference, 0)
+    # The cell's batch: every example of the 5-per-class subset when that is below batch_size.
+    batch = min(train.batch_size, config.n_per_class[0] * tasks.b.num_classes)
+    x = jax.ShapeDtypeStruct((batch, *tasks.b.x_train.shape[1:]), jnp.float32)
+    y = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    return freeze.cost(step.step_fn(), state, x, y, jax.random.key(0))
+
+
+def test_reported_flops_are_the_cost_of_the_l2sp_bf16_step_that_trained(trained):
+    config, results = trained
+    (phase,) = results["phases"]
+    assert phase["name"] == "ft" and phase["cached_groups"] == 0
+    want = step_cost(config, l2sp=True, compute_dtype=jnp.bfloat16)
+    assert phase["flops_per_step"] == want["flops"]
+    metrics = results["metrics"]
+    assert metrics["flops_per_step"] == want["flops"]
+    assert metrics["train_flops"] == want["flops"] * phase["steps"]
+    memory = sum(want[k] for k in ("argument_bytes", "output_bytes", "temp_bytes"))
+    assert metrics["peak_memory_bytes"] == int(memory)
+    # Each setting changes the step's cost, so a report that drops either one fails above.
+    for l2sp, dtype in ((False, None), (True, None), (False, jnp.bfloat16)):
+        other = step_cost(config, l2sp=l2sp, compute_dtype=dtype)["flops"]
+        assert other != want["flops"], (l2sp, dtype)
