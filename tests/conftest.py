@@ -3,7 +3,8 @@
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import ml_collections
 import numpy as np
@@ -24,6 +25,20 @@ TINY_OVERRIDES = (
     "model.options.widths=(32,)",
     "model.options.norm=batchnorm",
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def jaxtl_cache_dir(tmp_path_factory) -> Iterator[Path]:
+    """jaxtl's small caches (data fingerprints) in a temp dir, for this process and its children:
+    tests never read or write the user's ~/.cache/jaxtl."""
+    folder = tmp_path_factory.mktemp("jaxtl_cache")
+    previous = os.environ.get("JAXTL_CACHE_DIR")
+    os.environ["JAXTL_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("JAXTL_CACHE_DIR", None)
+    else:
+        os.environ["JAXTL_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")
