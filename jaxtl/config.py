@@ -108,7 +108,12 @@ def load_config(
     module = importlib.util.module_from_spec(spec)
     # Registered so dataclasses and pickling inside the config file can find their module.
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        # A typo in the file is the user's to fix: where it is, not Python's import machinery.
+        code = f": {e.text.strip()}" if e.text and e.text.strip() else ""
+        raise ConfigError(f"{path}, line {e.lineno}: {e.msg}{code}") from None
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
         raise ConfigError(
@@ -131,8 +136,33 @@ def _parse(text: str) -> Any:
         return text
 
 
-def _coerce(name: str, text: str, field_type: type) -> Any:
-    """Converts the override text to a value of the field's type or raises ConfigError."""
+def list_example(name: str, current: Sequence[Any] | None) -> str:
+    """An override for a list field shaped like its current value, ready to paste in a shell.
+
+    Strings are quoted for the shell (which would otherwise eat the inner quotes); a list
+    of one item gets a generic one (of strings, or else of ints).
+
+    Example:
+      >>> list_example("seeds", [0, 1, 2, 3, 4])
+      'seeds=[0,1,2]'
+      >>> list_example("strategies", ["scratch", "linear_probe", "lp_ft"])
+      '"strategies=[\'scratch\',\'linear_probe\']"'
+    """
+    items = list(current or [])
+    if not items:
+        return f"{name}=[...] (a Python list)"
+    if len(items) < 2:
+        items = ["a", "b"] if isinstance(items[0], str) else [0, 1, 2]
+    if any(isinstance(v, str) for v in items):
+        return f'"{name}=[{",".join(repr(v) for v in items[:2])}]"'
+    return f"{name}=[{','.join(repr(v) for v in items[:3])}]"
+
+
+def _coerce(name: str, text: str, field_type: type, current: Any = None) -> Any:
+    """Converts the override text to a value of the field's type or raises ConfigError.
+
+    ``current`` (the field's value before the override) shapes the hint of a list field.
+    """
     value = _parse(text)
     expects = f"config field '{name}' expects {field_type.__name__}, got {text!r}"
     if value is None or field_type is type(None):
@@ -156,7 +186,7 @@ def _coerce(name: str, text: str, field_type: type) -> Any:
     if field_type in (list, tuple):
         if isinstance(value, (list, tuple)):
             return field_type(value)
-        raise ConfigError(f"{expects}; write e.g. {name}=[0,1,2]")
+        raise ConfigError(f"{expects}; write e.g. {list_example(name, current)}")
     if isinstance(value, field_type):
         return value
     raise ConfigError(expects)
@@ -197,7 +227,7 @@ def _set_override(config: ml_collections.ConfigDict, override: str) -> None:
     if issubclass(field_type, ml_collections.ConfigDict):
         fields = ", ".join(f"{key}.{k}" for k in sorted(parent[name].keys()))
         raise ConfigError(f"config field '{key}' is a group; set its fields instead: {fields}")
-    parent[name] = _coerce(key, text, field_type)
+    parent[name] = _coerce(key, text, field_type, parent[name])
 
 
 def apply_overrides(
