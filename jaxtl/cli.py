@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 # Errors that come from what the user typed or pointed at: printed as one line, no traceback.
@@ -28,6 +31,52 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     # A diverged run is a config problem (its message names the step and checkpoint), not a bug.
     return (*_USER_ERRORS, NonFiniteLossError)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived outside training (while loading, checking or writing the report)."""
+
+    signum = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    # SIGTERM's default kills the process without a word; as an exception it reaches the
+    # handler in main(), and the run lock is released on the way out. Training replaces this
+    # with its own handler (a checkpoint first: jaxtl.runner.experiment.graceful_stop).
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_message(err: KeyboardInterrupt) -> str:
+    """The one line a stopped run prints, e.g. ``jaxtl: interrupted (SIGTERM) at step 30;
+    checkpoint saved in DIR; rerun the same command to resume``."""
+    signum = getattr(err, "signum", None) or signal.SIGINT
+    name = signal.Signals(signum).name
+    step, directory = getattr(err, "step", None), getattr(err, "directory", None)
+    if step is None:
+        return (
+            f"jaxtl: interrupted ({name}); finished runs are kept; rerun the same command to resume"
+        )
+    if directory is None:  # a run without checkpoints (a hyperparameter search run)
+        return (
+            f"jaxtl: interrupted ({name}) at step {step} of a run that keeps no checkpoint;"
+            " finished runs are kept; rerun the same command to resume"
+        )
+    return (
+        f"jaxtl: interrupted ({name}) at step {step}; checkpoint saved in {directory};"
+        " rerun the same command to resume"
+    )
 
 
 def _parse_option(text: str) -> tuple[str, object]:
@@ -191,16 +240,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         call = lambda: args.handler(args)
     try:
-        return call()
+        with _sigterm_stops():
+            return call()
     except _user_errors() as err:
         if os.environ.get("JAXTL_DEBUG"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"jaxtl: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("jaxtl: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        # Interrupted (training stopped at a chunk boundary, checkpoint saved) carries the step,
+        # the checkpoint directory and the signal; a second Ctrl-C or Terminated carry less.
+        print(interrupted_message(err), file=sys.stderr)
+        return 128 + (getattr(err, "signum", None) or signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from jaxtl.runner.cell import notice, run_cell
 from jaxtl.runner.cells import TUNABLE_EXPERIMENTS, Cell, experiment_cells
 from jaxtl.runner.protocol import check_protocol
 from jaxtl.runner.tasks import build_tasks, model_for
-from jaxtl.train import get_strategy, outputs
+from jaxtl.train import Interrupted, get_strategy, outputs
 from jaxtl.train.sharding import maybe_initialize_distributed
 from jaxtl.train.steps import check_bn_policy
 
@@ -159,11 +159,17 @@ def run_experiment(
             desc=f"jaxtl {config.experiment}",
             disable=None if show_progress is None else not show_progress,
         )
-        for part, cell in jobs:
-            bar.set_description_str(f"jaxtl {config.experiment}: {cell.id}", refresh=True)
-            run_cell(part, cell, out_dir, stop_requested=stop, show_progress=show_progress)
-            bar.update(1)
-        bar.close()
+        try:
+            for part, cell in jobs:
+                bar.set_description_str(f"jaxtl {config.experiment}: {cell.id}", refresh=True)
+                run_cell(part, cell, out_dir, stop_requested=stop, show_progress=show_progress)
+                bar.update(1)
+        except Interrupted as e:
+            # Which signal stopped training decides the exit status (130 SIGINT, 143 SIGTERM).
+            e.signum = stop.signum
+            raise
+        finally:
+            bar.close()
         return report.write_report(out_dir)
 
 

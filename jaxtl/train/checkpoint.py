@@ -13,12 +13,15 @@ Two kinds of checkpoint live here:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import logging
 import os
+import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -46,6 +49,45 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointNotFoundError(ValueError):
     """No jaxtl checkpoint exists at the given path."""
+
+
+class CheckpointCorruptError(ValueError):
+    """A model checkpoint exists but cannot be read (a truncated file, a garbled model.json)."""
+
+
+def _is_closed_loop_noise(unraisable: Any) -> bool:
+    # tensorstore calls back into an asyncio loop orbax already closed when a read fails.
+    exc = unraisable.exc_value
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+@contextlib.contextmanager
+def quiet_orbax() -> Iterator[None]:
+    """Keeps orbax's logging (absl) and its closed-event-loop tracebacks off the terminal.
+
+    Used where jaxtl handles the failure itself (a one-line error, a skipped checkpoint):
+    the library's own account of it would only bury jaxtl's line. Other unraisable
+    exceptions still reach the previous hook.
+
+    Example:
+      >>> with quiet_orbax():
+      ...     variables, meta = load_variables(path)
+    """
+    absl = logging.getLogger("absl")
+    level, previous_hook = absl.level, sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not _is_closed_loop_noise(unraisable):
+            previous_hook(unraisable)
+
+    absl.setLevel(logging.CRITICAL)
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous_hook
 
 
 def _shapes_by_path(tree: PyTree) -> dict[str, tuple[int, ...]]:
@@ -266,6 +308,10 @@ class Checkpointer:
           >>> if restored is not None:
           ...     step, state, meta = restored
         """
+        with quiet_orbax():
+            return self._restore_latest(abstract_state)
+
+    def _restore_latest(self, abstract_state: PyTree) -> tuple[int, PyTree, dict[str, Any]] | None:
         failures: list[tuple[int, str]] = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             where = f"step {step} in {self.directory}"
@@ -429,9 +475,19 @@ def load_variables(
             "jaxtl.train.checkpoint.save_variables, "
             f"holding '{_VARIABLES}/' and '{_MODEL_JSON}')"
         )
-    meta = json.loads((path / _MODEL_JSON).read_text())
-    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
-        saved_tree = checkpointer.metadata(path / _VARIABLES).item_metadata
+    meta = _read_model_json(path / _MODEL_JSON)
+    damaged = f"the model checkpoint at {path} is damaged"
+    redo = "save it again (a cached source model: delete the directory and rerun)"
+    with quiet_orbax(), ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        try:
+            saved_tree = checkpointer.metadata(path / _VARIABLES).item_metadata
+        except Exception as e:  # noqa: BLE001 - a damaged file surfaces as many error types
+            raise CheckpointCorruptError(f"{damaged} ({_one_line(e)}); {redo}") from None
+        if saved_tree is None:  # orbax logs the read failure and returns no metadata
+            raise CheckpointCorruptError(
+                f"{damaged}: {_VARIABLES}/ has no readable metadata (a truncated or partly"
+                f" copied file?); {redo}"
+            )
         if abstract_variables is not None:
             _check_structure(saved_tree, abstract_variables, f"at {path}")
             abstract = _to_abstract(dict(abstract_variables))
@@ -441,5 +497,28 @@ def load_variables(
             abstract = jax.tree.map(
                 lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved_tree
             )
-        variables = checkpointer.restore(path / _VARIABLES, args=ocp.args.StandardRestore(abstract))
+        try:
+            variables = checkpointer.restore(
+                path / _VARIABLES, args=ocp.args.StandardRestore(abstract)
+            )
+        except Exception as e:  # noqa: BLE001 - likewise
+            raise CheckpointCorruptError(f"{damaged} ({_one_line(e)}); {redo}") from None
     return dict(variables), meta
+
+
+def _read_model_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's model.json, or one line naming the file when it is not a JSON object."""
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = f" ({e.msg}, line {e.lineno} column {e.colno})" if hasattr(e, "lineno") else ""
+        raise CheckpointCorruptError(
+            f"{path} is not valid JSON{where}; the checkpoint beside it is damaged: save it"
+            " again (a cached source model: delete its directory and rerun)"
+        ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointCorruptError(
+            f"{path} holds a {type(meta).__name__}, expected a JSON object with 'model' and"
+            " 'num_classes'"
+        )
+    return meta
