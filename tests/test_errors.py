@@ -5,7 +5,14 @@ status 2, no traceback) and the Python API (one-line ``ValueError`` subclasses).
 config fails before anything trains.
 """
 
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -45,6 +52,11 @@ CLI_CASES = [
         id="config-file-without-get_config",
     ),
     pytest.param(
+        ["run", "@TMP/syntax_error.py"],
+        ["syntax_error.py, line 5: ", "config.seeds = [0, 1"],
+        id="config-file-with-a-syntax-error",
+    ),
+    pytest.param(
         _run("experiment=strategy"),
         ["unknown experiment 'strategy'", "did you mean 'strategies'"],
         id="unknown-experiment-field",
@@ -59,6 +71,16 @@ CLI_CASES = [
         ["run", "strategies", "--set", "train_b.steps=abc"],
         ["config field 'train_b.steps' expects int, got 'abc'"],
         id="wrong-value-type",
+    ),
+    pytest.param(
+        ["run", "strategies", "--set", "seeds=3"],
+        ["config field 'seeds' expects list, got '3'; write e.g. seeds=[0,1,2]"],
+        id="int-list-hint",
+    ),
+    pytest.param(
+        ["run", "strategies", "--set", "strategies=lp_ft"],
+        ["config field 'strategies' expects list, got 'lp_ft'", "\"strategies=['scratch','l"],
+        id="string-list-hint-quoted-for-the-shell",
     ),
     pytest.param(
         ["run", "strategies", "--set", "seeds"],
@@ -110,6 +132,30 @@ CLI_CASES = [
         _run("checkpoint_every=15"),
         ["checkpoint_every=15 must be a multiple of steps_per_call=10", "e.g. 20"],
         id="checkpoint-every-not-multiple",
+    ),
+    # -- numbers that can never train, checked before anything trains (issue 14, 7b/7c) --------
+    pytest.param(
+        _run("train_b.batch_size=0"),
+        ["train_b.batch_size=0 must be an int >= 1"],
+        id="batch-size-zero",
+    ),
+    pytest.param(
+        _run("train_b.batch_size=10000000"),
+        ["train_b.batch_size=10000000 exceeds the task's", "training examples"],
+        id="batch-size-huge",
+    ),
+    pytest.param(_run("train_b.lr=-1.0"), ["train_b.lr=-1.0 must be > 0"], id="negative-lr"),
+    pytest.param(
+        _run("seeds=[0,0]"), ["seeds=[0, 0] must be distinct ints >= 0"], id="repeated-seed"
+    ),
+    pytest.param(
+        _run("train_b.steps=-5"), ["train_b.steps=-5 must be an int >= 1"], id="negative-steps"
+    ),
+    pytest.param(
+        _run("train_a.steps=0"), ["train_a.steps=0 must be an int >= 1"], id="source-steps-zero"
+    ),
+    pytest.param(
+        _run("checkpoint_keep=0"), ["checkpoint_keep=0 must be an int >= 1"], id="keep-zero"
     ),
     pytest.param(
         ["run", "yosinski", "--out", "@OUT", "--set", TINY, "yosinski.depths=[5]"],
@@ -189,6 +235,10 @@ def bad_inputs(tmp_path_factory):
     (tmp / "bad_results" / "runs" / "cell" / "results.json").write_text('{"experiment": ')
     np.savez(tmp / "no_y.npz", x=np.zeros((10, 4, 4), np.float32))
     (tmp / "no_get_config.py").write_text("CONFIG = {}\n")
+    (tmp / "syntax_error.py").write_text(
+        "from jaxtl.runner import base_config\n\ndef get_config():\n"
+        "    config = base_config()\n    config.seeds = [0, 1\n    return config\n"
+    )
     (tmp / "bad_option.py").write_text(
         textwrap.dedent("""
         from jaxtl.runner import base_config
@@ -346,3 +396,138 @@ def test_batch_size_not_divisible_by_device_count():
     stdout = run_on_cpu_devices(_SHARDED_BATCH, devices=2, timeout=120)
     lines = stdout.strip().splitlines()
     assert lines == ["batch_size=5 does not split over the mesh's 2 devices; use a multiple of 2"]
+
+
+# ---- a finished run's cache, damaged; a second run into one directory (issue 14, 7/7b) -------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_overrides):
+    """A finished tiny run (fixed protocol): its cached source model is what the tests damage."""
+    out = tmp_path_factory.mktemp("finished") / "out"
+    argv = ["run", "strategies", "--out", str(out), "--set", *tiny_overrides]
+    assert cli.main([*argv, "protocol.name=fixed"]) == 0
+    return out, [*argv, "protocol.name=fixed"]
+
+
+def _truncate_variables(source):
+    for path in (source / "variables").rglob("*"):
+        if path.is_file() and path.parent.name == "d":  # the array data files
+            with open(path, "r+b") as f:
+                f.truncate(path.stat().st_size // 2)
+
+
+def _garble_model_json(source):
+    (source / "model.json").write_text('{"model": "mlp", "num_cla')
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (_truncate_variables, ["the model checkpoint at", "is damaged", "seed_0"]),
+        (_garble_model_json, ["seed_0/model.json is not valid JSON", "line 1 column"]),
+    ],
+    ids=["truncated-source-model", "garbled-model-json"],
+)
+def test_damaged_cached_source_model_is_one_line(
+    finished_run, damage, expected, tmp_path, capsys, monkeypatch
+):
+    from jaxtl.runner import sources
+
+    monkeypatch.delenv("JAXTL_DEBUG", raising=False)
+    monkeypatch.setattr(sources, "_LOADED", {})  # read from disk, not from this process's cache
+    done, argv = finished_run
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    shutil.rmtree(out / "runs")  # the B run must load the source model again
+    (source,) = (out / "sources").glob("a-*/seed_0")
+    damage(source)
+    capsys.readouterr()
+
+    assert cli.main([a if a != str(done) else str(out) for a in argv]) == 2
+
+    err = capsys.readouterr().err
+    # orbax's absl log lines and its closed-event-loop tracebacks stay off the terminal.
+    assert err.count("\n") == 1 and err.startswith("jaxtl: error: "), err
+    for text in [str(source), *expected]:
+        assert text in err, err
+
+
+def _hold_lock_then_run(out, argv) -> str:
+    """A `jaxtl run` subprocess that takes OUT's lock and waits inside it until told to go."""
+    return textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from jaxtl import cli
+        from jaxtl.runner import experiment
+
+        run_cell = experiment.run_cell
+        out = Path({str(out)!r})
+
+        def wait_then_run(*args, **kwargs):
+            (out / "inside_lock").touch()
+            while not (out / "go").exists():
+                time.sleep(0.02)
+            return run_cell(*args, **kwargs)
+
+        experiment.run_cell = wait_then_run
+        sys.exit(cli.main({list(argv)!r}))
+    """)
+
+
+def test_second_run_into_one_directory_names_the_first(tmp_path, tiny_overrides, capsys):
+    out = tmp_path / "out"
+    argv = ["run", "strategies", "--out", str(out), "--set", *tiny_overrides, "protocol.name=fixed"]
+    first = subprocess.Popen(
+        [sys.executable, "-c", _hold_lock_then_run(out, argv)],
+        env=dict(os.environ, JAX_PLATFORMS="cpu", JAXTL_NO_PROGRESS="1"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "inside_lock").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.05)
+
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"jaxtl: error: another jaxtl run (pid {first.pid} on {socket.gethostname()}) is"
+            f" writing to {out}; wait for it to finish or use another --out (remove"
+            f" {out / '.jaxtl.lock'} if that run is gone)\n"
+        )
+    finally:
+        (out / "go").touch()
+        _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-3000:]
+    # Trained once: the first run's records only (2 chunks of 10 steps, then the final one).
+    (run,) = (out / "runs").glob("*/seed_0")
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [
+        10,
+        20,
+        20,
+    ]
+    assert not (out / ".jaxtl.lock").exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, tiny_overrides, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    pid = int(dead.stdout)  # that process has exited
+    (out / ".jaxtl.lock").write_text(f"{pid} {socket.gethostname()}\n")
+
+    argv = ["run", "strategies", "--out", str(out), "--set", *tiny_overrides]
+    assert cli.main([*argv, "protocol.name=fixed"]) == 0
+
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"jaxtl: note: took over a stale lock of process {pid} (no longer running) in {out}"
+    ]
+    assert not (out / ".jaxtl.lock").exists()

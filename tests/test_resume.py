@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +301,142 @@ def test_non_finite_loss_names_step_and_last_good_checkpoint(
     )
     stderr = capsys.readouterr().err
     assert stderr == f"jaxtl: error: {message}\n"
+
+
+# ---- e. SIGTERM / SIGINT: a checkpoint, one line, 143 / 130; the rerun finishes the same -------
+
+# No periodic checkpoint: the only one is the one the signal makes the driver save.
+_SIGNAL_RUN = [
+    "protocol.name=fixed",
+    "train_b.steps=60",
+    "checkpoint_every=0",
+    "checkpoint_seconds=3600",
+]
+
+# `jaxtl run` that, when asked, waits for a signal right after logging step PAUSE_AT (training
+# has reached a chunk boundary; the signal then lands as it would at any moment of training).
+_CLI_DRIVER = textwrap.dedent("""
+    import signal, sys, time
+
+    from jaxtl import cli
+    from jaxtl.train import outputs
+
+    pause_at, argv = int(sys.argv[1]), sys.argv[2:]
+    append = outputs.RunDir.append_metrics
+
+    def append_then_wait(self, record):
+        append(self, record)
+        if record["step"] == pause_at and record.get("phase") != "final":
+            jaxtl_handler, seen = signal.getsignal(signal.SIGTERM), []
+
+            def handler(signum, frame):
+                seen.append(signum)
+                jaxtl_handler(signum, frame)
+
+            signal.signal(signal.SIGTERM, handler)
+            (self.path / "waiting_for_signal").touch()
+            while not seen:
+                time.sleep(0.01)
+            signal.signal(signal.SIGTERM, jaxtl_handler)
+
+    if pause_at:
+        outputs.RunDir.append_metrics = append_then_wait
+    sys.exit(cli.main(argv))
+""")
+
+
+@pytest.fixture(scope="module")
+def signal_runs(tmp_path_factory, tiny_overrides):
+    """Paths of an uninterrupted run and of one SIGTERMed at step 30 and rerun, and what the
+    SIGTERMed process returned and printed. CPU, fresh processes, like the SIGKILL tests."""
+    tmp = tmp_path_factory.mktemp("signals")
+    driver = tmp / "driver.py"
+    driver.write_text(_CLI_DRIVER)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAXTL_NO_PROGRESS="1")
+
+    def start(out: Path, pause_at: int) -> subprocess.Popen:
+        argv = ["run", "strategies", "--out", str(out), "--set", *tiny_overrides, *_SIGNAL_RUN]
+        return subprocess.Popen(
+            [sys.executable, str(driver), str(pause_at), *argv],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    outs = {"reference": tmp / "reference", "term": tmp / "term"}
+    reference, term = start(outs["reference"], 0), start(outs["term"], 30)
+    deadline = time.monotonic() + 240
+    while not list(outs["term"].glob("runs/*/seed_0/waiting_for_signal")):
+        assert term.poll() is None and time.monotonic() < deadline, term.communicate()[1][-3000:]
+        time.sleep(0.05)
+    term.send_signal(signal.SIGTERM)
+    _, term_err = term.communicate(timeout=120)
+    left = sorted(_checkpoints(_cell_dir(outs["term"], "*")))
+    finished_early = (_cell_dir(outs["term"], "*") / "seed_0" / "results.json").exists()
+    rerun = start(outs["term"], 0)
+    for proc in (reference, rerun):
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+    return outs, term.returncode, term_err, left, finished_early
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143_with_one_line(signal_runs):
+    outs, returncode, stderr, left, finished_early = signal_runs
+    assert returncode == 143
+    (checkpoints,) = _cell_dir(outs["term"], "*").glob("checkpoints-*")
+    assert stderr == (
+        f"jaxtl: interrupted (SIGTERM) at step 30; checkpoint saved in {checkpoints};"
+        " rerun the same command to resume\n"
+    )
+    assert left == [30] and not finished_early
+
+
+def test_rerun_after_sigterm_equals_an_uninterrupted_run(signal_runs):
+    outs = signal_runs[0]
+    got, want = (
+        _cell_dir(outs["term"], "*") / "seed_0",
+        _cell_dir(outs["reference"], "*") / "seed_0",
+    )
+    assert _metrics(got) == _metrics(want)
+    assert [r["step"] for r in _metrics(want)] == [10, 20, 30, 40, 50, 60, 60]
+    for key in _ACCURACIES:
+        assert _results(got)["metrics"][key] == _results(want)["metrics"][key]
+
+
+def test_sigint_saves_a_checkpoint_and_exits_130(tiny_overrides, tmp_path, capsys, monkeypatch):
+    from jaxtl.train import outputs
+
+    append = outputs.RunDir.append_metrics
+
+    def append_then_ctrl_c(self, record):
+        append(self, record)
+        if record["step"] == 20 and record.get("phase") != "final":
+            os.kill(os.getpid(), signal.SIGINT)  # handled by jaxtl: stop at this chunk's end
+
+    monkeypatch.setattr(outputs.RunDir, "append_metrics", append_then_ctrl_c)
+    out = tmp_path / "out"
+    argv = ["run", "strategies", "--out", str(out), "--set", *tiny_overrides, *_SIGNAL_RUN]
+    assert cli.main(argv) == 130
+    (checkpoints,) = _cell_dir(out, "*").glob("checkpoints-*")
+    assert capsys.readouterr().err == (
+        f"jaxtl: interrupted (SIGINT) at step 20; checkpoint saved in {checkpoints};"
+        " rerun the same command to resume\n"
+    )
+    assert sorted(_checkpoints(_cell_dir(out, "*"))) == [20]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert not (out / ".jaxtl.lock").exists()
+
+
+def test_sigterm_before_training_is_one_line_and_143(tiny_overrides, tmp_path, capsys, monkeypatch):
+    def terminated_while_loading(config, out, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this returns
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(runner, "run_experiment", terminated_while_loading)
+    assert cli.main(["run", "strategies", "--out", str(tmp_path / "out")]) == 143
+    assert capsys.readouterr().err == (
+        "jaxtl: interrupted (SIGTERM); finished runs are kept; rerun the same command to resume\n"
+    )
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
