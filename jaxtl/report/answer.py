@@ -121,9 +121,14 @@ def claim_clause(claim: Claim | None, what: str | None = None) -> str:
 def ratio_phrase(ratio: float, what: str, note: str = "") -> str:
     """Cost of x relative to y, worded by direction.
 
+    Numbers carry the digits they need: a small ratio keeps two significant digits and the
+    percentage never rounds to 100% unless it is exactly that.
+
     Example:
       >>> ratio_phrase(0.25, "training FLOPs"), ratio_phrase(1.2, "wall time", "supported")
       ('75% less training FLOPs (0.25×)', '20% more wall time (1.20×, supported)')
+      >>> ratio_phrase(0.0019, "training FLOPs")
+      '99.8% less training FLOPs (0.0019×)'
     """
     note = f", {note}" if note else ""
     if not math.isfinite(ratio):
@@ -131,7 +136,13 @@ def ratio_phrase(ratio: float, what: str, note: str = "") -> str:
     if abs(ratio - 1.0) < 0.005:
         return f"the same {what} (1.00×{note})"
     more_or_less = "less" if ratio < 1 else "more"
-    return f"{100 * abs(1 - ratio):.0f}% {more_or_less} {what} ({ratio:.2f}×{note})"
+    percent = 100 * abs(1 - ratio)  # >= 0.5 here
+    digits = 0
+    while digits < 2 and 0 < ratio < 0.01 and round(percent, digits) == 100:
+        digits += 1
+    share = f"{percent:.{digits}f}%" if round(percent, digits) != 100 or ratio <= 0 else ">99.99%"
+    times = f"{ratio:.2g}" if 0 < ratio < 0.1 else f"{ratio:.2f}"
+    return f"{share} {more_or_less} {what} ({times}×{note})"
 
 
 def _ratio(x: float, y: float) -> float:
