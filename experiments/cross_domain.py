@@ -17,7 +17,8 @@ def get_config():
     config.data.resize = 16
     config.data.classes_a = []
     config.data.classes_b = []
-    config.strategies = ["scratch", "linear_probe", "lp_ft", "full_ft"]
+    config.strategies = ["scratch", "linear_probe", "freeze_first_k", "lp_ft", "full_ft"]
+    config.strategy_options = {"freeze_first_k": {"k": 2}, "lp_ft": {"probe_steps": 500}}
     config.n_per_class = [5, None]
     return config
 

@@ -25,7 +25,9 @@ def get_config():
     ]
     config.strategy_options = {
         "freeze_first_k": {"k": 2},
-        "lp_ft": {"lp_fraction": 0.5},
+        # Kumar et al.: the probe trained to convergence (on cached features: nearly free), then
+        # the fine-tune with the whole step budget; ft_lr is tuned (protocol.knobs).
+        "lp_ft": {"probe_steps": 500},
         "discriminative_lr": {"decay": 0.5},
         "l2_sp": {"alpha": 0.01},
     }

@@ -1,4 +1,9 @@
-"""The embedded default study: all four pipelines, offline, sized for a 2-core CPU in < 10 min.
+"""The embedded default study: the pipelines that answer Q1-Q3, for an MLP and a CNN.
+
+Class split (mnist5k digits 0-4 -> 5-9) and cross-domain (mnist5k -> scikit-learn digits, 16x16)
+with every transfer strategy, each for a 3-hidden-layer MLP and a small CNN, under the tuned
+protocol with 5 seeds; offline, sized for a 2-core CPU. ``study_full`` adds Yosinski's transfer
+curves and surgical fine-tuning under the same protocol.
 
 jaxtl run study --out runs/study       # then open runs/study/report.md
 """
@@ -11,14 +16,14 @@ from jaxtl.defaults import base_config
 def get_config():
     config = base_config()
     config.experiment = "study"
-    config.parts = ["strategies", "yosinski", "yosinski_mnist1d", "surgical", "cross_domain"]
-    # Per-pipeline "key=value" overrides, e.g. {"strategies": ["n_per_class=[5]"]}.
+    config.parts = ["strategies", "strategies_cnn", "cross_domain", "cross_domain_cnn"]
+    # Per-pipeline "key=value" overrides, e.g. {"strategies": ["n_per_class=[5]"]}. Fields set on
+    # the study itself (--set seeds=[0,1,2]) apply to every part.
     config.part_overrides = {
         "strategies": [],
-        "yosinski": [],
-        "yosinski_mnist1d": [],
-        "surgical": [],
+        "strategies_cnn": [],
         "cross_domain": [],
+        "cross_domain_cnn": [],
     }
     return config
 

@@ -88,15 +88,28 @@ def test_cross_domain_reduced(tmp_path):
     assert len(results) == 4
 
 
-def test_study_lists_every_pipeline():
-    config = load_config("study")
-    assert list(config.parts) == [
+def test_study_answers_q1_to_q3_for_both_model_families_and_study_full_runs_everything():
+    study = load_config("study")
+    assert list(study.parts) == [
         "strategies",
-        "yosinski",
-        "yosinski_mnist1d",
-        "surgical",
+        "strategies_cnn",
         "cross_domain",
+        "cross_domain_cnn",
     ]
+    parts = {p.model.name + ":" + p.experiment for p in runner.expand_parts(study)}
+    assert parts == {"mlp:strategies", "cnn:strategies", "mlp:cross_domain", "cnn:cross_domain"}
+    assert all(p.protocol.name == "tuned" and len(p.seeds) == 5 for p in runner.expand_parts(study))
+    full = load_config("study_full")
+    assert list(full.parts) == [*study.parts, "yosinski", "yosinski_mnist1d", "surgical"]
+
+
+def test_settings_on_a_study_apply_to_every_part():
+    study = apply_overrides(load_config("study"), ["seeds=[0,1]", "protocol.name=fixed"])
+    for part in runner.expand_parts(study):
+        assert list(part.seeds) == [0, 1] and part.protocol.name == "fixed"
+    # A part's own settings stay where the study does not override them.
+    cnn = runner.expand_parts(study)[1]
+    assert cnn.model.name == "cnn" and list(cnn.n_per_class) == [5, 20]
 
 
 @pytest.mark.slow

@@ -304,7 +304,7 @@ def test_default_options_per_name():
             lambda: models.create("cnn", 10, widht=(4,)),
             (
                 r"^unknown option for model 'cnn': 'widht' \(did you mean 'widths'\?\); choices: "
-                r"dropout, dtype, kernel_size, norm, widths$"
+                r"conv, dropout, dtype, kernel_size, norm, widths$"
             ),
         ),
         (
@@ -340,3 +340,32 @@ def test_fast_compile_options_drop_names_this_jaxlib_does_not_know(monkeypatch):
     assert models.registry.fast_compile_options.__wrapped__() == {
         "xla_backend_optimization_level": 0
     }
+
+
+def test_im2col_convolution_equals_xla_convolution_with_the_same_parameters():
+    from jaxtl.models.convnet import im2col_conv
+
+    x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+    want = jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    np.testing.assert_allclose(im2col_conv(x, kernel), want, atol=1e-5)
+    signal = jax.random.normal(jax.random.key(2), (2, 9, 3))
+    kernel1 = jax.random.normal(jax.random.key(3), (5, 3, 4))
+    want1 = jax.lax.conv_general_dilated(
+        signal, kernel1, (1,), "SAME", dimension_numbers=("NWC", "WIO", "NWC")
+    )
+    np.testing.assert_allclose(im2col_conv(signal, kernel1), want1, atol=1e-5)
+    # Same parameters (names, shapes, values) whichever way the convolution is computed.
+    xla, im2col = (models.create("cnn", 5, widths=(4, 8), conv=c) for c in ("xla", "im2col"))
+    variables = models.init_variables(xla, 0, jnp.zeros((1, 8, 8, 1)))
+    other = models.init_variables(im2col, 0, jnp.zeros((1, 8, 8, 1)))
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(other)):
+        np.testing.assert_array_equal(a, b)
+    images = jax.random.normal(jax.random.key(4), (3, 8, 8, 1))
+    np.testing.assert_allclose(
+        xla.apply(variables, images), im2col.apply(variables, images), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="unknown conv 'im2cl'.*choices: auto, xla, im2col"):
+        models.create("cnn", 5, conv="im2cl")

@@ -418,7 +418,7 @@ def _write_results(
     # A run killed between this record and results.json resumes from its last checkpoint,
     # where nothing is truncated: the record it already logged is the one this state gives.
     if not any(r.get("phase") == "final" for r in run_dirs[s].read_metrics()):
-        run_dirs[s].append_metrics({"step": config.train_b.steps, "phase": "final", **accuracies})
+        run_dirs[s].append_metrics({"step": sum(steps_per_phase), "phase": "final", **accuracies})
     results = {
         "experiment": cell.experiment,
         "strategy": cell.label,

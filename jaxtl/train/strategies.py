@@ -39,6 +39,8 @@ class Phase:
       rules: ``layer_groups -> rules`` for :func:`jaxtl.freeze.plan`.
       fraction: share of the total step budget (used when ``steps`` is None).
       steps: a fixed number of steps instead of a fraction.
+      outside_budget: its fixed ``steps`` come on top of the run's step budget instead of out
+        of it (LP-FT's probe on cached features, which costs next to nothing per step).
       lr: multiplier on the optimizer's updates during this phase.
       group_lr: per-group multiplier that changes over training, ``(group, t) -> multiplier``
         with ``t`` = global step / total steps (e.g. FreezeOut's :class:`GroupCosineDecay`);
@@ -54,6 +56,7 @@ class Phase:
     rules: RulesFactory
     fraction: float | None = 1.0
     steps: int | None = None
+    outside_budget: bool = False
     lr: float = 1.0
     group_lr: Callable[[str, jax.Array], jax.Array] | None = None
     bn_policy: str | None = None
@@ -91,6 +94,7 @@ class Phase:
             ),
             self.fraction,
             self.steps,
+            self.outside_budget,
             self.group_lr,
             self.bn_policy,
             self.uses_l2sp,
@@ -225,16 +229,33 @@ def full_ft() -> Strategy:
     return Strategy("full_ft", _fixed(Phase("ft", _all_trainable)))
 
 
-def lp_ft(lp_fraction: float = 0.5, ft_lr: float = 0.1) -> Strategy:
+def lp_ft(lp_fraction: float = 0.5, ft_lr: float = 0.1, probe_steps: int = 0) -> Strategy:
     """Linear probe, then full fine-tuning at ``ft_lr`` times the learning rate (Kumar et al.).
 
-    ``lp_fraction = 0`` skips the probe: with ``ft_lr = 1`` that is exactly ``full_ft``.
+    Args:
+      lp_fraction: the probe's share of the step budget (the fine-tune gets the rest).
+        ``lp_fraction = 0`` skips the probe: with ``ft_lr = 1`` that is exactly ``full_ft``.
+      ft_lr: the fine-tuning phase's multiplier on the learning rate.
+      probe_steps: > 0 trains the probe for this many steps *on top of* the budget, and the
+        fine-tune gets the whole budget, as Kumar et al. do (probe to convergence, then the
+        same fine-tuning as ``full_ft``); on cached features a probe step costs next to nothing.
+        ``lp_fraction`` is then unused.
     """
+    if not ft_lr > 0:
+        raise StrategyError(f"ft_lr={ft_lr!r} must be > 0 (a multiplier on the learning rate)")
+    if isinstance(probe_steps, bool) or not isinstance(probe_steps, int) or probe_steps < 0:
+        raise StrategyError(f"probe_steps={probe_steps!r} must be an int >= 0 (0 = lp_fraction)")
+    if probe_steps:
+        return Strategy(
+            "lp_ft",
+            _fixed(
+                Phase("lp", _head_only, steps=probe_steps, outside_budget=True),
+                Phase("ft", _all_trainable, lr=float(ft_lr)),
+            ),
+        )
     if not 0.0 <= lp_fraction < 1.0:
         raise StrategyError(f"lp_fraction={lp_fraction!r} must be in [0, 1) (0 = no probe)")
     lp_fraction = float(lp_fraction)
-    if not ft_lr > 0:
-        raise StrategyError(f"ft_lr={ft_lr!r} must be > 0 (a multiplier on the learning rate)")
     return Strategy(
         "lp_ft",
         _fixed(
@@ -396,13 +417,14 @@ def get_strategy(name: str, **options: Any) -> Strategy:
 def phase_steps(phases: Sequence[Phase], total_steps: int) -> list[int]:
     """Splits a step budget over phases: fixed ``steps`` first, fractions of the rest after.
 
-    Fractional boundaries are rounded cumulatively, so the counts add up exactly.
+    Fractional boundaries are rounded cumulatively, so the counts add up exactly. Phases marked
+    ``outside_budget`` get their fixed steps on top of the budget.
 
     Example:
       >>> phase_steps(get_strategy("lp_ft", lp_fraction=0.3).phases(("body", "head")), 10)
       [3, 7]
     """
-    fixed = sum(p.steps for p in phases if p.steps is not None)
+    fixed = sum(p.steps for p in phases if p.steps is not None and not p.outside_budget)
     fractions = [p.fraction for p in phases if p.steps is None]
     if fixed > total_steps:
         raise StrategyError(f"phases fix {fixed} steps but the budget is total_steps={total_steps}")

@@ -1,0 +1,28 @@
+"""Every embedded pipeline under the same protocol: the default study plus Yosinski's transfer
+curves (mnist5k and MNIST-1D halves) and surgical fine-tuning.
+
+  jaxtl run study_full --out runs/study_full     # longer than the default study; see README
+"""
+
+import sys
+
+from jaxtl.config import load_config
+
+
+def get_config():
+    config = load_config("study")
+    config.unlock()
+    config.parts = [*config.parts, "yosinski", "yosinski_mnist1d", "surgical"]
+    config.part_overrides = {
+        **config.part_overrides,
+        "yosinski": [],
+        "yosinski_mnist1d": [],
+        "surgical": [],
+    }
+    return config
+
+
+if __name__ == "__main__":
+    from jaxtl import cli
+
+    sys.exit(cli.main(["run", __file__, *sys.argv[1:]]))
