@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtl.freeze import FreezePlan
-from jaxtl.train.steps import check_bn_policy, frozen_groups
+from jaxtl.train.steps import check_bn_policy, eval_batch_size, frozen_groups
 
 PyTree = Any
 
@@ -90,7 +90,7 @@ def compute_features(
     n = len(x)
     if n == 0:
         raise ValueError("compute_features got no examples; pass a non-empty x")
-    batch_size = min(batch_size, n)
+    batch_size = eval_batch_size(n, batch_size)
 
     forward = _prefix_forward(model, stop)
     out = []
