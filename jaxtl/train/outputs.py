@@ -126,6 +126,15 @@ def non_finite_loss_message(
     )
 
 
+def notice(message: str) -> None:
+    """One line on stderr about something jaxtl did on the user's behalf (``jaxtl: note: ...``).
+
+    Example:
+      >>> notice("took over a stale lock of process 123 (no longer running) in runs/x")
+    """
+    print(f"jaxtl: note: {message}", file=sys.stderr)
+
+
 def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
     """Appends one JSON record to a ``.jsonl`` file and fsyncs it (metrics outside a RunDir).
 
