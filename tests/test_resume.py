@@ -58,13 +58,14 @@ def _checkpoints(cell_dir: Path) -> dict[int, Path]:
 
 # ---- a. SIGKILL mid-run, rerun == uninterrupted run, bit for bit (CPU) ------------------------
 
-_STEPS = 60
-# lp_ft: linear probe for 36 steps, then full fine-tuning; a chunk ends at every multiple of
-# steps_per_call and at the switch (36), so a checkpoint is saved at 10, 20, 30, 36, 40, ...
+_STEPS = 72
+# lp_ft: linear probe for half the budget (36 steps; the experiment's extra probe_steps off),
+# then full fine-tuning; a chunk ends at every multiple of steps_per_call and at the switch
+# (36), so a checkpoint is saved at 10, 20, 30, 36, 40, ...
 _KILL_RUN = [
     "strategies=['lp_ft']",
     f"train_b.steps={_STEPS}",
-    "strategy_options.lp_ft.lp_fraction=0.6",
+    "strategy_options.lp_ft.probe_steps=0",
 ]
 
 _DRIVER = textwrap.dedent("""
@@ -168,7 +169,7 @@ def test_sigkilled_run_resumes_bit_identical(killed_runs, kill_at):
 
     run_got, run_want = _cell_dir(resumed, "*") / "seed_0", _cell_dir(reference, "*") / "seed_0"
     assert _metrics(run_got) == _metrics(run_want)
-    assert [r["phase"] for r in _metrics(run_want)] == ["lp"] * 4 + ["ft"] * 3 + ["final"]
+    assert [r["phase"] for r in _metrics(run_want)] == ["lp"] * 4 + ["ft"] * 5 + ["final"]
     for key in _ACCURACIES:
         assert _results(run_got)["metrics"][key] == _results(run_want)["metrics"][key]
 
