@@ -32,16 +32,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.resize = 0  # >0: resize images (both tasks) to this side length
     c.data.ood_shift = "gaussian_noise"  # B's test set under this shift = the OOD set
     c.data.ood_params = {"std": 0.3}
+    # Where B's transfers start: "" = a model trained on task A here; "pretrained:PATH" = a
+    # torchvision/timm checkpoint file (jaxtl.models.pretrained), which then decides model.name
+    # and model.options; data.a may be "" (retention of A is measured only when A is given).
+    c.source = ""
     c.model = ml_collections.ConfigDict()
     c.model.name = "mlp"
     c.model.options = {"widths": (256, 256, 128), "norm": "batchnorm"}
     c.train_a = ml_collections.ConfigDict(
         {"steps": 600, "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-4, "clip_norm": 1.0}
     )
-    # Batch 25 = the smallest B (5 per class x 5 classes): every data size then runs the same
-    # compiled step, so a sweep over sizes compiles each phase once.
+    # Batch 20 = the smallest selection split (4 of 5 per class x 5 classes): every data size,
+    # grid point and final run then has one batch shape, so a sweep compiles each phase once and
+    # a setting is retrained with the batch it was chosen with.
     c.train_b = ml_collections.ConfigDict(
-        {"steps": 300, "batch_size": 25, "lr": 1e-3, "weight_decay": 1e-4, "clip_norm": 1.0}
+        {"steps": 300, "batch_size": 20, "lr": 1e-3, "weight_decay": 1e-4, "clip_norm": 1.0}
     )
     # How hyperparameters are chosen. "tuned": per cell (strategy x data size), on a seeded
     # 80/20 split of B's training examples (per class, >= 1 each side), by mean validation

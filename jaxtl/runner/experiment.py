@@ -27,7 +27,7 @@ from jaxtl.defaults import base_config
 from jaxtl.runner.cell import notice, run_cell
 from jaxtl.runner.cells import TUNABLE_EXPERIMENTS, Cell, experiment_cells
 from jaxtl.runner.protocol import check_protocol
-from jaxtl.runner.tasks import build_tasks, model_for
+from jaxtl.runner.tasks import Tasks, build_tasks, file_source, model_for, with_file_source
 from jaxtl.train import Interrupted, get_strategy, outputs
 from jaxtl.train.sharding import maybe_initialize_distributed
 from jaxtl.train.steps import check_bn_policy
@@ -145,7 +145,8 @@ def run_experiment(
     maybe_initialize_distributed(config.distributed.to_dict())
     out_dir = Path(out_dir)
     outputs.RunDir(out_dir)  # validates the output directory before any work
-    parts = expand_parts(config)
+    # A checkpoint source decides each part's model before anything is built or fingerprinted.
+    parts = [with_file_source(part) for part in expand_parts(config)]
     jobs: list[tuple[ml_collections.ConfigDict, Cell]] = []
     for part in parts:
         groups = model_for(part, 2).layer_groups
@@ -228,14 +229,42 @@ def check_part(
                     )
     for shift in dict.fromkeys(cell.shift for cell in cells):
         tasks = build_tasks(config, shift)  # cached: the runs reuse these tasks
+        check_file_source(config, tasks)
         for name, task in (("train_a", tasks.a), ("train_b", tasks.b)):
-            if config[name].batch_size > len(task.y_train):
+            if task is not None and config[name].batch_size > len(task.y_train):
                 raise ConfigError(
                     f"{name}.batch_size={config[name].batch_size} exceeds the task's"
                     f" {len(task.y_train)} training examples; use a smaller batch"
                 )
         for n in dict.fromkeys(cell.n_per_class for cell in cells if cell.shift == shift):
             data_lib.few_shot(tasks.b, n, seed=0)
+
+
+def check_file_source(config: ml_collections.ConfigDict, tasks: Tasks) -> None:
+    """A checkpoint source fits the data: a ViT's image size (its position embedding has one
+    entry per patch) and, when A's data is given for retention, the checkpoint's classes.
+    (RGB inputs are checked where the tasks are built, before normalisation.)"""
+    source = file_source(config)
+    if source is None:
+        return
+    for name, task in (("B", tasks.b), ("A", tasks.a)):
+        shape, side = None if task is None else tuple(task.input_shape), source.input_shape[0]
+        if "patch_size" in source.options and shape not in (None, tuple(source.input_shape)):
+            raise ConfigError(
+                f"source {config.source} is a ViT for {_shape(source.input_shape)} images but"
+                f" {name}'s are {_shape(shape)}; set data.resize={side} (folder: data loads"
+                f" {side}x{side} crops then)"
+            )
+    if tasks.a is not None and tasks.a.num_classes != source.num_classes:
+        raise ConfigError(
+            f"data.a={config.data.a!r} has {tasks.a.num_classes} classes but the checkpoint's"
+            f" classifier has {source.num_classes or 'none'}; retention of A needs A's data in"
+            " the checkpoint's label space, or data.a='' to skip it"
+        )
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(str(n) for n in shape)
 
 
 def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:

@@ -17,6 +17,9 @@ import ml_collections
 
 from jaxtl import data as data_lib
 from jaxtl.config import config_hash
+from jaxtl.data.fingerprints import file_digests
+from jaxtl.models import pretrained
+from jaxtl.runner.tasks import source_path
 
 # Fields that change where or how a run reports, not what it computes.
 _NOT_RESULT_FIELDS = (
@@ -57,11 +60,14 @@ def _dataset_fingerprint(spec: str, options: dict[str, Any]) -> str:
 
 
 def data_fingerprint(config: ml_collections.ConfigDict) -> str:
-    """A hash of the contents of every dataset a config reads (A, and B when it differs)."""
+    """A hash of the contents of every file a config reads: A's data (when given), B's when it
+    differs, and a checkpoint source ("pretrained:PATH"), so a file edited in place retrains."""
     d = config.data
-    parts = [_dataset_fingerprint(d.a, dict(d.options))]
+    parts = [_dataset_fingerprint(d.a, dict(d.options))] if d.a else []
     if d.b:
         parts.append(_dataset_fingerprint(d.b, {}))
+    if pretrained.is_file_source(config.get("source", "")):
+        parts.append({"source": list(file_digests([source_path(config.source)]).values())})
     return config_hash({"data": parts})
 
 

@@ -5,6 +5,9 @@ config, slot count, code version), so every B run of a sweep, and every later sw
 same output directory, reuses it; a changed input trains a new one. Seeds train side by side in
 fixed-size slots, so a source seed's bits never depend on which other seeds were trained with it
 (a seed deleted and retrained alone comes back identical). Loaded once per process.
+
+With ``source="pretrained:PATH"`` the source on A is the checkpoint file instead (every seed
+starts from the same weights; the seeds still differ in B's head, subset and batches).
 """
 
 from __future__ import annotations
@@ -17,8 +20,16 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from jaxtl.data.fingerprints import file_digests
 from jaxtl.runner.fingerprints import data_fingerprint, fingerprint
-from jaxtl.runner.tasks import Tasks, init_variables, model_for, slots_for
+from jaxtl.runner.tasks import (
+    Tasks,
+    file_source,
+    init_variables,
+    model_for,
+    slots_for,
+    source_path,
+)
 from jaxtl.train import (
     AdamW,
     Callbacks,
@@ -55,7 +66,14 @@ def source_models(
     *,
     show_progress: bool | None = None,
 ) -> list[dict]:
-    """The source model of every seed: loaded from the cache, or trained (missing seeds only)."""
+    """The source model of every seed: loaded from the cache, or trained (missing seeds only).
+
+    On A with a checkpoint source: the checkpoint's variables for every seed (its classifier
+    too; ``transfer_variables`` re-creates the head when B's class count differs).
+    """
+    checkpoint = file_source(config) if which == "a" else None
+    if checkpoint is not None:
+        return [checkpoint.variables] * len(seeds)
     task = tasks.a if which == "a" else tasks.b
     model = model_for(config, task.num_classes)
     slots = slots_for(config, model)
@@ -66,6 +84,38 @@ def source_models(
         _train(config, task, model, which, missing, slots, paths, show_progress)
     template = init_variables(model, seeds[0], task.x_train)
     return [_load(str(paths[s]), template) for s in seeds]
+
+
+def source_record(config: ml_collections.ConfigDict) -> dict | None:
+    """What a run's checkpoint source was, for its ``results.json`` (None without one).
+
+    Keys: ``spec``, ``path``, ``digest`` (content hash of the file), ``format``, ``model``,
+    ``options``, ``input_shape``, ``normalization``, ``loaded`` and ``skipped`` (torch keys;
+    each skipped one with its reason) and ``summary`` (the lines the report shows).
+
+    Example:
+      >>> source_record(config)["loaded"][:2]  # doctest: +SKIP
+      ['conv1.weight', 'bn1.weight']
+    """
+    checkpoint = file_source(config)
+    if checkpoint is None:
+        return None
+    path = source_path(config.source)
+    return {
+        "spec": config.source,
+        "path": path,
+        "digest": next(iter(file_digests([path]).values())),
+        "format": checkpoint.format,
+        "model": checkpoint.model,
+        "options": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in checkpoint.options.items()
+        },
+        "input_shape": list(checkpoint.input_shape),
+        "normalization": checkpoint.normalization,
+        "loaded": list(checkpoint.loaded),
+        "skipped": list(checkpoint.skipped),
+        "summary": checkpoint.summary(),
+    }
 
 
 _LOADED: dict[str, dict] = {}

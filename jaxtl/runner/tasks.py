@@ -2,14 +2,18 @@
 
 Task A and task B come from the config's data fields (class split, cross-dataset pair, a
 surgical shift), normalised with A's statistics; models and their initialisers are created
-once per (name, classes, options) so a sweep compiles each of them once.
+once per (name, classes, options) so a sweep compiles each of them once. A checkpoint source
+(``source="pretrained:PATH"``) is read once per process; it decides the model, and B (and A,
+when its data is given) are normalised with the statistics its weights were trained with.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
+import os
 from typing import Any
 
 import jax
@@ -20,14 +24,22 @@ import numpy as np
 from jaxtl import data as data_lib
 from jaxtl import models
 from jaxtl.config import ConfigError
+from jaxtl.data.fingerprints import file_digests
+from jaxtl.data.folder import IMAGENET_STATS
+from jaxtl.models import pretrained
 from jaxtl.train import seed_slots
+
+# Input statistics of checkpoint sources, by `pretrained.Pretrained.normalization`.
+_SOURCE_STATS = {"imagenet": IMAGENET_STATS}
 
 
 @dataclasses.dataclass(frozen=True)
 class Tasks:
-    """Task A and task B (B's training split at full size), normalised with A's statistics."""
+    """Task A and task B (B's training split at full size), normalised with A's statistics
+    (with a checkpoint source's, for one). ``a`` is None for a checkpoint source without A's
+    data: then retention of A is not measured."""
 
-    a: data_lib.Dataset
+    a: data_lib.Dataset | None
     b: data_lib.Dataset
     ood_b: tuple[np.ndarray, np.ndarray]
 
@@ -42,8 +54,21 @@ def _prepare(ds: data_lib.Dataset, resize: int) -> data_lib.Dataset:
 def _build_tasks(data_json: str, shift_json: str) -> Tasks:
     d = json.loads(data_json)
     shift = json.loads(shift_json)
-    ds_a = _prepare(data_lib.load(d["a"], **d["options"]), d["resize"])
-    if d["b"]:
+    ds_a = _prepare(data_lib.load(d["a"], **d["options"]), d["resize"]) if d["a"] else None
+    if d["normalization"]:
+        # A checkpoint source: A's data, when given, is in the checkpoint's own label space (for
+        # retention), B is the new task; neither is paired with or split from the other.
+        task_a, task_b = ds_a, _prepare(data_lib.load(d["b"]), d["resize"])
+        channels = len(_SOURCE_STATS[d["normalization"]].mean)
+        for name, ds in (("a", task_a), ("b", task_b)):
+            # Checked here: normalising with per-channel statistics would broadcast 1 channel
+            # to 3 without a word.
+            if ds is not None and (not ds.is_image or ds.input_shape[-1] != channels):
+                raise ConfigError(
+                    f"data.{name}={d[name]!r} has inputs {ds.input_shape}; a checkpoint source"
+                    f" takes {channels}-channel images, e.g. folder:PATH"
+                )
+    elif d["b"]:
         ds_b = _prepare(data_lib.load(d["b"]), d["resize"])
         if ds_b.input_shape != ds_a.input_shape:
             ds_a, ds_b = data_lib.cross_dataset_pair(ds_a, ds_b, size=ds_a.input_shape[:2])
@@ -62,23 +87,45 @@ def _build_tasks(data_json: str, shift_json: str) -> Tasks:
         else:
             task_b = data_lib.apply_shift(task_b, shift["shift"], seed=0, **shift.get("params", {}))
     x_ood, y_ood = data_lib.ood_split(task_b, d["ood_shift"], seed=0, **d["ood_params"])
-    stats = data_lib.normalization_stats(task_a.x_train)
-    norm = lambda ds: dataclasses.replace(
-        ds,
-        x_train=np.asarray(data_lib.normalize(ds.x_train, stats), np.float32),
-        x_test=np.asarray(data_lib.normalize(ds.x_test, stats), np.float32),
-    )
-    # Normalised with A's statistics: the ones the transferred weights were trained with.
+    # Normalised with the statistics the transferred weights were trained with: A's, or those
+    # of the checkpoint's own training data.
+    if d["normalization"]:
+        stats = _SOURCE_STATS[d["normalization"]]
+    else:
+        stats = data_lib.normalization_stats(task_a.x_train)
     return Tasks(
-        norm(task_a),
-        norm(task_b),
-        (np.asarray(data_lib.normalize(x_ood, stats), np.float32), y_ood),
+        None if task_a is None else _normalized(task_a, stats),
+        _normalized(task_b, stats),
+        (_norm(x_ood, stats), y_ood),
     )
+
+
+def _norm(x: np.ndarray, stats: data_lib.NormStats) -> np.ndarray:
+    return np.asarray(data_lib.normalize(x, stats), np.float32)
+
+
+def _normalized(ds: data_lib.Dataset, stats: data_lib.NormStats) -> data_lib.Dataset:
+    return dataclasses.replace(ds, x_train=_norm(ds.x_train, stats), x_test=_norm(ds.x_test, stats))
 
 
 def build_tasks(config: ml_collections.ConfigDict, shift: str | None = None) -> Tasks:
-    """Task A, task B and B's OOD test set for a config (and a surgical shift)."""
+    """Task A, task B and B's OOD test set for a config (and a surgical shift).
+
+    With a checkpoint source, ``data.a`` may be "" (``Tasks.a`` is then None) and both tasks
+    are normalised with the checkpoint's input statistics (ImageNet's for torchvision/timm).
+    """
     d = config.data
+    source = file_source(config)
+    if source is None and not d.a:
+        raise ConfigError(
+            f"data.a='' needs a checkpoint source: set data.a, or source="
+            f"'{pretrained.SOURCE_PREFIX}PATH'"
+        )
+    if source is not None and not d.b:
+        raise ConfigError(
+            f"source={config.source!r} needs B's data: set data.b (e.g. 'folder:PATH'); data.a"
+            " is only A's data, in the checkpoint's classes, for measuring retention"
+        )
     data_json = json.dumps(
         {
             "a": d.a,
@@ -89,11 +136,74 @@ def build_tasks(config: ml_collections.ConfigDict, shift: str | None = None) -> 
             "resize": d.resize,
             "ood_shift": d.ood_shift,
             "ood_params": plain(d.ood_params),
+            "normalization": "" if source is None else source.normalization,
         },
         sort_keys=True,
     )
     spec = {} if shift is None else plain(config.shifts[shift])
     return _build_tasks(data_json, json.dumps(spec, sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=4)
+def _file_source(spec: str, digest: str) -> pretrained.Pretrained:
+    # Keyed by the file's content hash too: a checkpoint rewritten in place is read again.
+    return pretrained.source_from_file(spec)
+
+
+def source_path(spec: str) -> str:
+    """The checkpoint file of a "pretrained:PATH" source (user-expanded).
+
+    Example:
+      >>> source_path("pretrained:/ckpt/resnet18.safetensors")
+      '/ckpt/resnet18.safetensors'
+    """
+    return os.path.expanduser(spec[len(pretrained.SOURCE_PREFIX) :])
+
+
+def file_source(config: ml_collections.ConfigDict) -> pretrained.Pretrained | None:
+    """The checkpoint a config's ``source="pretrained:PATH"`` names (read once per process), or
+    None when B's transfers start from a model trained on A (``source=""``).
+
+    Raises:
+      ConfigError: a source that is neither "" nor "pretrained:PATH".
+      CheckpointError: a checkpoint that is missing or fits no jaxtl model (one line).
+
+    Example:
+      >>> file_source(base_config()) is None  # doctest: +SKIP
+      True
+    """
+    spec = config.get("source", "")
+    if not spec:
+        return None
+    if not pretrained.is_file_source(spec):
+        raise ConfigError(
+            f"source={spec!r} is not a checkpoint source; write source='' (train on A) or"
+            f" source='{pretrained.SOURCE_PREFIX}PATH' (a torchvision/timm .safetensors or .pth)"
+        )
+    path = source_path(spec)
+    if not os.path.isfile(path):
+        raise pretrained.CheckpointError(f"source={spec!r}: checkpoint file {path} does not exist")
+    digest = next(iter(file_digests([path]).values()))
+    return _file_source(f"{pretrained.SOURCE_PREFIX}{path}", digest)
+
+
+def with_file_source(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` with model.name and model.options set from its checkpoint source (a copy), or
+    ``config`` itself when it has none; the checkpoint decides the architecture.
+
+    Example:
+      >>> with_file_source(config).model.name  # doctest: +SKIP
+      'resnet18_imagenet'
+    """
+    source = file_source(config)
+    if source is None:
+        return config
+    config = copy.deepcopy(config)
+    config.model.name = source.model
+    config.model.options = {
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in source.options.items()
+    }
+    return config
 
 
 @functools.lru_cache(maxsize=8)
