@@ -61,7 +61,8 @@ def header_section(records: list[dict], dropped: list[dict]) -> str:
         experiments[r["experiment"]] = experiments.get(r["experiment"], 0) + 1
 
     def param_values(name: str) -> list[str]:
-        return sorted({str(r["params"][name]) for r in records if name in r["params"]})
+        # "" = not given (dataset_a of a checkpoint source without A's data).
+        return sorted({str(r["params"][name]) for r in records if r["params"].get(name, "") != ""})
 
     sizes = sorted(
         {r["params"][SIZE_PARAM] for r in records if SIZE_PARAM in r["params"]}, key=size_order
@@ -98,6 +99,45 @@ def header_section(records: list[dict], dropped: list[dict]) -> str:
         else f"- **Finished**: {dates[0]}"
     )
     return "\n".join(lines) + "\n"
+
+
+def source_section(records: list[dict]) -> str:
+    """The checkpoint files transfers started from (the runs' ``source_model`` blocks): file,
+    model, what was loaded and left out, and whether retention of A was measured; "" when
+    every source model was trained on A here.
+
+    Example:
+      >>> source_section([{"metrics": {}}])
+      ''
+    """
+    sources: dict[tuple[str, str], tuple[dict, list[dict]]] = {}
+    for r in records:
+        block = r.get("source_model")
+        if block:
+            key = (block["spec"], block.get("digest", ""))
+            sources.setdefault(key, (block, []))[1].append(r)
+    if not sources:
+        return ""
+    lines = ["## Source model", ""]
+    for block, runs in sources.values():
+        lines += [f"- {line}" for line in block["summary"].splitlines()]
+        if block.get("digest"):
+            lines.append(f"- file content hash {block['digest']}")
+        if all(r["metrics"].get("acc_a") is None for r in runs):
+            lines.append(
+                "- retention of A not measured (checkpoint source, no A data); give A's data"
+                " (data.a, labelled in the checkpoint's classes) to measure it"
+            )
+        lines += [
+            "",
+            f"<details><summary>{len(block['loaded'])} checkpoint keys loaded</summary>",
+            "",
+            ", ".join(f"`{k}`" for k in block["loaded"]),
+            "",
+            "</details>",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def protocol_line(records: list[dict]) -> str:
@@ -404,6 +444,7 @@ def write_report(
 
     sections = [
         header_section(records, dropped),
+        source_section(records),
         answer_section(cells, test),
         literature_section(cells, test),
         hyperparameters_section(cells, out),
