@@ -8,8 +8,8 @@ on a task A, so retention of A is not measured; B is a folder of class subfolder
 (train/ and val/ as in the tutorial's hymenoptera_data), resized to 256 and centre-cropped to
 224, normalised with ImageNet's statistics as the weights expect.
 
-Needs the runner's "pretrained:" source (issue 13). The checkpoint, once, where torch is
-installed (torchvision's ImageNet weights as .safetensors; jaxtl itself needs no torch):
+The checkpoint, once, where torch is installed (torchvision's ImageNet weights as .safetensors;
+jaxtl itself needs no torch):
 
   python -c "import torchvision; from safetensors.torch import save_file; save_file(
       torchvision.models.resnet18(weights='IMAGENET1K_V1').state_dict(), 'resnet18.safetensors')"
@@ -18,6 +18,8 @@ then, on a Colab TPU or a GPU (add compute_dtype=bfloat16 for speed):
 
   jaxtl run tutorial --out runs/tutorial \\
       --set data.b=folder:hymenoptera_data source=pretrained:resnet18.safetensors
+
+The README's "Start from your own checkpoint and images" has the Colab and local-CPU commands.
 """
 
 import sys
