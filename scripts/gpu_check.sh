@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# GPU check: jaxtl's freezing benchmark at the reference size (ResNet-18, CIFAR stem, batch 256,
-# 32x32x3, fp32) next to a PyTorch eager peer when torch is importable; about 5 minutes.
+# GPU check: jaxtl's benchmark at the reference size (ResNet-18, CIFAR stem, batch 256, 32x32x3,
+# fp32) next to a PyTorch eager peer when torch is importable; about 5 minutes. The benchmark
+# measures the study's seeds checks (issue 11: 5 seeds as the engine runs them vs 5 one-seed
+# steps, the step in its loop vs alone, 8 vmapped seeds vs one) and the NNX step first, then the
+# ResNet-18 strategy rows.
 #
 #   scripts/gpu_check.sh [OUT_DIR]             # on a machine with jax[cuda] (and optionally torch)
 #
 # Environment: PYTHON (default python3), BENCH_ARGS (default "--size gpu"), PEER_ARGS (extra
-# torch_peer.py flags), BENCH_TIMEOUT (seconds, default 230). The benchmark rewrites
+# torch_peer.py flags), BENCH_TIMEOUT (seconds, default 300). The benchmark rewrites
 # OUT_DIR/bench.json after every measurement, so a run cut short keeps what it measured
 # ("complete": false). A CPU smoke run of the same Python parts, tiny:
-#   BENCH_ARGS="--model mlp --model-option widths=16, --batch-size 8 --steps 2 --lp-examples 16" \
+#   BENCH_ARGS="--model mlp --model-option widths=16, --batch-size 8 --steps 2 --loop-steps 2" \
 #   PEER_ARGS="--batch-size 4 --image-size 8 --base-width 4 --steps 2" scripts/gpu_check.sh /tmp/gc
 set -euo pipefail
 
@@ -17,7 +20,8 @@ PYTHON=${PYTHON:-python3}
 OUT=${1:-/tmp/jaxtl_gpu_check}
 BENCH_ARGS=${BENCH_ARGS:---size gpu}
 PEER_ARGS=${PEER_ARGS:-}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-230}
+# The seeds checks and the NNX step add about a minute of compiling to the ResNet-18 rows.
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-300}
 mkdir -p "$OUT"
 # A rerun reuses compiled programs: compile time is most of the budget for ResNet-18.
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$OUT/xla_cache}
