@@ -199,6 +199,13 @@ def test_checkpoint_source_errors_are_one_line(files, tmp_path, capsys):
         f"data.a='folder:{folder}' has 2 classes but the checkpoint's classifier has 10;"
         " retention of A needs A's data in the checkpoint's label space, or data.a='' to skip it"
     )
+    # A's data in the checkpoint's classes: accepted (train_a's batch is not checked, nothing
+    # trains on A) and normalised like B, with the checkpoint's statistics.
+    two = write_resnet18(tmp_path / "r2.safetensors", num_classes=2)
+    config = tutorial_config(folder, two, f"data.a=folder:{folder}", "train_a.batch_size=64")
+    check(config)
+    tasks = build_tasks(config)
+    np.testing.assert_array_equal(tasks.a.x_test, tasks.b.x_test)
     missing = tmp_path / "none.safetensors"
     argv = ["run", "tutorial", "--out", str(tmp_path / "out"), "--set", *tiny()]
     assert cli.main([*argv, f"data.b=folder:{folder}", f"source=pretrained:{missing}"]) == 2

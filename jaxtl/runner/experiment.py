@@ -230,8 +230,11 @@ def check_part(
     for shift in dict.fromkeys(cell.shift for cell in cells):
         tasks = build_tasks(config, shift)  # cached: the runs reuse these tasks
         check_file_source(config, tasks)
-        for name, task in (("train_a", tasks.a), ("train_b", tasks.b)):
-            if task is not None and config[name].batch_size > len(task.y_train):
+        trained = {"train_a": tasks.a, "train_b": tasks.b}
+        if file_source(config) is not None:  # nothing trains on A; its data measures retention
+            del trained["train_a"]
+        for name, task in trained.items():
+            if config[name].batch_size > len(task.y_train):
                 raise ConfigError(
                     f"{name}.batch_size={config[name].batch_size} exceeds the task's"
                     f" {len(task.y_train)} training examples; use a smaller batch"
