@@ -58,6 +58,23 @@ def _sigterm_stops() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _drop_closed_loop_noise() -> None:
+    # After a failed checkpoint read, tensorstore calls back into event loops orbax already
+    # closed; the tracebacks reach sys.unraisablehook after jaxtl has printed its one line, up
+    # to interpreter exit, so the command drops them for the rest of the process (once).
+    previous = sys.unraisablehook
+    if getattr(previous, "jaxtl_drops_closed_loop_noise", False):
+        return
+
+    def hook(unraisable) -> None:
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.jaxtl_drops_closed_loop_noise = True
+    sys.unraisablehook = hook
+
+
 def interrupted_message(err: KeyboardInterrupt) -> str:
     """The one line a stopped run prints, e.g. ``jaxtl: interrupted (SIGTERM) at step 30;
     checkpoint saved in DIR; rerun the same command to resume``."""
@@ -223,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     summary.set_defaults(handler=_cmd_summary)
 
     bench = sub.add_parser(
-        "bench", help="benchmark the cost of freezing (see scripts/bench_freeze.py)", add_help=False
+        "bench",
+        help="benchmark freezing, the study's seeds and an NNX step (see scripts/bench_freeze.py)",
+        add_help=False,
     )
     bench.set_defaults(handler=_cmd_bench)
     return parser
@@ -239,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
         call = lambda: args.handler(args)
+    _drop_closed_loop_noise()
     try:
         with _sigterm_stops():
             return call()

@@ -67,7 +67,10 @@ def snapshots(tiny_study):
     """What ``on_partial`` got after every measurement of one tiny run; the last is the result."""
     out = []
     bench.run_benchmark(
-        "mlp", **TINY, on_partial=lambda partial: out.append(json.loads(json.dumps(partial)))
+        "mlp",
+        **TINY,
+        study_options={"cnn": {"widths": (3,)}},
+        on_partial=lambda partial: out.append(json.loads(json.dumps(partial))),
     )
     return out
 
@@ -196,8 +199,9 @@ def test_seeds_engine_entries_are_consistent(result):
     # engine pads its one group, and the padded program is timed alone for the loop check.
     entries = {e["model"]: e for e in result["seeds_engine"]}
     assert list(entries) == ["cnn", "mlp"]
+    assert entries["cnn"]["model_options"] == {"widths": [3]}  # study_options over the study's
     for name, e in entries.items():
-        slots = seed_slots(seeds.study_model(name))
+        slots = seed_slots(seeds.study_model(name, {"widths": (3,)} if name == "cnn" else None))
         assert e["engine_slots"] == slots
         assert e["engine_mode"] == ("loop" if slots == 1 else "vmap")
         assert e["engine_groups"] == math.ceil(2 / slots) and e["loop_steps"] == 2
@@ -349,6 +353,19 @@ def test_cli_writes_json_and_rejects_a_missing_peer_file(tmp_path, capsys):
         err
         == f"jaxtl bench: error: --json {tmp_path} is a directory; give a file path such as bench.json"
     )
+
+
+def test_a_study_option_without_a_model_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([*TINY_CLI, "--study-option", "conv=xla"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        "jaxtl bench: error: argument --study-option: expected MODEL:KEY=VALUE such as"
+        " cnn:widths=8,16, got 'conv=xla'"
+    )
+    with pytest.raises(ValueError, match="unknown study model 'mpl' \\(did you mean 'mlp'"):
+        bench.run_benchmark("mlp", study_options={"mpl": {"widths": (4,)}})
 
 
 def test_jaxtl_bench_reports_a_bad_value_in_one_line(capsys):

@@ -33,6 +33,15 @@ def _model_option(text: str) -> tuple[str, Any]:
     return key.strip(), tuple(value) if isinstance(value, list) else value
 
 
+def _study_option(text: str) -> tuple[str, tuple[str, Any]]:
+    model, sep, option = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(
+            f"expected MODEL:KEY=VALUE such as cnn:widths=8,16, got {text!r}"
+        )
+    return model.strip(), _model_option(option)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``jaxtl bench`` / ``scripts/bench_freeze.py`` command line."""
     parser = argparse.ArgumentParser(
@@ -58,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lp-examples", type=int, help="examples in one linear-probe epoch")
     parser.add_argument(
         "--loop-steps", type=int, help="steps per call of the engine's loop in the seeds check"
+    )
+    parser.add_argument(
+        "--study-option",
+        action="append",
+        type=_study_option,
+        default=[],
+        metavar="MODEL:KEY=VALUE",
+        help="option of a study model in the seeds checks, e.g. cnn:widths=8,16 (repeatable)",
     )
     parser.add_argument("--no-naive", action="store_true", help="skip the naive recipe")
     parser.add_argument("--no-seeds", action="store_true", help="skip the seeds checks")
@@ -97,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     preset = SIZES[args.size]
     options = dict(preset["model_options"]) if args.model in (None, preset["model"]) else {}
     options.update(dict(args.model_option))
+    study_options: dict[str, dict[str, Any]] = {}
+    for model, (key, value) in args.study_option:
+        study_options.setdefault(model, {})[key] = value
     start = time.perf_counter()
     result = run_benchmark(
         args.model or preset["model"],
@@ -109,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lp_examples=args.lp_examples or preset["lp_examples"],
         loop_steps=args.loop_steps or preset["loop_steps"],
         seed_rounds=preset["seed_rounds"],
+        study_options=study_options,
         include_naive=not args.no_naive,
         include_seeds=not args.no_seeds,
         include_nnx=not args.no_nnx,

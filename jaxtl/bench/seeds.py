@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -54,10 +54,21 @@ STUDY_LR = float(_STUDY.train_b.lr)
 STUDY_OPTIMIZER = AdamW(float(_STUDY.train_b.clip_norm), float(_STUDY.train_b.weight_decay))
 
 
-def study_model(name: str, num_classes: int = STUDY_CLASSES) -> nn.Module:
-    """The study's model ``name`` (a key of :data:`STUDY_MODELS`)."""
-    model, options, _ = STUDY_MODELS[name]
-    return models.create(model, num_classes, **options)
+def study_options(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The options of the study's model ``name`` with ``overrides`` on top (e.g. a conv choice)."""
+    return {**STUDY_MODELS[name][1], **(overrides or {})}
+
+
+def study_model(
+    name: str, overrides: Mapping[str, Any] | None = None, num_classes: int = STUDY_CLASSES
+) -> nn.Module:
+    """The study's model ``name`` (a key of :data:`STUDY_MODELS`), options overridden.
+
+    Example:
+      >>> study_model("cnn").layer_groups
+      ('stem', 'block1', 'block2', 'head')
+    """
+    return models.create(STUDY_MODELS[name][0], num_classes, **study_options(name, overrides))
 
 
 @dataclasses.dataclass
@@ -137,6 +148,7 @@ def seeds_engine(
     warmup: int,
     seed: int,
     slots: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One seed's step vs N seeds' (vmapped, looped, as the engine runs them) for a study model.
 
@@ -147,13 +159,14 @@ def seeds_engine(
       rounds, warmup: as in :func:`jaxtl.bench.timing.interleaved_ms`.
       seed: seeds the data and the inits.
       slots: models per program; None = :func:`jaxtl.train.seed_slots` for this device.
+      options: model options over the study's (what a model change would do to the step).
 
     Returns:
       A JSON-ready dict; times are ms per step of all N seeds except ``one_seed_ms`` (one seed)
       and ``loop_step_ms`` / ``alone_ms`` (one program of ``engine_slots`` slots).
     """
     _, _, input_shape = STUDY_MODELS[name]
-    net = study_model(name)
+    net = study_model(name, options)
     setup = SeedSetup.build(net, input_shape, num_seeds, seed)
     engine_slots = slots or seed_slots(net)
     groups = math.ceil(num_seeds / engine_slots)
@@ -182,7 +195,7 @@ def seeds_engine(
     loop_step_ms = ms["engine"] / groups
     return {
         "model": name,
-        "model_options": _jsonable(STUDY_MODELS[name][1]),
+        "model_options": _jsonable(study_options(name, options)),
         "input_shape": list(input_shape),
         "batch_size": setup.batch_size,
         "num_seeds": num_seeds,

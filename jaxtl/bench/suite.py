@@ -84,6 +84,7 @@ def run_benchmark(
     loop_steps: int = 10,
     seed_rounds: int = 5,
     seed_models: Sequence[str] = tuple(seeds.STUDY_MODELS),
+    study_options: Mapping[str, Mapping[str, Any]] | None = None,
     include_naive: bool = True,
     include_seeds: bool = True,
     include_nnx: bool = True,
@@ -111,6 +112,8 @@ def run_benchmark(
       seed_rounds: timed rounds of the seeds checks.
       seed_models: the study models of the engine seeds check (keys of
         ``jaxtl.bench.seeds.STUDY_MODELS``).
+      study_options: per study model, options over the study's, e.g. ``{"cnn": {"widths":
+        (8, 16)}}``: the seeds check of a model change, before it changes the study.
       include_naive: also time the naive ``multi_transform`` recipe for each strategy.
       include_seeds: run the seeds checks.
       include_nnx: time the NNX head-only and all-trainable steps.
@@ -133,7 +136,8 @@ def run_benchmark(
     """
     if dtype not in DTYPES:
         raise _choice_error("unknown dtype", dtype, DTYPES)
-    for name in seed_models:
+    study_options = {name: dict(o) for name, o in (study_options or {}).items()}
+    for name in [*seed_models, *study_options]:
         if name not in seeds.STUDY_MODELS:
             raise _choice_error("unknown study model", name, tuple(seeds.STUDY_MODELS))
     _check_arguments(
@@ -184,7 +188,7 @@ def run_benchmark(
     if include_seeds:
         _run_seeds(
             result,
-            seed_models,
+            {name: study_options.get(name) for name in seed_models},
             engine_seeds,
             num_seeds,
             loop_steps,
@@ -250,8 +254,10 @@ def _run_seeds(
 ) -> None:
     """The engine seeds check per study model, then the vmapped-seeds floor check per input."""
     result["seeds_engine"] = engine = []
-    for name in seed_models:
-        entry = seeds.seeds_engine(name, engine_seeds, loop_steps, rounds, warmup, seed)
+    for name, options in seed_models.items():
+        entry = seeds.seeds_engine(
+            name, engine_seeds, loop_steps, rounds, warmup, seed, options=options
+        )
         engine.append(entry)
         say(
             f"{engine_seeds} seeds ({name}): engine {entry['engine_mode']}"
