@@ -421,6 +421,8 @@ def _garble_model_json(source):
     (source / "model.json").write_text('{"model": "mlp", "num_cla')
 
 
+# orbax's closed-event-loop tracebacks would arrive as unraisable exceptions: none may leak.
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize(
     "damage, expected",
     [

@@ -42,7 +42,8 @@ def test_run_bar_names_the_cell_it_is_on(two_cell_run):
 
 def test_source_training_has_a_bar_and_a_metrics_log(two_cell_run):
     out, err = two_cell_run
-    assert re.search(r"source models on A \(1 seeds?\): +50%.*\| 10/20 ", err), err
+    # Shown before the first chunk (later refreshes are rate-limited: a fast run may skip them).
+    assert re.search(r"source models on A \(1 seeds?\): +0%.*\| 0/20 ", err), err
     (log,) = (out / "sources").glob("a-*/seed_0.metrics.jsonl")
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["step"] for r in records] == [10, 20]
