@@ -195,7 +195,7 @@ def seeds_engine(
     loop_step_ms = ms["engine"] / groups
     return {
         "model": name,
-        "model_options": _jsonable(study_options(name, options)),
+        "model_options": json_options(study_options(name, options)),
         "input_shape": list(input_shape),
         "batch_size": setup.batch_size,
         "num_seeds": num_seeds,
@@ -246,7 +246,7 @@ def seeds_vmapped(
     return {
         "data": data,
         "model": STUDY_MODELS["mlp"][0],
-        "model_options": _jsonable(STUDY_MODELS["mlp"][1]),
+        "model_options": json_options(STUDY_MODELS["mlp"][1]),
         "num_classes": net.num_classes,
         "input_shape": list(input_shape),
         "batch_size": setup.batch_size,
@@ -262,5 +262,6 @@ def seeds_vmapped(
     }
 
 
-def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
+def json_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Model options as JSON has them (tuples as lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}

@@ -60,10 +60,25 @@ def _choice_error(what: str, value: Any, choices: Sequence[str]) -> ValueError:
     )
 
 
-def _check_arguments(**values: Any) -> None:
-    for what, value in values.items():
+def _validate(
+    dtype: str, study_models: Sequence[str], warmup: int, lp_examples: int, **counts: int
+) -> None:
+    """One-line ValueErrors for arguments no measurement could use, before any is made."""
+    if dtype not in DTYPES:
+        raise _choice_error("unknown dtype", dtype, DTYPES)
+    for name in study_models:
+        if name not in seeds.STUDY_MODELS:
+            raise _choice_error("unknown study model", name, tuple(seeds.STUDY_MODELS))
+    for what, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{what} must be an int >= 1, got {value!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
+        raise ValueError(f"warmup must be an int >= 1 (the first call compiles), got {warmup!r}")
+    if lp_examples < counts["batch_size"]:
+        raise ValueError(
+            f"lp_examples={lp_examples} must be >= batch_size={counts['batch_size']} (one whole"
+            " batch)"
+        )
 
 
 def run_benchmark(
@@ -134,13 +149,12 @@ def run_benchmark(
       >>> all(c["name"] for c in result["checks"])  # doctest: +SKIP
       True
     """
-    if dtype not in DTYPES:
-        raise _choice_error("unknown dtype", dtype, DTYPES)
     study_options = {name: dict(o) for name, o in (study_options or {}).items()}
-    for name in [*seed_models, *study_options]:
-        if name not in seeds.STUDY_MODELS:
-            raise _choice_error("unknown study model", name, tuple(seeds.STUDY_MODELS))
-    _check_arguments(
+    _validate(
+        dtype=dtype,
+        study_models=[*seed_models, *study_options],
+        warmup=warmup,
+        lp_examples=lp_examples,
         batch_size=batch_size,
         image_size=image_size,
         channels=channels,
@@ -152,12 +166,6 @@ def run_benchmark(
         loop_steps=loop_steps,
         seed_rounds=seed_rounds,
     )
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
-        raise ValueError(f"warmup must be an int >= 1 (the first call compiles), got {warmup!r}")
-    if lp_examples < batch_size:
-        raise ValueError(
-            f"lp_examples={lp_examples} must be >= batch_size={batch_size} (one whole batch)"
-        )
     say = log or (lambda line: None)
     report_partial = on_partial or (lambda partial: None)
     options = dict(model_options or {})
@@ -165,7 +173,7 @@ def run_benchmark(
         "machine": machine_info(),
         "config": {
             "model": model,
-            "model_options": seeds._jsonable(options),
+            "model_options": seeds.json_options(options),
             "batch_size": batch_size,
             "input_shape": [image_size, image_size, channels],
             "num_classes": num_classes,
@@ -206,9 +214,18 @@ def run_benchmark(
         )
         report_partial(result)
 
+    work = _workload(net, batch_size, image_size, channels, num_classes, steps, warmup, seed)
+    _run_strategies(result, work, lp_examples, lp_epochs, include_naive, say, report_partial)
+    result["checks"] = checks.all_checks(result)
+    result["complete"] = True
+    report_partial(result)
+    return result
+
+
+def _workload(net, batch_size, image_size, channels, num_classes, rounds, warmup, seed):
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.random((batch_size, image_size, image_size, channels), np.float32))
-    work = freezing.Workload(
+    return freezing.Workload(
         net=net,
         variables=models.init_variables(net, seed, x[:1]),
         x=x,
@@ -216,15 +233,19 @@ def run_benchmark(
         key=jax.random.key(seed),
         num_classes=num_classes,
         seed=seed,
-        rounds=steps,
+        rounds=rounds,
         warmup=warmup,
     )
+
+
+def _run_strategies(result, work, lp_examples, lp_epochs, include_naive, say, report) -> None:
+    """The forward, one row per strategy, then the linear-probe epoch and its cached row."""
+    net = work.net
     result["forward"] = work.forward_row()
     say(f"forward: {result['forward']['ms']:.2f} ms")
     result["config"]["layer_groups"] = list(net.layer_groups)
     result["rows"] = rows = []
-    report_partial(result)
-
+    report(result)
     # Most frozen first: the device's peak is process-wide, so with the footprint growing row
     # by row the peak read after a row bounds that row's step (and its naive twin) from above.
     for name, k, plan, lr in freezing.strategy_plans(net.layer_groups, work.variables["params"]):
@@ -232,8 +253,7 @@ def run_benchmark(
         rows.append(row)
         naive_note = "" if row["naive"] is None else f", naive {row['naive']['step_ms']:.2f} ms"
         say(f"{name}: {row['step_ms']:.2f} ms/step, forward {row['forward_ms']:.2f} ms{naive_note}")
-        report_partial(result)
-
+        report(result)
     cached_row, lp_epoch = freezing.linear_probe(work, lp_examples, lp_epochs)
     say(
         f"linear probe epoch: {lp_epoch['uncached_epoch_ms']:.1f} ms uncached,"
@@ -243,10 +263,6 @@ def run_benchmark(
     # Measured most frozen first (see the device-peak note); reported from full_ft down.
     rows.sort(key=lambda r: ("/" in r["strategy"], r["strategy"] == "linear_probe_cached", r["k"]))
     result["linear_probe_epoch"] = lp_epoch
-    result["checks"] = checks.all_checks(result)
-    result["complete"] = True
-    report_partial(result)
-    return result
 
 
 def _run_seeds(
