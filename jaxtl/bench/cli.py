@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--dtype", choices=DTYPES)
-    parser.add_argument("--steps", type=int, help="timed steps, median reported (preset: 30/20)")
+    parser.add_argument("--steps", type=int, help="timed steps, median reported (preset: 50/20)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--lp-examples", type=int, help="examples in one linear-probe epoch")
     parser.add_argument(

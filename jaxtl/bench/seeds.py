@@ -81,6 +81,7 @@ class SeedSetup:
     ys: jax.Array  # (seeds, rows)
     keys: jax.Array  # (seeds,)
     seed: int
+    batch_size: int
 
     @classmethod
     def build(
@@ -92,7 +93,7 @@ class SeedSetup:
         batch_size: int = STUDY_BATCH,
     ) -> SeedSetup:
         rng = np.random.default_rng(seed + 2)
-        rows = 4 * batch_size
+        rows = 4 * batch_size  # a few batches, so the loop's gathered batches differ per step
         xs = jnp.asarray(rng.random((num_seeds, rows, *input_shape), np.float32))
         ys = jnp.asarray(rng.integers(0, net.num_classes, (num_seeds, rows)), jnp.int32)
         params = models.init_variables(net, seed, xs[0, :1])["params"]
@@ -100,11 +101,7 @@ class SeedSetup:
         plan = freeze.plan(params, full_ft.rules(net.layer_groups))
         phase = PhaseStep(net, plan, STUDY_OPTIMIZER)
         keys = jax.random.split(jax.random.key(seed), num_seeds)
-        return cls(net, phase, xs, ys, keys, seed)
-
-    @property
-    def batch_size(self) -> int:
-        return self.xs.shape[1] // 4
+        return cls(net, phase, xs, ys, keys, seed, batch_size)
 
     def state(self, s: int) -> TrainState:
         """A fresh state of seed ``s`` (its own buffers: steps donate them)."""

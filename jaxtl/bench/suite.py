@@ -24,8 +24,8 @@ DTYPES = ("float32", "bfloat16")
 
 # Presets. "gpu" is the reference setting (ResNet-18, CIFAR stem, batch 256 of 32x32x3, fp32),
 # the one scripts/gpu_check.sh and scripts/torch_peer.py compare. "cpu" finishes in about a
-# minute and a half on 2 cores: XLA's CPU convolutions are slow, so the CNN is small and the
-# batch short, and it takes more steps because a shared 2-core host makes single steps noisy.
+# minute on 2 idle cores (2-3 on a busy host): XLA's CPU convolutions are slow, so the CNN is
+# small and the batch short, and it takes more steps because a shared host makes steps noisy.
 # loop_steps is K of the engine's loop in the seeds check (the study's steps_per_call is 50;
 # fewer on CPU keeps the check inside the time budget at the same per-step cost).
 SIZES: dict[str, dict[str, Any]] = {
@@ -35,8 +35,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "batch_size": 32,
         "image_size": 16,
         "dtype": "float32",
-        "steps": 30,
-        "lp_examples": 1024,
+        "steps": 50,
+        "lp_examples": 2048,
         "loop_steps": 10,
         "seed_rounds": 5,
     },
