@@ -151,4 +151,8 @@ def test_data_fixed_in_place_retrains_sources_and_runs(tmp_path, tiny_overrides,
     err = capsys.readouterr().err.splitlines()
     notes = [x for x in err if x.startswith("jaxtl: note:")]
     assert any("seed 0" in x and "data" in x for x in notes), err
+    assert any(
+        x.startswith("jaxtl: note: source models on A: the contents of its data changed")
+        for x in notes
+    ), err
     assert all(x.startswith("jaxtl: note:") for x in err), err

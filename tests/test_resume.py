@@ -66,6 +66,8 @@ _KILL_RUN = [
     "strategies=['lp_ft']",
     f"train_b.steps={_STEPS}",
     "strategy_options.lp_ft.probe_steps=0",
+    # The kills land in B's final training (a tuned cell's grid runs checkpoint too).
+    "protocol.name=fixed",
 ]
 
 _DRIVER = textwrap.dedent("""

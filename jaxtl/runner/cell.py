@@ -32,7 +32,7 @@ from jaxtl.runner.jobs import (
     train_jobs,
     write_chunk,
 )
-from jaxtl.runner.sources import source_models
+from jaxtl.runner.sources import source_models, source_record
 from jaxtl.runner.tasks import build_tasks, init_variables, model_for, slots_for
 from jaxtl.train import checkpoint as ckpt_lib
 from jaxtl.train import get_strategy, outputs, phase_steps
@@ -163,12 +163,19 @@ def choose_hyperparameters(
         for s in seeds
     ]
     diverged: dict[int, bool] = {}
+    position = {id(job): i for i, job in enumerate(jobs)}
+    # An interrupted search resumes where it stopped: each group of grid runs checkpoints like
+    # a final run (the directories go once the selection is recorded).
+    checkpoints = lambda group: (
+        cell_dir / (f"selection-{key[:8]}-jobs_{'_'.join(str(position[id(j)]) for j in group)}")
+    )
     trained = train_jobs(
         config,
         model,
         jobs,
         batch_size=cell_batch_size(config, subsets[seeds[0]]),
         pad_to=pad_to,
+        checkpoint_dir=checkpoints,
         on_chunk=_diverged(diverged),
         stop_requested=stop_requested,
     )
@@ -206,6 +213,8 @@ def choose_hyperparameters(
         "selection": protocol_lib.describe(seeds, config.protocol.val_fraction),
     }
     outputs.atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
+    for done in cell_dir.glob(f"selection-{key[:8]}-jobs_*"):
+        shutil.rmtree(done, ignore_errors=True)
     return record
 
 
@@ -288,7 +297,13 @@ def run_cell(
     sources = dict.fromkeys(seeds)
     if cell.source is not None:
         loaded = source_models(
-            config, tasks, cell.source, seeds, out_dir, show_progress=show_progress
+            config,
+            tasks,
+            cell.source,
+            seeds,
+            out_dir,
+            show_progress=show_progress,
+            stop_requested=stop_requested,
         )
         sources = dict(zip(seeds, loaded))
     starts, transfers = {}, {}
@@ -408,7 +423,7 @@ def _write_results(
         "acc_ood": accuracy(model, trained.variables, *tasks.ood_b),
     }
     source = sources[s]
-    if source is not None and cell.reinit_from is None:
+    if source is not None and cell.reinit_from is None and tasks.a is not None:
         # Retention of A: the fine-tuned body with A's own head, on A's test set.
         model_a = model_for(config, tasks.a.num_classes)
         head = model.layer_groups[-1]
@@ -430,6 +445,8 @@ def _write_results(
         "seed_slots": slots_for(config, model),
         "layer_groups": list(model.layer_groups),
         "transfer": None if transfers[s] is None else transfers[s].as_dict(),
+        # The checkpoint file a "pretrained:PATH" source was (None for a model trained on A).
+        "source_model": source_record(config) if cell.source == "a" else None,
         "fingerprint": key,
         "config": config.to_dict(),
     }

@@ -13,15 +13,17 @@ starts from the same weights; the seeds still differ in B's head, subset and bat
 from __future__ import annotations
 
 import functools
+import json
 import math
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 
 from jaxtl.data.fingerprints import file_digests
-from jaxtl.runner.fingerprints import data_fingerprint, fingerprint
+from jaxtl.runner.fingerprints import code_version, data_fingerprint, fingerprint
 from jaxtl.runner.tasks import (
     Tasks,
     file_source,
@@ -42,19 +44,48 @@ from jaxtl.train import (
 from jaxtl.train import checkpoint as ckpt_lib
 
 
+def _key_parts(config: ml_collections.ConfigDict, which: str, slots: int) -> dict:
+    return {
+        "data": config.data.to_dict(),
+        "data_contents": data_fingerprint(config),
+        "model": config.model.to_dict(),
+        "train": config.train_a.to_dict(),
+        "which": which,
+        "bn_policy": config.bn_policy,
+        "slots": slots,
+        "steps_per_call": config.steps_per_call,
+        "compute_dtype": config.compute_dtype,
+    }
+
+
 def source_key(config: ml_collections.ConfigDict, which: str, slots: int) -> str:
     """The cache key of a config's source models on task ``which`` ("a" or "b")."""
-    return fingerprint(
-        data=config.data.to_dict(),
-        data_contents=data_fingerprint(config),
-        model=config.model.to_dict(),
-        train=config.train_a.to_dict(),
-        which=which,
-        bn_policy=config.bn_policy,
-        slots=slots,
-        steps_per_call=config.steps_per_call,
-        compute_dtype=config.compute_dtype,
-    )
+    return fingerprint(**_key_parts(config, which, slots))
+
+
+def _note_why_new(root: Path, parts: dict) -> None:
+    """One line when new source models replace ones that differ only in data or code."""
+    plain = lambda d: json.loads(json.dumps(d, default=str))
+    settings = {k: v for k, v in plain(parts).items() if k != "data_contents"}
+    for other in sorted(root.parent.glob(f"{parts['which']}-*/key.json")):
+        if other.parent == root:
+            continue
+        try:
+            old = json.loads(other.read_text())
+        except (OSError, ValueError):
+            continue
+        if {k: v for k, v in old.items() if k not in ("data_contents", "code")} != settings:
+            continue
+        what = (
+            "the contents of its data"
+            if old.get("data_contents") != settings.get("data_contents", parts["data_contents"])
+            else "jaxtl's code"
+        )
+        outputs.notice(
+            f"source models on {parts['which'].upper()}: {what} changed since {other.parent.name}"
+            f" was trained; training new ones in {root.name} (the old ones are kept)"
+        )
+        return
 
 
 def source_models(
@@ -65,6 +96,7 @@ def source_models(
     out_dir: Path,
     *,
     show_progress: bool | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> list[dict]:
     """The source model of every seed: loaded from the cache, or trained (missing seeds only).
 
@@ -77,13 +109,32 @@ def source_models(
     task = tasks.a if which == "a" else tasks.b
     model = model_for(config, task.num_classes)
     slots = slots_for(config, model)
-    root = out_dir / "sources" / f"{which}-{source_key(config, which, slots)}"
+    parts = _key_parts(config, which, slots)
+    root = out_dir / "sources" / f"{which}-{fingerprint(**parts)}"
     paths = {s: root / f"seed_{s}" for s in seeds}
     missing = [s for s in seeds if not (paths[s] / "model.json").exists()]
     if missing:
-        _train(config, task, model, which, missing, slots, paths, show_progress)
+        if not root.exists():
+            _note_why_new(root, {**parts, "data_contents": parts["data_contents"]})
+        root.mkdir(parents=True, exist_ok=True)
+        key_file = json.dumps({**parts, "code": code_version()}, default=str, sort_keys=True)
+        outputs.atomic_write_text(root / "key.json", key_file + "\n")
+        _train(config, task, model, which, missing, slots, paths, show_progress, stop_requested)
     template = init_variables(model, seeds[0], task.x_train)
-    return [_load(str(paths[s]), template) for s in seeds]
+    loaded = {}
+    for s in seeds:
+        try:
+            loaded[s] = _load(str(paths[s]), template)
+        except ckpt_lib.CheckpointCorruptError as e:
+            # The cache is ours: a damaged entry is set aside and trained again (seed slots are
+            # fixed, so it comes back with the same bits).
+            damaged = paths[s].with_name(f".damaged-{paths[s].name}")
+            shutil.rmtree(damaged, ignore_errors=True)
+            shutil.move(str(paths[s]), str(damaged))
+            outputs.notice(f"cached source model {paths[s]} is unreadable ({e}); retraining it")
+            _train(config, task, model, which, [s], slots, paths, show_progress, stop_requested)
+            loaded[s] = _load(str(paths[s]), template)
+    return [loaded[s] for s in seeds]
 
 
 def source_record(config: ml_collections.ConfigDict) -> dict | None:
@@ -128,14 +179,14 @@ def _load(path: str, template: dict) -> dict:
     return _LOADED[path]
 
 
-def _train(config, task, model, which, seeds, slots, paths, show_progress) -> None:
+def _train(config, task, model, which, seeds, slots, paths, show_progress, stop_requested) -> None:
     """Trains the missing source seeds in groups of ``slots`` and saves each one."""
     train = config.train_a
     batch_size = min(train.batch_size, len(task.y_train))
     groups = [seeds[i : i + slots] for i in range(0, len(seeds), slots)]
     bar = outputs.progress(
         train.steps * len(groups),
-        desc=f"source models on {which.upper()} ({len(seeds)} seeds)",
+        desc=f"source models on {which.upper()} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
         disable=None if show_progress is None else not show_progress,
     )
     for group in groups:
@@ -177,7 +228,7 @@ def _train(config, task, model, which, seeds, slots, paths, show_progress) -> No
             bn_policy=config.bn_policy,
             steps_per_call=config.steps_per_call,
             compute_dtype=config.compute_dtype or None,
-            callbacks=Callbacks(on_chunk=on_chunk),
+            callbacks=Callbacks(on_chunk=on_chunk, stop_requested=stop_requested),
         )
         for i, s in enumerate(group):
             ckpt_lib.save_variables(

@@ -318,6 +318,172 @@ def run_phases(
       ...                  ds.x_train, ds.y_train, total_steps=500, batch_size=64)  # doctest: +SKIP
     """
     callbacks = callbacks or Callbacks()
+    run = _prepare(
+        model,
+        variables,
+        strategy,
+        tx,
+        x,
+        y,
+        total_steps=total_steps,
+        batch_size=batch_size,
+        seed=seed,
+        seeds=seeds,
+        lr=lr,
+        sizes=sizes,
+        bn_policy=bn_policy,
+        steps_per_call=steps_per_call,
+        compute_dtype=compute_dtype,
+        reference=reference,
+        cache_features=cache_features,
+        mesh=mesh,
+        pad_to=pad_to,
+    )
+    restored = _resume_point(
+        checkpointer,
+        lambda s: jax.eval_shape(lambda: run.fresh_state(run.layout.phase_of(s), run.variables, s)),
+    )
+    if callbacks.on_resume is not None:
+        callbacks.on_resume(None if restored is None else restored[0])
+
+    out = PhaseRun({}, None, [], {}, {}, {}, {})
+    variables, state, step, previous = run.variables, None, 0, None
+    for index, phase in enumerate(run.layout.phases):
+        if run.layout.budgets[index] <= 0:
+            continue
+        entry = _enter_phase(run, index, variables, step, restored, previous, out)
+        if entry is None:  # finished before the checkpoint
+            step = run.layout.ends[index]
+            if restored is not None and restored[0] == step:
+                state = restored[1]
+                variables = state.variables
+                previous = (phase.name, run.plans[index], state.opt_state)
+            continue
+        state, step, variables, inputs = entry
+        if callbacks.on_phase_start is not None:
+            callbacks.on_phase_start(phase.name, run.view(state))
+        state, step = _train_chunks(
+            out.steps[phase.name],
+            state,
+            (inputs, run.y_device, run.rng),
+            phase=phase.name,
+            step=step,
+            end=run.layout.ends[index],
+            schedule=run.batches,
+            steps_per_call=steps_per_call,
+            slotted=run.slotted,
+            history=out.history,
+            checkpointer=checkpointer,
+            callbacks=callbacks,
+        )
+        if callbacks.on_phase_end is not None:
+            callbacks.on_phase_end(phase.name, run.view(state))
+        variables = state.variables
+        previous = (phase.name, run.plans[index], state.opt_state)
+    if state is None:
+        raise StrategyError(f"total_steps={total_steps} gives every phase 0 steps; raise it")
+    out.variables, out.state = run.view(dict(variables)), run.view(state)
+    return out
+
+
+@dataclasses.dataclass
+class _Run:
+    """What every phase of one :func:`run_phases` call shares (models on a leading slot axis)."""
+
+    model: nn.Module
+    layout: _Layout
+    plans: list[FreezePlan]
+    base: Callable[[Any], optax.GradientTransformation]
+    lrs: list[float]
+    seeds: list[int]
+    sizes: list[int]
+    slotted: bool
+    variables: PyTree
+    reference: PyTree
+    x_host: np.ndarray
+    x_device: jax.Array
+    y_device: jax.Array
+    rng: jax.Array
+    pad_to: int | None
+    batch_size: int
+    bn_policy: str
+    total_steps: int
+    compute_dtype: Any
+    cache_features: bool
+    mesh: Mesh | None
+
+    def phase_step(self, index: int, start: int) -> PhaseStep:
+        """The :class:`PhaseStep` of phase ``index`` running from group ``start``."""
+        phase = self.layout.phases[index]
+        return PhaseStep(
+            self.model,
+            self.plans[index],
+            self.base,
+            bn_policy=phase.bn_policy or self.bn_policy,
+            l2sp=phase.uses_l2sp,
+            group_decay=phase.uses_group_decay,
+            group_lr=phase.group_lr,
+            first_step=self.layout.begin(index),
+            total_steps=self.total_steps,
+            compute_dtype=self.compute_dtype,
+            start=start,
+            mesh=self.mesh,
+        )
+
+    def fresh_state(self, index: int, variables: PyTree, step: int) -> TrainState:
+        """A new state for phase ``index`` in every slot, starting at global ``step``."""
+        one = self.phase_step(index, 0)
+        hp = _slot_hparams(self.layout, index, self.lrs)
+        create = lambda v, r, h: one.init_state(v, h, r, step)
+        return jax.vmap(create)(variables, self.reference, hp)
+
+    def view(self, tree: PyTree) -> PyTree:
+        """What the caller gave: the slot axis removed for a single model."""
+        return tree if self.slotted else unstack_tree(tree, 0)
+
+    def for_each_slot(self, fn: Callable[[PyTree, np.ndarray], Any], variables: PyTree) -> Any:
+        """Applies a per-model host function (AdaBN, feature caching) to every slot."""
+        return stack_trees(
+            [fn(unstack_tree(variables, i), self.x_host[i]) for i in range(len(self.seeds))]
+        )
+
+    def pad(self, a: np.ndarray) -> np.ndarray:
+        return np.stack([_pad_rows(row, self.pad_to) for row in a])
+
+    def batches(self, step: int, num_steps: int) -> np.ndarray:
+        """Every slot's index batches for ``num_steps`` steps from global ``step``."""
+        return np.stack(
+            [
+                batch_schedule(n, self.batch_size, seed, step, num_steps)
+                for n, seed in zip(self.sizes, self.seeds)
+            ]
+        )
+
+
+def _prepare(
+    model,
+    variables,
+    strategy,
+    tx,
+    x,
+    y,
+    *,
+    total_steps,
+    batch_size,
+    seed,
+    seeds,
+    lr,
+    sizes,
+    bn_policy,
+    steps_per_call,
+    compute_dtype,
+    reference,
+    cache_features,
+    mesh,
+    pad_to,
+) -> _Run:
+    """Checks :func:`run_phases`' arguments and lays out its run (phases, plans, slots, data)."""
+    del steps_per_call
     check_bn_policy(bn_policy)
     slotted = seeds is not None
     seed_list = list(seeds) if slotted else [seed]
@@ -335,8 +501,7 @@ def run_phases(
     lrs = list(lr) if isinstance(lr, Sequence) else [HPARAM_DEFAULTS["lr"] if lr is None else lr]
     lrs = lrs * num_slots if len(lrs) == 1 else lrs
     layout = _layout(strategies, model.layer_groups, total_steps)
-
-    # Everything below works on a leading slot axis; a single model gets one of size 1.
+    # Everything works on a leading slot axis; a single model gets one of size 1.
     lift = (lambda tree: tree) if slotted else (lambda tree: stack_trees([tree]))
     variables = lift(dict(variables))
     if reference is None and any(p.uses_l2sp for p in layout.phases):
@@ -346,132 +511,87 @@ def run_phases(
     x_host = np.asarray(x) if slotted else np.asarray(x)[None]
     y_host = np.asarray(y) if slotted else np.asarray(y)[None]
     n_rows = y_host.shape[1]
-    sizes = list(sizes) if sizes is not None else [n_rows] * num_slots
     if pad_to is not None and pad_to < n_rows:
         raise ValueError(f"pad_to={pad_to} is smaller than the {n_rows} training examples")
     pad = lambda a: np.stack([_pad_rows(row, pad_to) for row in a])
     # Host arrays in, so every process of a multi-host run builds the same replicated copy.
     x_device, y_device = sharding.put_replicated(mesh, (pad(x_host), pad(y_host)))
-    rng = jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in seed_list])
     one_params = unstack_tree(variables["params"], 0)
-    plans = [freeze.plan(one_params, p.rules(model.layer_groups)) for p in layout.phases]
-    base = as_base_optimizer(tx)
-
-    def phase_step(index: int, start: int) -> PhaseStep:
-        phase = layout.phases[index]
-        return PhaseStep(
-            model,
-            plans[index],
-            base,
-            bn_policy=phase.bn_policy or bn_policy,
-            l2sp=phase.uses_l2sp,
-            group_decay=phase.uses_group_decay,
-            group_lr=phase.group_lr,
-            first_step=layout.begin(index),
-            total_steps=total_steps,
-            compute_dtype=compute_dtype,
-            start=start,
-            mesh=mesh,
-        )
-
-    def fresh_state(index: int, variables: PyTree, step: int) -> TrainState:
-        one = phase_step(index, 0)
-        hp = _slot_hparams(layout, index, lrs)
-        create = lambda v, r, h: one.init_state(v, h, r, step)
-        return jax.vmap(create)(variables, reference, hp)
-
-    def view(state: TrainState) -> TrainState:
-        return state if slotted else unstack_tree(state, 0)
-
-    def for_each_slot(fn, variables, xs):
-        """Applies a per-model host function (AdaBN, feature caching) to every slot."""
-        outs = [fn(unstack_tree(variables, i), xs[i]) for i in range(num_slots)]
-        return stack_trees(outs)
-
-    restored = _resume_point(
-        checkpointer,
-        lambda s: jax.eval_shape(lambda: fresh_state(layout.phase_of(s), variables, s)),
+    return _Run(
+        model=model,
+        layout=layout,
+        plans=[freeze.plan(one_params, p.rules(model.layer_groups)) for p in layout.phases],
+        base=as_base_optimizer(tx),
+        lrs=lrs,
+        seeds=seed_list,
+        sizes=list(sizes) if sizes is not None else [n_rows] * num_slots,
+        slotted=slotted,
+        variables=variables,
+        reference=reference,
+        x_host=x_host,
+        x_device=x_device,
+        y_device=y_device,
+        rng=jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in seed_list]),
+        pad_to=pad_to,
+        batch_size=batch_size,
+        bn_policy=bn_policy,
+        total_steps=total_steps,
+        compute_dtype=compute_dtype,
+        cache_features=cache_features,
+        mesh=mesh,
     )
-    resume_step = restored[0] if restored is not None else None
-    if callbacks.on_resume is not None:
-        callbacks.on_resume(resume_step)
 
-    history: list[dict[str, Any]] = []
-    ran_plans: dict[str, FreezePlan] = {}
-    carried: dict[str, tuple[str, ...]] = {}
-    cached: dict[str, int] = {}
-    steps: dict[str, PhaseStep] = {}
-    state: TrainState | None = None
-    previous: tuple[str, FreezePlan, PyTree] | None = None
-    previous_policy = None
-    step = 0
-    for index, phase in enumerate(layout.phases):
-        if layout.budgets[index] <= 0:
-            continue
-        plan, end = plans[index], layout.ends[index]
-        policy = phase.bn_policy or bn_policy
-        start = features_lib.can_cache(plan, model.layer_groups, policy) if cache_features else 0
-        ran_plans[phase.name], cached[phase.name] = plan, start
-        steps[phase.name] = phase_step(index, start)
-        if resume_step is not None and resume_step >= end:
-            # Finished before the checkpoint: only its plan (for the carry-over) matters.
-            step = end
-            previous_policy = policy
-            if resume_step == end:
-                state = restored[1]
-                variables = state.variables
-                previous = (phase.name, plan, state.opt_state)
-            continue
-        if resume_step is not None and layout.begin(index) < resume_step:
-            state, step = restored[1], resume_step  # resumed inside this phase
-            variables = state.variables
-        else:
-            if policy == "adabn" and previous_policy != "adabn":
-                variables = for_each_slot(
-                    lambda v, xs: adabn(model, v, xs, batch_size), variables, x_host
-                )
-            state = fresh_state(index, variables, step)
-            if previous is not None:
-                name, previous_plan, previous_opt_state = previous
-                opt_state, carried[f"{name}->{phase.name}"] = carry_optimizer_state(
-                    previous_opt_state, previous_plan, state.opt_state, plan
-                )
-                state = state.replace(opt_state=opt_state)
-        previous_policy = policy
-        inputs = x_device
-        if start:
-            features = for_each_slot(
-                functools.partial(features_lib.compute_features, model, stop=start),
-                variables,
-                x_host,
-            )
-            inputs = sharding.put_replicated(mesh, pad(np.asarray(features)))
-        state = sharding.put_replicated(mesh, state)
-        if callbacks.on_phase_start is not None:
-            callbacks.on_phase_start(phase.name, view(state))
-        state, step = _train_chunks(
-            steps[phase.name],
-            state,
-            (inputs, y_device, rng),
-            phase=phase.name,
-            step=step,
-            end=end,
-            schedule=lambda s, k: np.stack(
-                [batch_schedule(n, batch_size, sd, s, k) for n, sd in zip(sizes, seed_list)]
-            ),
-            steps_per_call=steps_per_call,
-            slotted=slotted,
-            history=history,
-            checkpointer=checkpointer,
-            callbacks=callbacks,
-        )
-        if callbacks.on_phase_end is not None:
-            callbacks.on_phase_end(phase.name, view(state))
+
+def _enter_phase(
+    run: _Run,
+    index: int,
+    variables: PyTree,
+    step: int,
+    restored: tuple[int, TrainState] | None,
+    previous: tuple[str, FreezePlan, PyTree] | None,
+    out: PhaseRun,
+) -> tuple[TrainState, int, PyTree, jax.Array] | None:
+    """Phase ``index``'s starting point: ``(state, step, variables, inputs)``, or None when the
+    phase finished before the checkpoint the run resumes from.
+
+    A fresh phase gets a new state (AdaBN first when its policy asks), the optimizer state of
+    leaves trainable before and now carried over, and its feature cache when its frozen prefix
+    is deterministic; a phase the checkpoint lies inside continues from the checkpoint.
+    """
+    phase, plan = run.layout.phases[index], run.plans[index]
+    policy = phase.bn_policy or run.bn_policy
+    start = (
+        features_lib.can_cache(plan, run.model.layer_groups, policy) if run.cache_features else 0
+    )
+    out.plans[phase.name], out.cached_groups[phase.name] = plan, start
+    out.steps[phase.name] = run.phase_step(index, start)
+    resume_step = None if restored is None else restored[0]
+    if resume_step is not None and resume_step >= run.layout.ends[index]:
+        return None
+    if resume_step is not None and run.layout.begin(index) < resume_step:
+        state, step = restored[1], resume_step  # resumed inside this phase
         variables = state.variables
-        previous = (phase.name, plan, state.opt_state)
-    if state is None:
-        raise StrategyError(f"total_steps={total_steps} gives every phase 0 steps; raise it")
-    return PhaseRun(view(dict(variables)), view(state), history, ran_plans, carried, cached, steps)
+    else:
+        earlier = [p for i, p in enumerate(run.layout.phases[:index]) if run.layout.budgets[i] > 0]
+        previous_policy = (earlier[-1].bn_policy or run.bn_policy) if earlier else None
+        if policy == "adabn" and previous_policy != "adabn":
+            variables = run.for_each_slot(
+                lambda v, xs: adabn(run.model, v, xs, run.batch_size), variables
+            )
+        state = run.fresh_state(index, variables, step)
+        if previous is not None:
+            name, previous_plan, previous_opt_state = previous
+            opt_state, out.carried[f"{name}->{phase.name}"] = carry_optimizer_state(
+                previous_opt_state, previous_plan, state.opt_state, plan
+            )
+            state = state.replace(opt_state=opt_state)
+    inputs = run.x_device
+    if start:
+        features = run.for_each_slot(
+            functools.partial(features_lib.compute_features, run.model, stop=start), variables
+        )
+        inputs = sharding.put_replicated(run.mesh, run.pad(np.asarray(features)))
+    return sharding.put_replicated(run.mesh, state), step, variables, inputs
 
 
 def _resume_point(
