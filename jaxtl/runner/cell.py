@@ -293,7 +293,51 @@ def run_cell(
     if not todo:
         return [run_dirs[s].read_results() for s in seeds]
 
-    # Every seed's starting point (the selection averages over all of them).
+    sources, starts, transfers = _starting_points(
+        config, cell, tasks, model, seeds, out_dir, show_progress, stop_requested
+    )
+    subsets = {s: data_lib.few_shot(tasks.b, cell.n_per_class, seed=s) for s in seeds}
+    pad_to = len(tasks.b.y_train)
+    selection = None
+    if config.protocol.name == "tuned":
+        selection = choose_hyperparameters(
+            config,
+            cell,
+            model,
+            starts,
+            subsets,
+            sources,
+            (tasks.b.x_test, tasks.b.y_test),
+            cell_dir,
+            key,
+            pad_to,
+            stop_requested,
+        )
+    setting = selection["selected"] if selection else {"lr": float(config.train_b.lr)}
+    jobs = [_job(cell, s, setting, subsets[s], starts[s], sources[s]) for s in todo]
+    batch_size = cell_batch_size(config, subsets[todo[0]])
+    trained = _train_final(
+        config,
+        model,
+        jobs,
+        run_dirs,
+        cell_dir / f"checkpoints-{key[:8]}",
+        batch_size,
+        pad_to,
+        stop_requested,
+    )
+    for t in trained:
+        _write_results(
+            config, cell, model, tasks, t, sources, transfers, selection, run_dirs, key, batch_size
+        )
+    return [run_dirs[s].read_results() for s in seeds]
+
+
+def _starting_points(config, cell, tasks, model, seeds, out_dir, show_progress, stop_requested):
+    """Every seed's source model (or None), starting variables and transfer report.
+
+    All seeds, finished or not: the tuned protocol's selection averages over every one of them.
+    """
     sources = dict.fromkeys(seeds)
     if cell.source is not None:
         loaded = source_models(
@@ -310,31 +354,16 @@ def run_cell(
     for s in seeds:
         init = init_variables(model, 1000 + s, tasks.b.x_train)
         starts[s], transfers[s] = starting_variables(config, cell, model, init, sources[s])
-    subsets = {s: data_lib.few_shot(tasks.b, cell.n_per_class, seed=s) for s in seeds}
-    pad_to = len(tasks.b.y_train)
-    test = (tasks.b.x_test, tasks.b.y_test)
+    return sources, starts, transfers
 
-    selection = None
-    if config.protocol.name == "tuned":
-        selection = choose_hyperparameters(
-            config,
-            cell,
-            model,
-            starts,
-            subsets,
-            sources,
-            test,
-            cell_dir,
-            key,
-            pad_to,
-            stop_requested,
-        )
-    setting = selection["selected"] if selection else {"lr": float(config.train_b.lr)}
 
-    jobs = [_job(cell, s, setting, subsets[s], starts[s], sources[s]) for s in todo]
-    batch_size = cell_batch_size(config, subsets[todo[0]])
-    checkpoints = lambda group: (
-        cell_dir / (f"checkpoints-{key[:8]}-seeds_{'_'.join(str(j.seed) for j in group)}")
+def _train_final(
+    config, model, jobs, run_dirs, checkpoint_prefix: Path, batch_size, pad_to, stop_requested
+) -> list[Trained]:
+    """The final runs, logged to each seed's metrics.jsonl; a NaN loss stops with the last
+    good checkpoint named."""
+    checkpoints = lambda group: checkpoint_prefix.with_name(
+        f"{checkpoint_prefix.name}-seeds_{'_'.join(str(j.seed) for j in group)}"
     )
 
     def on_chunk(group, record):
@@ -356,7 +385,7 @@ def run_cell(
         for job in group:
             run_dirs[job.seed].truncate_after(step)
 
-    trained = train_jobs(
+    return train_jobs(
         config,
         model,
         jobs,
@@ -367,11 +396,6 @@ def run_cell(
         on_resume=on_resume,
         stop_requested=stop_requested,
     )
-    for t in trained:
-        _write_results(
-            config, cell, model, tasks, t, sources, transfers, selection, run_dirs, key, batch_size
-        )
-    return [run_dirs[s].read_results() for s in seeds]
 
 
 def _write_results(

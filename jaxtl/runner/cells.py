@@ -89,91 +89,106 @@ def experiment_cells(config: ml_collections.ConfigDict, layer_groups: Sequence[s
         ("dataset_b", config.data.b or config.data.a),
         ("model", config.model.name),
     )
+    build = {
+        "strategies": _strategy_cells,
+        "cross_domain": _strategy_cells,
+        "yosinski": _yosinski_cells,
+        "surgical": _surgical_cells,
+    }[config.experiment]
+    return build(config, layer_groups, common)
+
+
+def _strategy_cells(config, layer_groups, common) -> list[Cell]:
+    """Every strategy x data size (strategies, cross_domain); tuned knobs left to the protocol."""
     options = lambda name: tuple(sorted(dict(config.strategy_options.get(name, {})).items()))
     cells = []
-    if config.experiment in TUNABLE_EXPERIMENTS:
-        for name in config.strategies:
-            knobs = tuned_knobs(config, name)
-            fixed = tuple((k, v) for k, v in options(name) if k not in knobs)
-            for n in config.n_per_class:
-                extra = (("n_per_class", n),) + tuple(
-                    (k, v) for k, v in fixed if k in ("k", "group")
+    for name in config.strategies:
+        knobs = tuned_knobs(config, name)
+        fixed = tuple((k, v) for k, v in options(name) if k not in knobs)
+        for n in config.n_per_class:
+            extra = (("n_per_class", n),) + tuple((k, v) for k, v in fixed if k in ("k", "group"))
+            cells.append(
+                Cell(
+                    config.experiment,
+                    name,
+                    name,
+                    fixed,
+                    source=None if name == "scratch" else "a",
+                    n_per_class=n,
+                    report_params=common + extra,
+                    tuned_knobs=knobs,
                 )
-                cells.append(
-                    Cell(
-                        config.experiment,
-                        name,
-                        name,
-                        fixed,
-                        source=None if name == "scratch" else "a",
-                        n_per_class=n,
-                        report_params=common + extra,
-                        tuned_knobs=knobs,
-                    )
-                )
-    elif config.experiment == "yosinski":
-        y = config.yosinski
-        n = y.n_per_class
-        cells.append(
-            Cell(
-                "yosinski",
-                "baseB",
-                "scratch",
-                source=None,
-                n_per_class=n,
-                report_params=common + (("n_per_class", n),),
             )
+    return cells
+
+
+def _yosinski_cells(config, layer_groups, common) -> list[Cell]:
+    """baseB, then AnB, AnB+, BnB, BnB+ at every transfer depth."""
+    cells = []
+    y = config.yosinski
+    n = y.n_per_class
+    cells.append(
+        Cell(
+            "yosinski",
+            "baseB",
+            "scratch",
+            source=None,
+            n_per_class=n,
+            report_params=common + (("n_per_class", n),),
         )
-        for condition in y.conditions:
-            _check_choice("yosinski condition", condition, YOSINSKI_CONDITIONS)
-            for depth in y.depths:
-                if not 1 <= depth < len(layer_groups):
-                    raise ConfigError(
-                        f"yosinski depth {depth} is out of range; choose 1.."
-                        f"{len(layer_groups) - 1} for groups {', '.join(layer_groups)}"
-                    )
-                frozen = not condition.endswith("+")
-                strategy, opts = ("freeze_first_k", (("k", depth),)) if frozen else ("full_ft", ())
-                cells.append(
-                    Cell(
-                        "yosinski",
-                        condition,
-                        strategy,
-                        opts,
-                        source=condition[0].lower(),
-                        reinit_from=depth,
-                        n_per_class=n,
-                        report_params=common + (("depth", depth), ("n_per_class", n)),
-                    )
+    )
+    for condition in y.conditions:
+        _check_choice("yosinski condition", condition, YOSINSKI_CONDITIONS)
+        for depth in y.depths:
+            if not 1 <= depth < len(layer_groups):
+                raise ConfigError(
+                    f"yosinski depth {depth} is out of range; choose 1.."
+                    f"{len(layer_groups) - 1} for groups {', '.join(layer_groups)}"
                 )
-    elif config.experiment == "surgical":
-        if not config.shifts:
-            raise ConfigError(
-                "surgical needs config.shifts, e.g. {'invert': {'level': 'input',"
-                " 'shift': 'invert'}}"
+            frozen = not condition.endswith("+")
+            strategy, opts = ("freeze_first_k", (("k", depth),)) if frozen else ("full_ft", ())
+            cells.append(
+                Cell(
+                    "yosinski",
+                    condition,
+                    strategy,
+                    opts,
+                    source=condition[0].lower(),
+                    reinit_from=depth,
+                    n_per_class=n,
+                    report_params=common + (("depth", depth), ("n_per_class", n)),
+                )
             )
-        n = config.n_per_class[0]
-        for shift_name, spec in config.shifts.items():
-            _check_choice("shift level", spec.get("level", ""), SHIFT_LEVELS)
-            base = common + (("shift", shift_name), ("level", spec["level"]), ("n_per_class", n))
-            for group in layer_groups:
-                cells.append(
-                    Cell(
-                        "surgical",
-                        "surgical",
-                        "surgical",
-                        (("group", group), ("train_head", False)),
-                        n_per_class=n,
-                        shift=shift_name,
-                        report_params=base + (("tuned_group", group),),
-                    )
+    return cells
+
+
+def _surgical_cells(config, layer_groups, common) -> list[Cell]:
+    """Per shift: one cell per single tuned group, and the full_ft / linear_probe references."""
+    cells = []
+    if not config.shifts:
+        raise ConfigError(
+            "surgical needs config.shifts, e.g. {'invert': {'level': 'input', 'shift': 'invert'}}"
+        )
+    n = config.n_per_class[0]
+    for shift_name, spec in config.shifts.items():
+        _check_choice("shift level", spec.get("level", ""), SHIFT_LEVELS)
+        base = common + (("shift", shift_name), ("level", spec["level"]), ("n_per_class", n))
+        for group in layer_groups:
+            cells.append(
+                Cell(
+                    "surgical",
+                    "surgical",
+                    "surgical",
+                    (("group", group), ("train_head", False)),
+                    n_per_class=n,
+                    shift=shift_name,
+                    report_params=base + (("tuned_group", group),),
                 )
-            for name in ("full_ft", "linear_probe"):
-                cells.append(
-                    Cell(
-                        "surgical", name, name, n_per_class=n, shift=shift_name, report_params=base
-                    )
-                )
+            )
+        for name in ("full_ft", "linear_probe"):
+            cells.append(
+                Cell("surgical", name, name, n_per_class=n, shift=shift_name, report_params=base)
+            )
     return cells
 
 
