@@ -116,8 +116,8 @@ def engine_seeds_checks(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
             entry["loop_vs_alone"],
             "<=",
             LOOP_VS_ALONE,
-            f"per step inside the engine's loop ({entry['engine_slots']} slots) / the same"
-            " program jitted and called alone",
+            f"per step inside the engine's loop ({entry['engine_slots']}-slot program) / the"
+            " same program jitted and called alone",
         ),
     ]
 
