@@ -11,7 +11,6 @@ jaxtl bench --json bench.json
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import os
 import signal
@@ -19,6 +18,8 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from jaxtl.config import parse_value
 
 # Errors that come from what the user typed or pointed at: printed as one line, no traceback.
 # JAXTL_DEBUG=1 re-raises them for a traceback.
@@ -100,10 +101,7 @@ def _parse_option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise ValueError(f"option {text!r} is not of the form name=value, e.g. k=2")
     key, value = text.split("=", 1)
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
+    return key, parse_value(value)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -180,7 +178,7 @@ def _parse_rule(text: str) -> tuple[str, object]:
     pattern, _, setting = text.rpartition("=")
     if not pattern:
         raise ValueError(f"rule {text!r} is not PATTERN=SETTING, e.g. 'head/.*={{}}' or '.*=None'")
-    return pattern, ast.literal_eval(setting)
+    return pattern, parse_value(setting)
 
 
 def _cmd_bench(args: argparse.Namespace, rest: Sequence[str]) -> int:

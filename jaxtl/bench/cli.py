@@ -8,7 +8,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import ast
 import functools
 import json
 import os
@@ -20,16 +19,14 @@ from typing import Any
 from jaxtl import models
 from jaxtl.bench.report import format_report
 from jaxtl.bench.suite import DTYPES, SIZES, run_benchmark
+from jaxtl.config import parse_value
 
 
 def _model_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as widths=16,32, got {text!r}")
     key, raw = text.split("=", 1)
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
+    value = parse_value(raw)
     return key.strip(), tuple(value) if isinstance(value, list) else value
 
 
