@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from jaxtl import runner
-from jaxtl.config import apply_overrides, load_config
+from jaxtl.config import ConfigError, apply_overrides, load_config
 
 TINY = [
     "seeds=[0,1]",
@@ -136,3 +136,21 @@ def test_gpu_configs_take_their_first_steps_on_mock_tfds(tmp_path, name):
         runner.run_experiment(config, tmp_path, show_progress=False)
     [result] = [json.loads(p.read_text()) for p in tmp_path.glob("runs/*/seed_0/results.json")]
     assert result["metrics"]["trainable_params"] < result["metrics"]["total_params"]
+
+
+def test_an_experiment_that_sets_an_unknown_field_is_one_line(tmp_path):
+    path = tmp_path / "typo.py"
+    path.write_text(
+        "from jaxtl.defaults import base_config\n"
+        "def get_config():\n"
+        "    c = base_config()\n"
+        "    c.train_b.stpes = 10\n"
+        "    return c\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        runner.run_experiment(load_config(str(path)), tmp_path / "out")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("experiment 'strategies': unknown config field 'train_b.stpes'")
+    assert "(did you mean 'steps'?)" in message
+    assert not (tmp_path / "out" / "runs").exists()

@@ -28,6 +28,7 @@ from jaxtl.runner.cell import notice, run_cell
 from jaxtl.runner.cells import TUNABLE_EXPERIMENTS, Cell, experiment_cells
 from jaxtl.runner.protocol import check_protocol
 from jaxtl.runner.tasks import Tasks, build_tasks, file_source, model_for, with_file_source
+from jaxtl.suggest import did_you_mean
 from jaxtl.train import Interrupted, get_strategy, outputs
 from jaxtl.train.sharding import maybe_initialize_distributed
 from jaxtl.train.steps import check_bn_policy
@@ -146,6 +147,7 @@ def run_experiment(
     out_dir = Path(out_dir)
     outputs.RunDir(out_dir)  # validates the output directory before any work
     # A checkpoint source decides each part's model before anything is built or fingerprinted.
+    check_fields(config)
     parts = [with_file_source(part) for part in expand_parts(config)]
     jobs: list[tuple[ml_collections.ConfigDict, Cell]] = []
     for part in parts:
@@ -270,6 +272,32 @@ def _shape(shape: Sequence[int]) -> str:
     return "x".join(str(n) for n in shape)
 
 
+# Groups whose fields are fixed by the defaults (the others hold free-form dicts: options,
+# strategy_options, shifts, protocol.knobs, ...).
+_FIXED_GROUPS = ("", "data", "train_a", "train_b", "protocol", "yosinski", "distributed")
+
+
+def check_fields(config: ml_collections.ConfigDict) -> None:
+    """A config that sets a field the runner does not know (a typo in an experiment file, a
+    removed option) fails in one line instead of being ignored."""
+    defaults = base_config()
+    for group in _FIXED_GROUPS:
+        have = config.get(group) if group else config
+        known = defaults.get(group) if group else defaults
+        if not isinstance(have, ml_collections.ConfigDict) or known is None:
+            continue
+        for key in have:
+            if key not in known:
+                name = f"{group}.{key}" if group else key
+                choices = sorted(known.keys())
+                raise ConfigError(
+                    f"experiment {config.get('experiment', '?')!r}: unknown config field {name!r}{did_you_mean(key, choices)};"
+                    f" fields: {', '.join(choices)}"
+                )
+
+
+
+
 def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in config.items():
@@ -305,6 +333,7 @@ def expand_parts(config: ml_collections.ConfigDict) -> list[ml_collections.Confi
     parts = []
     for name in config.parts:
         part = load_config(name)
+        check_fields(part)
         with part.unlocked():
             for key, value in shared.items():
                 _set(part, key, value)
