@@ -296,8 +296,6 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
                 )
 
 
-
-
 def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in config.items():
