@@ -509,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model=args.model,
         experiment=EXPERIMENTS[args.model],
         set=list(args.set),
+        config=config.to_dict(),
         date=datetime.datetime.now().isoformat(timespec="seconds"),
         machine=f"{platform.node()} {platform.processor() or platform.machine()}",
         cpus=os.cpu_count(),
