@@ -22,6 +22,11 @@ def get_config():
     config.strategies = ["scratch", "linear_probe", "freeze_first_k", "full_ft"]
     config.n_per_class = [5, 20]
     config.protocol.knobs = {}
+    # Fits the budget of the main job. In 300-step runs (2026-11-29, 5 seeds, both sizes) full_ft,
+    # freeze_first_k and scratch had reached train accuracy >= 0.94 by step 100 and 1.0 by 200;
+    # the linear probe was still rising (0.81 at 200, 0.85 at 300), which the README notes.
+    config.train_b.steps = 200
+    config.train_a.steps = 400
     return config
 
 
