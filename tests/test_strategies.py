@@ -19,7 +19,7 @@ from jaxtl.train import (
     Strategy,
     StrategyError,
     adabn,
-    can_cache,
+    cacheable_groups,
     checkpoint,
     get_strategy,
     phase_steps,
@@ -137,15 +137,15 @@ def test_feature_cache_gives_the_uncached_linear_probe(setup):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_can_cache_needs_a_deterministic_frozen_prefix(setup):
+def test_cacheable_groups_need_a_deterministic_frozen_prefix(setup):
     model, _, _, variables = setup
     lp = freeze.plan(variables["params"], [("head/.*", {}), (".*", None)])
-    assert can_cache(lp, model.layer_groups, "frozen") == 2
-    assert can_cache(lp, model.layer_groups, "adabn") == 2
-    assert can_cache(lp, model.layer_groups, "train") == 0
-    assert can_cache(lp, model.layer_groups, "frozen", augment=True) == 0
+    assert cacheable_groups(lp, model.layer_groups, "frozen") == 2
+    assert cacheable_groups(lp, model.layer_groups, "adabn") == 2
+    assert cacheable_groups(lp, model.layer_groups, "train") == 0
+    assert cacheable_groups(lp, model.layer_groups, "frozen", augment=True) == 0
     surgical0 = freeze.plan(variables["params"], [("layer0/.*", {}), ("head/.*", {}), (".*", None)])
-    assert can_cache(surgical0, model.layer_groups, "frozen") == 0
+    assert cacheable_groups(surgical0, model.layer_groups, "frozen") == 0
 
 
 def test_adabn_phase_reestimates_frozen_statistics(setup):

@@ -17,7 +17,7 @@ from jaxtl.train.driver import (
     stack_trees,
     unstack_tree,
 )
-from jaxtl.train.features import can_cache, compute_features, frozen_prefix
+from jaxtl.train.features import cacheable_groups, compute_features, frozen_prefix
 from jaxtl.train.phase import AdamW, FixedTx, PhaseStep, hparams
 from jaxtl.train.schedules import GroupCosineDecay, scale_by_group_decay, scale_by_group_schedule
 from jaxtl.train.sharding import maybe_initialize_distributed, put_replicated, shard_batch
@@ -65,7 +65,7 @@ __all__ = [
     "adabn",
     "batch_schedule",
     "build_step",
-    "can_cache",
+    "cacheable_groups",
     "carry_optimizer_state",
     "check_bn_policy",
     "compute_features",

@@ -301,7 +301,7 @@ def run_phases(
       compute_dtype: e.g. ``jnp.bfloat16`` (float32 master weights).
       reference: L2-SP anchor; defaults to ``variables["params"]`` (A's weights).
       cache_features: when a phase's frozen prefix is deterministic (see
-        :func:`jaxtl.train.features.can_cache`), compute its output once and train the
+        :func:`jaxtl.train.features.cacheable_groups`), compute its output once and train the
         remaining groups on the cache.
       mesh: data-parallel mesh (:func:`jaxtl.train.sharding.data_mesh`); one slot only.
       checkpointer: saves the state when :meth:`~jaxtl.train.checkpoint.Checkpointer.due` after
@@ -572,7 +572,9 @@ def _enter_phase(
     phase, plan = run.layout.phases[index], run.plans[index]
     policy = phase.bn_policy or run.bn_policy
     start = (
-        features_lib.can_cache(plan, run.model.layer_groups, policy) if run.cache_features else 0
+        features_lib.cacheable_groups(plan, run.model.layer_groups, policy)
+        if run.cache_features
+        else 0
     )
     out.plans[phase.name], out.cached_groups[phase.name] = plan, start
     out.steps[phase.name] = run.phase_step(index, start)

@@ -38,7 +38,7 @@ def frozen_prefix(plan: FreezePlan, layer_groups: Sequence[str]) -> int:
     return k
 
 
-def can_cache(
+def cacheable_groups(
     plan: FreezePlan, layer_groups: Sequence[str], bn_policy: str, *, augment: bool = False
 ) -> int:
     """How many leading groups can be served from a feature cache (0 = none).
@@ -56,7 +56,7 @@ def can_cache(
       ``k``: train with ``start=k`` on ``compute_features(..., stop=k)``.
 
     Example:
-      >>> can_cache(linear_probe_plan, model.layer_groups, "frozen")  # doctest: +SKIP
+      >>> cacheable_groups(linear_probe_plan, model.layer_groups, "frozen")  # doctest: +SKIP
       2
     """
     if check_bn_policy(bn_policy) == "train" or augment:
