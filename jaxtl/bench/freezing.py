@@ -186,6 +186,21 @@ def _cost_fields(cost: dict[str, float]) -> dict[str, float | None]:
     }
 
 
+def _measured_row(name, k, plan, params, step, stepper, ms, x_shape) -> dict[str, Any]:
+    """A strategy row's measured fields: times, XLA cost of the engine's step, state bytes."""
+    opt_state = stepper.state.opt_state
+    return {
+        **_base_row(name, k, plan, params),
+        "step_ms": ms["step"],
+        "forward_ms": ms["forward"],
+        "x_forward": ms["step"] / ms["forward"],
+        **_cost_fields(step.cost(stepper.state, x_shape)),
+        "opt_state_bytes": freeze.tree_size(opt_state)["bytes"],
+        "opt_state_moment_bytes": moment_bytes(opt_state),
+        "device_peak_bytes": peak_device_bytes(),
+    }
+
+
 def _base_row(name: str, k: int, plan: freeze.FreezePlan, params: PyTree) -> dict[str, Any]:
     trainable = freeze.tree_size(plan.split(params)[0])
     return {
@@ -231,17 +246,9 @@ def strategy_row(
         naive, init = naive_step(net, plan, optax.chain(ADAM, optax.scale(lr)))
         calls["naive"] = naive_stepper = Stepper(naive, init(variables), x, y, key)
     ms = interleaved_ms(calls, work.rounds, work.warmup)
-    opt_state = stepper.state.opt_state
     limit_ms = ms["prefix"] + ms["rest"] if k > 0 else None
     row = {
-        **_base_row(name, k, plan, params),
-        "step_ms": ms["step"],
-        "forward_ms": ms["forward"],
-        "x_forward": ms["step"] / ms["forward"],
-        **_cost_fields(phase.cost(stepper.state, x.shape)),
-        "opt_state_bytes": freeze.tree_size(opt_state)["bytes"],
-        "opt_state_moment_bytes": moment_bytes(opt_state),
-        "device_peak_bytes": peak_device_bytes(),
+        **_measured_row(name, k, plan, params, phase, stepper, ms, x.shape),
         "prefix_forward_ms": ms.get("prefix"),
         "rest_fwd_bwd_ms": ms.get("rest"),
         "limit_ms": limit_ms,
@@ -333,16 +340,8 @@ def linear_probe(
         work.key,
     )
     ms = interleaved_ms({"step": stepper, "forward": work.forward}, work.rounds, work.warmup)
-    opt_state = stepper.state.opt_state
     row = {
-        **_base_row("linear_probe_cached", k, plan, params),
-        "step_ms": ms["step"],
-        "forward_ms": ms["forward"],
-        "x_forward": ms["step"] / ms["forward"],
-        **_cost_fields(head.cost(stepper.state, feats.shape)),
-        "opt_state_bytes": freeze.tree_size(opt_state)["bytes"],
-        "opt_state_moment_bytes": moment_bytes(opt_state),
-        "device_peak_bytes": peak_device_bytes(),
+        **_measured_row("linear_probe_cached", k, plan, params, head, stepper, ms, feats.shape),
         "limit_ms": None,
         "prefix_forward_ms": None,
         "rest_fwd_bwd_ms": None,
