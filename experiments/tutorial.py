@@ -38,7 +38,7 @@ def get_config():
     config.data.resize = 0  # folder: loads 224x224 centre crops already
     # The checkpoint decides the model; written here so the config reads true without the file.
     config.model.name = "resnet18_imagenet"
-    config.model.options = {"conv_padding": "symmetric"}
+    config.model.options = {"conv_padding": "symmetric", "bn_inverse_std": "divide"}
     config.strategies = [
         "full_ft",  # the tutorial's "finetuning the ConvNet"
         "linear_probe",  # the tutorial's "ConvNet as fixed feature extractor"

@@ -11,8 +11,11 @@ For each model and file format it prints the largest absolute difference of the 
 mode) and of the stem/stage outputs between torchvision and jaxtl's converted copy, in float32
 and, to separate the conversion from float32 rounding, with both sides in float64. It also
 exports jaxtl's variables back to .pth and loads them into torchvision (strict). Exit status 1 if
-a check fails: float64 logits within 1e-4, float32 logits within 1e-4 x max(1, max |logit|),
-stage outputs within 1e-3 x max(1, max |activation|), the export bit-identical.
+a check fails: float32 and float64 logits within 1e-4, stage outputs within
+1e-3 x max(1, max |activation|), the export bit-identical. (A random-init ResNet-50's logits reach
+~110; float32 leaves little room at that scale: torchvision's own float32 logits are 3e-5 from its
+float64 ones, and jaxtl's were 2e-4 away until its converted ResNets computed BatchNorm's inverse
+std as torch does, bn_inverse_std="divide".)
 
   --write-fixtures tests/fixtures   rewrites the key/shape tables tests/test_pretrained.py reads.
 """
@@ -129,7 +132,7 @@ def check(name: str, size: int, out: pathlib.Path) -> bool:
         finally:
             jax.config.update("jax_enable_x64", False)
         diff64 = float(np.abs(ours64 - logits64).max())
-        passed = diff <= 1e-4 * scale and diff64 <= 1e-4 and block_ok
+        passed = diff <= 1e-4 and diff64 <= 1e-4 and block_ok
         ok &= passed
         print(
             f"{name:9s} {fmt:11s} {ckpt.model}({ckpt.options}): logits max|diff| {diff:.3g} "

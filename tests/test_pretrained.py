@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,20 +64,25 @@ def test_name_tables_cover_the_torch_state_dicts_exactly(fixture, model, options
             "resnet18_imagenet",
             {"base_width": 4},
             "resnet18_imagenet",
-            {"base_width": 4, "conv_padding": "symmetric"},
+            {"base_width": 4, "conv_padding": "symmetric", "bn_inverse_std": "divide"},
         ),
         (
             "resnet50",
             {"base_width": 2, "stage_sizes": (1, 2, 1, 1)},
             "resnet50",
-            {"stage_sizes": (1, 2, 1, 1), "base_width": 2, "conv_padding": "symmetric"},
+            {
+                "stage_sizes": (1, 2, 1, 1),
+                "base_width": 2,
+                "conv_padding": "symmetric",
+                "bn_inverse_std": "divide",
+            },
         ),
     ],
 )
 def test_resnet_safetensors_round_trip_is_bit_identical(
     tmp_path, name, options, expected_model, expected_options
 ):
-    model = models.create(name, 5, conv_padding="symmetric", **options)
+    model = models.create(name, 5, conv_padding="symmetric", bn_inverse_std="divide", **options)
     variables = random_variables(model, (32, 32, 3))
     path = tmp_path / "model.safetensors"
     keys = pretrained.export(variables, path)
@@ -124,7 +130,12 @@ def test_architecture_is_inferred_from_keys_and_shapes(model, options, expected)
     state = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
     name, inferred, num_classes, _ = pretrained.infer_architecture(state)
     assert (name, num_classes) == (expected[0], 10)
-    assert inferred == {**expected[1], "base_width": 2, "conv_padding": "symmetric"}
+    assert inferred == {
+        **expected[1],
+        "base_width": 2,
+        "conv_padding": "symmetric",
+        "bn_inverse_std": "divide",
+    }
 
 
 def test_conv_and_linear_layouts_are_torchs(tmp_path):
@@ -292,3 +303,45 @@ def test_timm_vit_logits_match(tmp_path):
         logits = net(x).numpy()
     out = ckpt.create_model().apply(ckpt.variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
     assert np.abs(np.asarray(out) - logits).max() < 1e-4
+
+
+def test_batchnorm_divide_computes_torchs_inverse_std_on_nn_batchnorms_variables():
+    from jaxtl.models.base import BatchNorm, norm_layer
+
+    x = np.random.default_rng(0).standard_normal((3, 4096)).astype(np.float32)
+    var = np.linspace(0.5, 2.0, 4096, dtype=np.float32)
+    var[0] = 1.0  # XLA's rsqrt(1 + 1e-5) is an ulp high on CPU; torch's 1 / sqrt is not
+    stats = {"mean": np.zeros(4096, np.float32), "var": var}
+    params = {"scale": np.ones(4096, np.float32), "bias": np.zeros(4096, np.float32)}
+    ours = BatchNorm().apply({"params": params, "batch_stats": stats}, x)
+    # torch: invstd = 1 / std::sqrt(var + eps), each step rounded to float32.
+    inverse_std = np.float32(1) / np.sqrt(var + np.float32(1e-5))
+    np.testing.assert_array_equal(np.asarray(ours), x * inverse_std)
+
+    linen = nn.BatchNorm(use_running_average=True).init(jax.random.key(0), x)
+    assert jax.tree.map(np.shape, BatchNorm().init(jax.random.key(0), x)) == jax.tree.map(
+        np.shape, linen
+    )
+
+    # A ResNet with "divide" has nn.BatchNorm's variables, trains with nn.BatchNorm, and only its
+    # inference arithmetic differs (by ulps).
+    kwargs = {"base_width": 2, "conv_padding": "symmetric"}
+    flax_model = models.create("resnet18_imagenet", 3, **kwargs)
+    torch_model = models.create("resnet18_imagenet", 3, bn_inverse_std="divide", **kwargs)
+    variables = random_variables(flax_model, (32, 32, 3))
+    assert_same_bits(variables, random_variables(torch_model, (32, 32, 3)))
+    images = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        torch_model.apply(variables, images), flax_model.apply(variables, images), atol=1e-5
+    )
+    train = {"train": True, "mutable": ["batch_stats"], "rngs": {"dropout": jax.random.key(0)}}
+    assert_same_bits(
+        torch_model.apply(variables, images, **train), flax_model.apply(variables, images, **train)
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"bn_inverse_std 'sqrt' \(did you mean 'rsqrt'\?\); choices: rsqrt, divide$",
+    ):
+        models.create("resnet18_imagenet", 3, bn_inverse_std="sqrt")
+    with pytest.raises(ValueError, match="unknown inverse_std 'exact'; choices: rsqrt, divide$"):
+        norm_layer("batchnorm", False, jnp.float32, inverse_std="exact")

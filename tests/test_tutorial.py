@@ -99,7 +99,7 @@ def test_readme_runs_the_tutorial_from_a_checkpoint_file_and_an_image_folder(
         # The checkpoint decided the model; B (2 classes) got a new head, the rest was loaded.
         assert r["config"]["model"] == {
             "name": "resnet18_imagenet",
-            "options": {"base_width": 8, "conv_padding": "symmetric"},
+            "options": {"base_width": 8, "conv_padding": "symmetric", "bn_inverse_std": "divide"},
         }
         assert r["transfer"]["reinitialised"] == ["head/Dense_0/bias", "head/Dense_0/kernel"]
         assert not r["transfer"]["missing"] and not r["transfer"]["unexpected"]

@@ -19,6 +19,12 @@ from jaxtl.suggest import did_you_mean
 
 NORMS: tuple[str, ...] = ("batchnorm", "groupnorm", "layernorm", "none")
 BATCHNORM_MOMENTUM = 0.9
+# How a BatchNorm using its running statistics computes 1 / sqrt(var + eps). "rsqrt": flax's
+# lax.rsqrt. "divide": sqrt, then 1 / that, each correctly rounded, as torch computes it. XLA's
+# rsqrt is within an ulp but not always correctly rounded (rsqrt(1 + 1e-5) is one ulp high on
+# CPU); every BatchNorm of a random-init torchvision ResNet has var 1, so that ulp is the same
+# bias in all 53 layers of a ResNet-50 and moved its logits by 2e-4 from torchvision's.
+INVERSE_STDS: tuple[str, ...] = ("rsqrt", "divide")
 
 
 def choice_error(what: str, value: Any, choices: Iterable[str]) -> ValueError:
@@ -52,8 +58,38 @@ def num_norm_groups(channels: int, max_groups: int = 32) -> int:
     return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
 
 
+class BatchNorm(nn.Module):
+    """Inference-only BatchNorm (running statistics) with torch's ``1 / sqrt(var + eps)``.
+
+    Its variables are nn.BatchNorm's (params ``scale``/``bias``, batch_stats ``mean``/``var``) and
+    the class has nn.BatchNorm's name, so both auto-name to ``BatchNorm_<i>`` and a model can
+    train with nn.BatchNorm and evaluate with this one on the same variables. The arithmetic is
+    flax's (``(x - mean) * (inverse_std * scale) + bias``) except for the inverse std; see
+    INVERSE_STDS for why.
+
+    Example:
+      >>> y, _ = BatchNorm().init_with_output(jax.random.key(0), jnp.ones((1, 3)))
+      >>> y.shape
+      (1, 3)
+    """
+
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (x.shape[-1],)
+        mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32).value
+        var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32).value
+        scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+        # The barrier keeps XLA's simplifier from turning 1 / sqrt(v) back into rsqrt(v).
+        inverse_std = 1.0 / jax.lax.optimization_barrier(jnp.sqrt(var + self.epsilon))
+        return jnp.asarray((x - mean) * (inverse_std * scale) + bias, self.dtype)
+
+
 def norm_layer(
-    kind: str, train: bool, dtype: Any, name: str | None = None
+    kind: str, train: bool, dtype: Any, name: str | None = None, inverse_std: str = "rsqrt"
 ) -> Callable[[jax.Array], jax.Array]:
     """Returns the normalisation layer `kind` (one of NORMS) as a callable.
 
@@ -64,6 +100,8 @@ def norm_layer(
       train: batch statistics are used (and updated) only when True.
       dtype: compute dtype; parameters stay float32.
       name: optional submodule name.
+      inverse_std: one of INVERSE_STDS, for a BatchNorm that is not training ("divide" reproduces
+        torch's arithmetic; the variables are the same either way).
 
     Returns:
       A callable mapping activations (channels last) to normalised activations.
@@ -74,6 +112,10 @@ def norm_layer(
       ...   def __call__(self, x, train=False):
       ...     return norm_layer("groupnorm", train, jnp.float32)(nn.Conv(8, (3, 3))(x))
     """
+    if inverse_std not in INVERSE_STDS:
+        raise choice_error("unknown inverse_std", inverse_std, INVERSE_STDS)
+    if kind == "batchnorm" and not train and inverse_std == "divide":
+        return BatchNorm(dtype=dtype, name=name)
     if kind == "batchnorm":
         return nn.BatchNorm(
             use_running_average=not train, momentum=BATCHNORM_MOMENTUM, dtype=dtype, name=name

@@ -9,7 +9,9 @@ change it needs: conv kernels OIHW -> HWIO, linear weights (out, in) -> (in, out
 load and written back as 0 on export. torchvision's BatchNorm (eps 1e-5, momentum 0.1) is flax's
 (epsilon 1e-5, momentum 0.9: flax weighs the old statistics, torch the new batch), which is what
 jaxtl's ResNet uses; its explicit paddings are jaxtl's ImageNet stem (7x7/2 pad 3, max-pool 3/2
-pad 1) plus ``conv_padding="symmetric"`` for the blocks. timm's ViT uses the exact (erf) GELU, so
+pad 1) plus ``conv_padding="symmetric"`` for the blocks, and ``bn_inverse_std="divide"`` computes
+BatchNorm's 1 / sqrt(var + eps) in torch's two correctly rounded steps (XLA's rsqrt can be an ulp
+off, the same ulp in every layer of a random-init ResNet). timm's ViT uses the exact (erf) GELU, so
 its models get ``gelu_approximate=False``.
 
 Example:
@@ -71,7 +73,7 @@ class Pretrained:
 
     Attributes:
       model: the registry name to build it with (`jaxtl.models.create`).
-      options: the model options (e.g. ``{"conv_padding": "symmetric"}``).
+      options: the model options (e.g. ``{"conv_padding": "symmetric", "bn_inverse_std": "divide"}``).
       num_classes: classes of the checkpoint's own head.
       input_shape: (H, W, C) the checkpoint expects (nominal for ResNets, fixed for a ViT,
         whose position embedding has one entry per patch).
@@ -444,6 +446,7 @@ def _infer_resnet(state: Mapping[str, np.ndarray]) -> dict[str, Any]:
         "stem_type": "imagenet" if kernel[-1] == 7 else "cifar",
         "base_width": int(kernel[0]),
         "conv_padding": "symmetric",
+        "bn_inverse_std": "divide",
     }
 
 

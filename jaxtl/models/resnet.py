@@ -9,7 +9,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtl.models.base import ClassifierHead, GroupedModel, check_positive, choice_error, norm_layer
+from jaxtl.models.base import (
+    INVERSE_STDS,
+    ClassifierHead,
+    GroupedModel,
+    check_positive,
+    choice_error,
+    norm_layer,
+)
 
 BLOCKS: tuple[str, ...] = ("basic", "bottleneck")
 STEMS: tuple[str, ...] = ("cifar", "imagenet")
@@ -25,6 +32,7 @@ class ResNetStem(nn.Module):
     features: int
     kind: str = "cifar"
     norm: str = "batchnorm"
+    bn_inverse_std: str = "rsqrt"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -41,7 +49,7 @@ class ResNetStem(nn.Module):
                 use_bias=use_bias,
                 dtype=self.dtype,
             )(x)
-        x = nn.relu(norm_layer(self.norm, train, self.dtype)(x))
+        x = nn.relu(norm_layer(self.norm, train, self.dtype, inverse_std=self.bn_inverse_std)(x))
         if self.kind == "imagenet":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         return x
@@ -58,6 +66,7 @@ class ResidualBlock(nn.Module):
     bottleneck: bool = False
     norm: str = "batchnorm"
     padding: str = "same"
+    bn_inverse_std: str = "rsqrt"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -76,7 +85,9 @@ class ResidualBlock(nn.Module):
             )
 
         def norm(name: str | None = None):
-            return norm_layer(self.norm, train, self.dtype, name=name)
+            return norm_layer(
+                self.norm, train, self.dtype, name=name, inverse_std=self.bn_inverse_std
+            )
 
         if self.bottleneck:
             out_features = 4 * self.features
@@ -103,6 +114,7 @@ class ResNetStage(nn.Module):
     bottleneck: bool = False
     norm: str = "batchnorm"
     padding: str = "same"
+    bn_inverse_std: str = "rsqrt"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -114,6 +126,7 @@ class ResNetStage(nn.Module):
                 bottleneck=self.bottleneck,
                 norm=self.norm,
                 padding=self.padding,
+                bn_inverse_std=self.bn_inverse_std,
                 dtype=self.dtype,
                 name=f"block{j}",
             )(x, train=train)
@@ -134,6 +147,9 @@ class ResNet(GroupedModel):
       base_width: channels of the stem and the first stage (64 in the paper).
       conv_padding: padding of the blocks' convs, "same" (XLA's SAME) or "symmetric" (k // 2 on
         each side, torchvision's; what `jaxtl.models.pretrained` uses for its checkpoints).
+      bn_inverse_std: how BatchNorms using running statistics compute 1 / sqrt(var + eps):
+        "rsqrt" (flax's) or "divide" (torch's; what `jaxtl.models.pretrained` uses). Training
+        steps are the same either way.
 
     Example:
       >>> ResNet(num_classes=10, base_width=8).layer_groups
@@ -145,6 +161,7 @@ class ResNet(GroupedModel):
     stem_type: str = "cifar"
     base_width: int = 64
     conv_padding: str = "same"
+    bn_inverse_std: str = "rsqrt"
 
     def __post_init__(self) -> None:
         check_positive("ResNet stage_sizes", self.stage_sizes)
@@ -155,6 +172,8 @@ class ResNet(GroupedModel):
             raise choice_error("unknown ResNet stem", self.stem_type, STEMS)
         if self.conv_padding not in PADDINGS:
             raise choice_error("unknown ResNet conv_padding", self.conv_padding, PADDINGS)
+        if self.bn_inverse_std not in INVERSE_STDS:
+            raise choice_error("unknown ResNet bn_inverse_std", self.bn_inverse_std, INVERSE_STDS)
         super().__post_init__()
 
     @property
@@ -169,7 +188,11 @@ class ResNet(GroupedModel):
             )
         if name == "stem":
             return ResNetStem(
-                self.base_width, kind=self.stem_type, norm=self.norm, dtype=self.dtype
+                self.base_width,
+                kind=self.stem_type,
+                norm=self.norm,
+                bn_inverse_std=self.bn_inverse_std,
+                dtype=self.dtype,
             )
         i = int(name.removeprefix("stage")) - 1
         return ResNetStage(
@@ -179,5 +202,6 @@ class ResNet(GroupedModel):
             bottleneck=self.block_type == "bottleneck",
             norm=self.norm,
             padding=self.conv_padding,
+            bn_inverse_std=self.bn_inverse_std,
             dtype=self.dtype,
         )
