@@ -171,8 +171,19 @@ class PhaseStep:
         return isinstance(other, PhaseStep) and self.key == other.key
 
     def transform(self, hp: Hparams) -> optax.GradientTransformation:
-        """The phase's optimizer: base at ``hp["lr"]``, then ``phase_lr``, decay and schedule."""
-        parts = [self.optimizer(hp["lr"]), optax.scale(hp["phase_lr"])]
+        """The phase's optimizer: base at ``hp["lr"] * hp["phase_lr"]``, then decay and schedule.
+
+        The phase's multiplier enters the base optimizer's learning rate (one scalar product)
+        rather than a run-time ``optax.scale``: XLA:CPU then fuses the update as it did for a
+        compile-time learning rate, so a phase at multiplier 1 trains bit-identically to the
+        engine before learning rates became run-time values (a separate scale by a run-time 1.0
+        changed the rounding of ~5% of weights per step). A :class:`FixedTx` has no learning
+        rate to scale, so its updates are scaled.
+        """
+        if isinstance(self.optimizer, FixedTx):
+            parts = [self.optimizer.tx, optax.scale(hp["phase_lr"])]
+        else:
+            parts = [self.optimizer(hp["lr"] * hp["phase_lr"])]
         if self.group_decay:
             parts.append(scale_by_group_decay(hp["decay"], self.model.layer_groups))
         if self.group_lr is not None:
