@@ -172,25 +172,34 @@ def test_grid_points_share_one_program_and_never_change_each_others_bits(task):
     assert _differences(slot(ab, 0)[0], slot(ab, 1)[0])
 
 
-def test_a_phase_at_multiplier_one_trains_as_a_compile_time_learning_rate(task):
+@pytest.mark.parametrize("strategy", ["full_ft", "discriminative_lr"])
+def test_run_time_learning_rates_train_as_compile_time_ones(task, strategy):
     """The engine before run-time hyperparameters compiled ``chain(clip, adamw(lr))`` with lr a
-    constant; today's step reads lr from its state. At phase multiplier 1 both must give the same
-    bits (what keeps the pre-refactor study reproducible, scripts/compare_engines.py). A run-time
-    ``optax.scale(1.0)`` after the base optimizer broke this: XLA:CPU fused the update otherwise
-    and ~5% of the weights came out an ulp apart after one step."""
+    constant, and layer-wise decay as the plan's static ``lr_mult``; today's step reads lr and
+    decay from its state. Both must give the same bits (what keeps the pre-refactor study
+    reproducible, scripts/compare_engines.py). A run-time ``optax.scale`` after the base
+    optimizer broke this: XLA:CPU fused the update otherwise and ~5% of the weights came out an
+    ulp apart after one step."""
     from jaxtl import freeze
     from jaxtl.train.state import create_train_state
     from jaxtl.train.steps import build_step
 
     model, x, y, variables = task
-    (phase,) = get_strategy("full_ft").phases(model.layer_groups)
-    plan = freeze.plan(variables["params"], phase.rules(model.layer_groups))
-    step = phase_lib.PhaseStep(model, plan, ADAMW)
-    state = step.init_state(variables, phase_lib.hparams(lr=1e-3), None, 0)
+    groups = model.layer_groups
+    full = freeze.plan(variables["params"], get_strategy("full_ft").phases(groups)[0].rules(groups))
+    decayed = strategy == "discriminative_lr"
+    step = phase_lib.PhaseStep(model, full, ADAMW, group_decay=decayed)
+    state = step.init_state(variables, phase_lib.hparams(lr=1e-3, decay=0.5), None, 0)
+    # The old way: the learning rate a constant, layer-wise decay as static lr_mult rules.
+    static = (
+        freeze.plan(variables["params"], freeze.layerwise_lr_rules(groups, 0.5))
+        if decayed
+        else full
+    )
     constant_tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3, weight_decay=1e-4))
-    constant = create_train_state(variables, plan, constant_tx)
+    constant = create_train_state(variables, static, constant_tx)
     run_time_step = jax.jit(step.step_fn())
-    constant_step = jax.jit(build_step(model, plan, constant_tx))
+    constant_step = jax.jit(build_step(model, static, constant_tx))
     rng = jax.random.key(0)
     for i in range(3):
         batch = (x[16 * i : 16 * (i + 1)], y[16 * i : 16 * (i + 1)])
@@ -198,5 +207,5 @@ def test_a_phase_at_multiplier_one_trains_as_a_compile_time_learning_rate(task):
         constant, _ = constant_step(constant, *batch, rng)
     assert not _differences(state.variables, constant.variables)
     # At another multiplier the steps differ (so the comparison above compares something).
-    other = step.init_state(variables, phase_lib.hparams(lr=1e-3, phase_lr=0.5), None, 0)
+    other = step.init_state(variables, phase_lib.hparams(lr=1e-3, phase_lr=0.5, decay=0.5), None, 0)
     assert _differences(run_time_step(other, *batch, rng)[0].params, constant.params)

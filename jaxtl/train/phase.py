@@ -27,7 +27,12 @@ from jax.sharding import Mesh
 from jaxtl import freeze
 from jaxtl.data.pipeline import data_sharding
 from jaxtl.freeze import FreezePlan
-from jaxtl.train.schedules import scale_by_group_decay, scale_by_group_schedule
+from jaxtl.train.schedules import (
+    group_decay_multipliers,
+    scale_by_group_decay,
+    scale_by_group_learning_rate,
+    scale_by_group_schedule,
+)
 from jaxtl.train.state import TrainState, create_train_state
 from jaxtl.train.steps import build_step
 
@@ -67,10 +72,23 @@ class AdamW:
     clip_norm: float
     weight_decay: float
 
-    def __call__(self, lr: jax.Array | float) -> optax.GradientTransformation:
+    def __call__(
+        self, lr: jax.Array | float, group_multipliers: dict[str, jax.Array] | None = None
+    ) -> optax.GradientTransformation:
+        """The transformation at learning rate ``lr``, times ``group_multipliers[group]`` per
+        layer group when given (layer-wise decay; the state is ``optax.adamw``'s either way)."""
+        clip = optax.clip_by_global_norm(self.clip_norm)
+        if group_multipliers is None:
+            return optax.chain(clip, optax.adamw(lr, weight_decay=self.weight_decay))
+        # optax.adamw's own chain with its last link per group, so each leaf's update is scaled
+        # once by -(lr * multiplier), as the plan's static lr_mult once did.
         return optax.chain(
-            optax.clip_by_global_norm(self.clip_norm),
-            optax.adamw(lr, weight_decay=self.weight_decay),
+            clip,
+            optax.chain(
+                optax.scale_by_adam(),
+                optax.add_decayed_weights(self.weight_decay),
+                scale_by_group_learning_rate(lr, group_multipliers),
+            ),
         )
 
 
@@ -171,7 +189,8 @@ class PhaseStep:
         return isinstance(other, PhaseStep) and self.key == other.key
 
     def transform(self, hp: Hparams) -> optax.GradientTransformation:
-        """The phase's optimizer: base at ``hp["lr"] * hp["phase_lr"]``, then decay and schedule.
+        """The phase's optimizer: base at ``hp["lr"] * hp["phase_lr"]`` (per group times the
+        layer-wise decay), then the schedule.
 
         The phase's multiplier enters the base optimizer's learning rate (one scalar product)
         rather than a run-time ``optax.scale``: XLA:CPU then fuses the update as it did for a
@@ -180,12 +199,18 @@ class PhaseStep:
         changed the rounding of ~5% of weights per step). A :class:`FixedTx` has no learning
         rate to scale, so its updates are scaled.
         """
+        lr = hp["lr"] * hp["phase_lr"]
         if isinstance(self.optimizer, FixedTx):
             parts = [self.optimizer.tx, optax.scale(hp["phase_lr"])]
+            if self.group_decay:
+                parts.append(scale_by_group_decay(hp["decay"], self.model.layer_groups))
+        elif self.group_decay and isinstance(self.optimizer, AdamW):
+            multipliers = group_decay_multipliers(hp["decay"], self.model.layer_groups)
+            parts = [self.optimizer(lr, multipliers)]
         else:
-            parts = [self.optimizer(hp["lr"] * hp["phase_lr"])]
-        if self.group_decay:
-            parts.append(scale_by_group_decay(hp["decay"], self.model.layer_groups))
+            parts = [self.optimizer(lr)]
+            if self.group_decay:
+                parts.append(scale_by_group_decay(hp["decay"], self.model.layer_groups))
         if self.group_lr is not None:
             parts.append(scale_by_group_schedule(self.group_lr, self.first_step, self.total_steps))
         return optax.chain(*parts)

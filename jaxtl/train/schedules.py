@@ -110,3 +110,46 @@ def scale_by_group_decay(
         return jax.tree_util.tree_map_with_path(scale, updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def group_decay_multipliers(
+    decay: jax.Array | float, layer_groups: Sequence[str]
+) -> dict[str, jax.Array]:
+    """``{group: decay**d}`` for a group ``d`` groups below the head (the head gets exactly 1).
+
+    Example:
+      >>> {g: float(m) for g, m in group_decay_multipliers(0.5, ("stem", "head")).items()}
+      {'stem': 0.5, 'head': 1.0}
+    """
+    n = len(layer_groups)
+    return {
+        g: jnp.power(jnp.asarray(decay, jnp.float32), n - 1 - i) for i, g in enumerate(layer_groups)
+    }
+
+
+def scale_by_group_learning_rate(
+    lr: jax.Array | float, multipliers: dict[str, jax.Array]
+) -> optax.GradientTransformation:
+    """``optax.scale_by_learning_rate`` with one learning rate per layer group: ``lr * m[group]``.
+
+    Each leaf is multiplied once, by the scalar ``-(lr * m)``, as a compile-time learning rate
+    would be (XLA folds constant factors into one): a separate run-time scale after the learning
+    rate rounds differently (see :class:`jaxtl.train.phase.AdamW`).
+
+    Example:
+      >>> tx = scale_by_group_learning_rate(0.1, {"body": 0.5, "head": 1.0})
+      >>> u, _ = tx.update({"body": jnp.ones(1), "head": jnp.ones(1)}, tx.init(None))
+      >>> float(u["body"][0]), float(u["head"][0])
+      (-0.05000000074505806, -0.10000000149011612)
+    """
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def scale(path, update):
+            step_size = -(jnp.asarray(lr, jnp.float32) * multipliers[_group_of(path)])
+            return update * step_size.astype(update.dtype)
+
+        return jax.tree_util.tree_map_with_path(scale, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
