@@ -100,6 +100,37 @@ def grid_values(cell: Cell, field: str) -> dict[str, dict[int, float]]:
     return out
 
 
+def selection_margin(cell: Cell) -> float | None:
+    """How far the selected setting won: its mean validation accuracy over seeds minus the best
+    other setting's, in the selection's own terms (a diverged setting never competes). None for
+    a cell without a grid or with a single setting.
+
+    Example:
+      >>> selection_margin(cell)  # doctest: +SKIP
+      0.04
+    """
+    chosen = selected_setting(cell)
+    values = grid_values(cell, "val_acc")
+    if chosen is None or setting_key(chosen) not in values or len(values) < 2:
+        return None
+    seeds = len(cell.runs)
+    means = {k: float(np.mean(list(v.values()))) for k, v in values.items() if len(v) == seeds}
+    others = [m for k, m in means.items() if k != setting_key(chosen)]
+    if setting_key(chosen) not in means or not others:
+        return None
+    return means[setting_key(chosen)] - max(others)
+
+
+def validation_examples(cell: Cell) -> str:
+    """Validation examples per seed behind a tuned cell's selection ("5", "3–4"; "–" unknown)."""
+    counts = sorted(
+        {r["protocol"]["val_examples"] for r in cell.runs if r["protocol"].get("val_examples")}
+    )
+    if not counts:
+        return "–"
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+
+
 def has_grid(cell: Cell) -> bool:
     return any(r["protocol"].get("grid") for r in cell.runs)
 

@@ -39,8 +39,10 @@ from jaxtl.report.protocol import (
     lr_curve,
     protocol_name,
     selected_setting,
+    selection_margin,
     selection_rules,
     setting_label,
+    validation_examples,
 )
 from jaxtl.report.results import drop_duplicate_runs, load_results
 from jaxtl.report.tables import markdown_table, pivot, pivot_table, stats_table
@@ -161,6 +163,17 @@ def protocol_line(records: list[dict]) -> str:
     return f"mixed: {names.count('tuned')} runs {tuned}; {names.count('fixed')} runs with {fixed}"
 
 
+def _margin_label(cell: Cell) -> str:
+    """The selection margin in pp, with † when it is at most one validation prediction's worth."""
+    margin = selection_margin(cell)
+    if margin is None:
+        return "–"
+    counts = [r["protocol"].get("val_examples") for r in cell.runs]
+    one_prediction = 100.0 / max(counts) / len(cell.runs) if counts and all(counts) else None
+    close = one_prediction is not None and 100 * margin <= one_prediction + 1e-9
+    return f"{100 * margin:.1f}" + (" †" if close else "")
+
+
 def hyperparameters_section(cells: list[Cell], out: Path) -> str:
     """Chosen setting per tuned cell and a sensitivity plot per problem ("" when none is tuned).
 
@@ -175,7 +188,11 @@ def hyperparameters_section(cells: list[Cell], out: Path) -> str:
         "",
         "Selection: " + "; ".join(selection_rules(tuned)) + ". The selected setting was "
         "retrained on all of the cell's training examples; its test accuracy is the one reported "
-        "everywhere else. Cells not listed used fixed hyperparameters.",
+        "everywhere else. Cells not listed used fixed hyperparameters. *Margin*: the selected "
+        "setting's mean validation accuracy minus the runner-up's, in pp; one validation "
+        "prediction moves a seed's accuracy by 100/(validation examples) pp and the mean by that "
+        "over the number of seeds, so a margin of at most one prediction's worth (marked †) is "
+        "one prediction away from a tie or another choice.",
         "",
     ]
     rows = []
@@ -190,10 +207,13 @@ def hyperparameters_section(cells: list[Cell], out: Path) -> str:
                     setting_label(selected_setting(cell)),
                     str(len(grid_values(cell, "val_acc"))),
                     str(len(cell.runs)),
+                    validation_examples(cell),
+                    _margin_label(cell),
                 ]
             )
+    header = ["problem", "strategy", "data", "selected", "grid points", "seeds"]
     lines += [
-        markdown_table(["problem", "strategy", "data", "selected", "grid points", "seeds"], rows),
+        markdown_table([*header, "validation examples per seed", "margin (pp)"], rows),
         "",
         (
             "Sensitivity: mean over seeds of validation (solid) and test (dashed) accuracy on "

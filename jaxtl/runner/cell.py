@@ -211,6 +211,8 @@ def choose_hyperparameters(
         ],
         "selected": settings[chosen],
         "selection": protocol_lib.describe(seeds, config.protocol.val_fraction),
+        # How many predictions each seed's validation accuracy rests on (the report's margin).
+        "val_examples": [len(splits[s][1].y_train) for s in seeds],
     }
     outputs.atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
     for done in cell_dir.glob(f"selection-{key[:8]}-jobs_*"):
@@ -227,10 +229,12 @@ def _protocol_block(selection: dict | None, seed: int) -> dict[str, Any]:
         return {"name": "fixed"}
     i = selection["seeds"].index(seed)
     nan_to_none = lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+    examples = selection.get("val_examples")
     return {
         "name": "tuned",
         "selected": selection["selected"],
         "selection": selection["selection"],
+        "val_examples": None if examples is None else examples[i],
         "grid": [
             {
                 "setting": g["setting"],
