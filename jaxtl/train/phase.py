@@ -200,17 +200,17 @@ class PhaseStep:
         rate to scale, so its updates are scaled.
         """
         lr = hp["lr"] * hp["phase_lr"]
+        fold_decay = self.group_decay and isinstance(self.optimizer, AdamW)
         if isinstance(self.optimizer, FixedTx):
             parts = [self.optimizer.tx, optax.scale(hp["phase_lr"])]
-            if self.group_decay:
-                parts.append(scale_by_group_decay(hp["decay"], self.model.layer_groups))
-        elif self.group_decay and isinstance(self.optimizer, AdamW):
-            multipliers = group_decay_multipliers(hp["decay"], self.model.layer_groups)
-            parts = [self.optimizer(lr, multipliers)]
+        elif fold_decay:
+            parts = [
+                self.optimizer(lr, group_decay_multipliers(hp["decay"], self.model.layer_groups))
+            ]
         else:
             parts = [self.optimizer(lr)]
-            if self.group_decay:
-                parts.append(scale_by_group_decay(hp["decay"], self.model.layer_groups))
+        if self.group_decay and not fold_decay:
+            parts.append(scale_by_group_decay(hp["decay"], self.model.layer_groups))
         if self.group_lr is not None:
             parts.append(scale_by_group_schedule(self.group_lr, self.first_step, self.total_steps))
         return optax.chain(*parts)

@@ -81,6 +81,21 @@ def scale_by_group_schedule(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def group_decay_multipliers(
+    decay: jax.Array | float, layer_groups: Sequence[str]
+) -> dict[str, jax.Array]:
+    """``{group: decay**d}`` for a group ``d`` groups below the head (the head gets exactly 1).
+
+    Example:
+      >>> {g: float(m) for g, m in group_decay_multipliers(0.5, ("stem", "head")).items()}
+      {'stem': 0.5, 'head': 1.0}
+    """
+    n = len(layer_groups)
+    return {
+        g: jnp.power(jnp.asarray(decay, jnp.float32), n - 1 - i) for i, g in enumerate(layer_groups)
+    }
+
+
 def scale_by_group_decay(
     decay: jax.Array | float, layer_groups: Sequence[str]
 ) -> optax.GradientTransformation:
@@ -96,35 +111,21 @@ def scale_by_group_decay(
       >>> float(u["stem"][0]), float(u["head"][0])
       (0.25, 1.0)
     """
-    depth = {g: len(layer_groups) - 1 - i for i, g in enumerate(layer_groups)}
+    head = layer_groups[-1]
 
     def update_fn(updates, state, params=None):
         del params
+        multipliers = group_decay_multipliers(decay, layer_groups)
 
         def scale(path, update):
-            d = depth[_group_of(path)]
-            if d == 0:
+            group = _group_of(path)
+            if group == head:  # its multiplier is exactly 1
                 return update
-            return update * jnp.power(jnp.asarray(decay, jnp.float32), d).astype(update.dtype)
+            return update * multipliers[group].astype(update.dtype)
 
         return jax.tree_util.tree_map_with_path(scale, updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
-
-
-def group_decay_multipliers(
-    decay: jax.Array | float, layer_groups: Sequence[str]
-) -> dict[str, jax.Array]:
-    """``{group: decay**d}`` for a group ``d`` groups below the head (the head gets exactly 1).
-
-    Example:
-      >>> {g: float(m) for g, m in group_decay_multipliers(0.5, ("stem", "head")).items()}
-      {'stem': 0.5, 'head': 1.0}
-    """
-    n = len(layer_groups)
-    return {
-        g: jnp.power(jnp.asarray(decay, jnp.float32), n - 1 - i) for i, g in enumerate(layer_groups)
-    }
 
 
 def scale_by_group_learning_rate(
