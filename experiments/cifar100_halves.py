@@ -37,7 +37,7 @@ def get_config():
     }
     config.strategy_options.freeze_first_k = {"k": 3}
     config.n_per_class = [5, 50, None]
-    config.seed_slots = 1  # one model at a time, each batch sharded over every device
+    config.slots = 1  # one model at a time, each batch sharded over every device
     config.data_parallel = True
     config.steps_per_call = 200
     config.checkpoint_every = 1000

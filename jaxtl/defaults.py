@@ -79,11 +79,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.compute_dtype = ""  # e.g. "bfloat16": compute in bf16, params and optimizer state in fp32
     c.tensorboard = False  # also write TensorBoard events per run (needs tensorboardX)
     # Models trained side by side in one vmapped program (seeds, grid points); 0 = the engine's
-    # measured rule (jaxtl.train.seed_slots: 1 for conv nets on CPU, 5 for dense ones, 8 on
+    # measured rule (jaxtl.train.slot_count: 1 for conv nets on CPU, 5 for dense ones, 8 on
     # accelerators). Results depend on it, so it is part of every cache key.
-    c.seed_slots = 0
+    c.slots = 0
     # Data parallel over every local device (jax.sharding, batch split on a "data" mesh axis);
-    # with seed_slots=1. Multi-host (TPU pods, several GPU hosts): distributed.distributed.
+    # with slots=1. Multi-host (TPU pods, several GPU hosts): distributed.distributed.
     c.data_parallel = False
     c.distributed = ml_collections.ConfigDict(
         {

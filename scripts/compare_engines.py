@@ -8,7 +8,7 @@ through PYTHONPATH with this environment's packages) and the same experiment wit
   trainable and total parameters) and cell parameters, by run directory and seed;
 * every leaf of every cached source model (the models trained on A), bit for bit;
 * every leaf of the final variables of each of the eight strategies, trained by each engine's
-  ``run_phases`` directly (three seeds side by side, 100 steps on 5 examples per class of B),
+  entry point directly (three seeds side by side, 100 steps on 5 examples per class of B),
   bit for bit. Runs do not keep their final variables, so this is the bit-level check of B's
   training; it speaks both engines' APIs (the learning rate became a run-time value).
 
@@ -18,7 +18,7 @@ means (today's loop accumulates them in float32 inside the compiled loop).
   python scripts/compare_engines.py --out runs/engines     # 6425a41's study vs today's
   python scripts/compare_engines.py --before 6425a41 --before-experiment strategies \\
       --after experiments/strategies.py --set seeds=[0,1,2] n_per_class=[5] protocol.name=fixed \\
-      seed_slots=3 train_b.batch_size=25 strategy_options.lp_ft.probe_steps=0
+      train_b.batch_size=25 strategy_options.lp_ft.probe_steps=0
 
 Exit status 0 when everything compared is identical, 1 otherwise.
 """
@@ -106,15 +106,22 @@ def compare_results(before: pathlib.Path, after: pathlib.Path) -> list[str]:
     return problems
 
 
-# Trains every strategy with one engine's run_phases and saves the final variables (npz).
+# Trains every strategy with one engine's entry point and saves the final variables (npz). It
+# speaks three engines: train_jobs (today), run_phases with a run-time learning rate, and
+# run_phases with the learning rate inside the optax transformation (before run-time numbers).
 DIRECT = """
 import sys, numpy as np, jax, optax
 from jaxtl import models
-from jaxtl.train import get_strategy, run_phases
+from jaxtl.train import get_strategy
+try:
+    from jaxtl.train import Job, TrainSpec, train_jobs
+except ImportError:
+    train_jobs = None
+    from jaxtl.train import run_phases
 try:
     from jaxtl.defaults import base_config
     from jaxtl.train import AdamW
-except ImportError:  # the engine before the refactor
+except ImportError:  # the engine before run-time hyperparameters
     from jaxtl.runner import base_config
     AdamW = None
 from jaxtl.runner import build_tasks
@@ -129,15 +136,22 @@ options = {"freeze_first_k": {"k": 2}, "lp_ft": {"lp_fraction": 0.5},
 saved = {}
 for name in ["scratch", "linear_probe", "lp_ft", "full_ft", "freeze_first_k",
              "gradual_unfreeze", "discriminative_lr", "l2_sp"]:
-    common = dict(total_steps=100, batch_size=25, seed=0, seeds=[0, 1, 2], bn_policy="frozen",
-                  steps_per_call=50, cache_features=True)
     strategy = get_strategy(name, **options.get(name, {}))
-    if AdamW is None:
-        tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3, weight_decay=1e-4))
-        run = run_phases(model, stacked, strategy, tx, x, y, **common)
+    if train_jobs is not None:
+        spec = TrainSpec(steps=100, batch_size=25, optimizer=AdamW(1.0, 1e-4), steps_per_call=50,
+                         slots=3, bn_policy="frozen", cache_features=True)
+        jobs = [Job(inits[s], strategy, x[s], y[s], seed=s, lr=1e-3) for s in (0, 1, 2)]
+        variables = jax.tree.map(lambda *a: np.stack(a), *[r.variables for r in train_jobs(model, spec, jobs)])
     else:
-        run = run_phases(model, stacked, strategy, AdamW(1.0, 1e-4), x, y, lr=1e-3, **common)
-    for path, leaf in jax.tree_util.tree_leaves_with_path(run.variables):
+        common = dict(total_steps=100, batch_size=25, seed=0, seeds=[0, 1, 2], bn_policy="frozen",
+                      steps_per_call=50, cache_features=True)
+        if AdamW is None:
+            tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3, weight_decay=1e-4))
+            variables = run_phases(model, stacked, strategy, tx, x, y, **common).variables
+        else:
+            variables = run_phases(model, stacked, strategy, AdamW(1.0, 1e-4), x, y, lr=1e-3,
+                                   **common).variables
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
         saved[name + jax.tree_util.keystr(path)] = np.asarray(leaf)
 np.savez(sys.argv[1], **saved)
 """
@@ -168,7 +182,7 @@ def compare_final_variables(out: pathlib.Path, tree: pathlib.Path) -> list[str]:
         if not identical:
             problems.append(f"final variables {key}: differ")
     print(
-        "final variables, run_phases directly: "
+        "final variables, each engine's entry point directly: "
         + ", ".join(f"{s} {n}/{m}" for s, (n, m) in same.items())
         + " leaves bit-identical"
     )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: jaxtl's benchmark at the reference size (ResNet-18, CIFAR stem, batch 256, 32x32x3,
 # fp32) next to a PyTorch eager peer when torch is importable; about 5 minutes. The benchmark
-# measures the study's seeds checks (issue 11: 5 seeds as the engine runs them vs 5 one-seed
+# measures the study's seeds checks (5 seeds as the engine runs them vs 5 one-seed
 # steps, the step in its loop vs alone, 8 vmapped seeds vs one) and the NNX step first, then the
 # ResNet-18 strategy rows.
 #

@@ -29,7 +29,7 @@ def get_config():
         ],
     }
     config.seeds = [0, 1, 2]
-    config.seed_slots = 3  # the old engine vmapped a cell's three seeds together
+    config.slots = 3  # the old engine vmapped a cell's three seeds together
     config.protocol.name = "fixed"
     config.train_b.batch_size = 25
     return config

@@ -64,14 +64,13 @@ HOOKS = (
     ("jaxtl.runner.experiment", "check_part", "config checks"),
     ("jaxtl.runner.tasks", "_build_tasks", "data (load, split, normalise)"),
     ("jaxtl.runner.cell", "data_fingerprint", "fingerprints (data hashing)"),
-    ("jaxtl.runner.sources", "data_fingerprint", "fingerprints (data hashing)"),
+    ("jaxtl.runner.source_models", "data_fingerprint", "fingerprints (data hashing)"),
     ("jaxtl.runner.cell", "init_variables", "model init"),
-    ("jaxtl.runner.sources", "init_variables", "model init"),
-    ("jaxtl.runner.sources", "_train", "source models: train (Python)"),
+    ("jaxtl.runner.source_models", "init_variables", "model init"),
+    ("jaxtl.runner.source_models", "_train", "source models: train (Python)"),
     ("jaxtl.train.checkpoint", "save_variables", "source models: save"),
     ("jaxtl.train.checkpoint", "load_variables", "source models: load"),
-    ("jaxtl.runner.jobs", "run_phases", "phase setup (states, stacking, carry)"),
-    ("jaxtl.runner.sources", "run_phases", "phase setup (states, stacking, carry)"),
+    ("jaxtl.train.driver", "_train_pack", "phase setup (states, stacking, carry)"),
     ("jaxtl.train.features", "compute_features", "feature caching"),
     ("jaxtl.runner.cell", "write_chunk", "metrics logging"),
     ("jaxtl.runner.cell", "accuracy", "evaluation"),
@@ -198,12 +197,12 @@ def chunk_loop_wrapper(anatomy: Anatomy, fn: Callable[..., Any], row: str) -> Ca
     """The driver's chunk loop, with its chunks' compiled-call seconds booked as training."""
 
     @functools.wraps(fn)
-    def timed(*args, **kwargs):
-        history = kwargs["history"]
+    def timed(pack, *args, **kwargs):
+        history = pack.record.history
         before = len(history)
         with anatomy.span(row):
             try:
-                return fn(*args, **kwargs)
+                return fn(pack, *args, **kwargs)
             finally:
                 new = history[before:]
                 anatomy.charge(TRAIN_CALLS, sum(r["seconds"] for r in new), count=len(new))

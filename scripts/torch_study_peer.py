@@ -20,11 +20,12 @@ normalisation, few-shot subsets) and every run sees jaxtl's batches in jaxtl's o
 ``batch_schedule``); weights start from the same distributions as Flax's (truncated LeCun
 normal kernels, zero biases), not from the same numbers.
 
-Run with a torch environment (torch is not a jaxtl dependency):
+Run with a torch environment (torch is not a jaxtl dependency; e.g.
+``python -m venv torchenv && torchenv/bin/pip install torch && torchenv/bin/pip install -e .``):
 
-  $ /work/torchenv/bin/python scripts/torch_study_peer.py --json /tmp/peer_mlp.json
-  $ /work/torchenv/bin/python scripts/torch_study_peer.py --model cnn --set "seeds=[0,1,2]"
-  $ /work/torchenv/bin/python scripts/torch_study_peer.py --compare runs/strategies
+  $ torchenv/bin/python scripts/torch_study_peer.py --json /tmp/peer_mlp.json
+  $ torchenv/bin/python scripts/torch_study_peer.py --model cnn --set "seeds=[0,1,2]"
+  $ torchenv/bin/python scripts/torch_study_peer.py --compare runs/strategies
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def test_checks_machine_and_sections_are_json(result):
         "all_but_head_step_vs_limit",
         "cached_linear_probe_epoch_speedup",
     } <= set(names)
-    assert names[0] == "cnn_2_seeds_as_engine_runs_vs_2x_one"  # issue 11's acceptance first
+    assert names[0] == "cnn_2_seeds_as_engine_runs_vs_2x_one"  # the check that decides seed batching first
     for chk in result["checks"]:
         assert isinstance(chk["passed"], bool) and isinstance(chk["value"], float)
         assert chk["op"] in ("<=", ">=", "==")
@@ -193,7 +193,7 @@ def test_checks_machine_and_sections_are_json(result):
 
 
 def test_seeds_engine_entries_are_consistent(result):
-    from jaxtl.train import seed_slots
+    from jaxtl.train import slot_count
 
     # The study MLP's slot count on this machine (5 on CPU, 8 elsewhere) exceeds the 2 seeds: the
     # engine pads its one group, and the padded program is timed alone for the loop check.
@@ -201,7 +201,7 @@ def test_seeds_engine_entries_are_consistent(result):
     assert list(entries) == ["cnn", "mlp"]
     assert entries["cnn"]["model_options"] == {"widths": [3]}  # study_options over the study's
     for name, e in entries.items():
-        slots = seed_slots(seeds.study_model(name, {"widths": (3,)} if name == "cnn" else None))
+        slots = slot_count(seeds.study_model(name, {"widths": (3,)} if name == "cnn" else None))
         assert e["engine_slots"] == slots
         assert e["engine_mode"] == ("loop" if slots == 1 else "vmap")
         assert e["engine_groups"] == math.ceil(2 / slots) and e["loop_steps"] == 2

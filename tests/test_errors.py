@@ -378,15 +378,10 @@ _SHARDED_BATCH = textwrap.dedent("""
     import jax, numpy as np, optax
     from jaxtl import models
     from jaxtl.data import data_mesh
-    from jaxtl.train import get_strategy, run_phases
+    from jaxtl.train import TrainSpec
 
-    model = models.create("mlp", 3, widths=(8,), norm="none")
-    x = np.zeros((20, 4, 4, 1), np.float32)
-    y = np.zeros(20, np.int32)
-    variables = models.init_variables(model, 0, x[:1])
     try:
-        run_phases(model, variables, get_strategy("full_ft"), optax.adam(1e-3), x, y,
-                   total_steps=2, batch_size=5, steps_per_call=1, mesh=data_mesh())
+        TrainSpec(steps=2, batch_size=5, optimizer=optax.adam(1e-3), mesh=data_mesh())
     except ValueError as e:
         print(e)
 """)
@@ -434,7 +429,7 @@ def _garble_model_json(source):
 def test_damaged_cached_source_model_is_retrained_with_one_note(
     finished_run, damage, expected, tmp_path, capsys, monkeypatch
 ):
-    from jaxtl.runner import sources
+    from jaxtl.runner import source_models as sources
 
     monkeypatch.delenv("JAXTL_DEBUG", raising=False)
     monkeypatch.setattr(sources, "_LOADED", {})  # read from disk, not from this process's cache

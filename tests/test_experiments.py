@@ -46,7 +46,7 @@ def test_strategies_reduced(tmp_path):
     assert probe["phases"][0]["cached_groups"] == 1  # layer0 (frozen) runs once, from a cache
     assert by[("scratch", 5, 0)]["metrics"]["acc_a"] is None
     assert 0.0 <= full["metrics"]["acc_a"] <= 1.0
-    assert {r["seed_slots"] for r in results} == {5}  # dense model on CPU: 5 slots
+    assert {r["slots"] for r in results} == {5}  # dense model on CPU: 5 slots
     assert (tmp_path / "acc_vs_data.png").exists()
 
 

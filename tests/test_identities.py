@@ -1,4 +1,4 @@
-"""Limit-case identities of the strategy catalogue, bit for bit on CPU (issue 10).
+"""Limit-case identities of the strategy catalogue, bit for bit on CPU.
 
 Each strategy at its limit setting must train exactly the model its simpler neighbour trains:
 same starting variables, seed, data and base optimizer give the same bits in every leaf of the
@@ -8,21 +8,23 @@ train side by side as slots of one compiled program, and a slot's bits depend on
 inputs and the slot count: never on its neighbours or its position in the group.
 """
 
+import dataclasses
+
 import jax
 import numpy as np
 import optax
 import pytest
 from conftest import tiny_mlp_task
 
-from jaxtl.train import AdamW, get_strategy, run_phases, stack_trees, unstack_tree
-from jaxtl.train import driver as driver_lib
+from jaxtl.train import PROGRAMS, AdamW, Job, TrainSpec, get_strategy, train, train_jobs
+from jaxtl.train import optimizers as optimizers_lib
 from jaxtl.train import phase as phase_lib
 
 # The runner's base optimizer (learning rate a run-time value), and a plain optax one.
 ADAMW = AdamW(clip_norm=1.0, weight_decay=1e-4)
 ADAM = optax.adam(1e-3)
 # 6 steps in chunks of 4: a full and a partial chunk, so the trip count is a run-time value too.
-RUN = {"total_steps": 6, "batch_size": 16, "steps_per_call": 4, "seed": 3, "cache_features": True}
+TRAIN_SPEC = TrainSpec(steps=6, batch_size=16, steps_per_call=4, cache_features=True)
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +32,16 @@ def task():
     return tiny_mlp_task()
 
 
-def _train(task, strategy, tx, **options):
+def _train(task, strategy, tx):
     model, x, y, variables = task
-    lr = {"lr": 1e-3} if tx is ADAMW else {}
-    return run_phases(model, variables, strategy, tx, x, y, **lr, **RUN, **options)
+    lr = 1e-3 if tx is ADAMW else None
+    spec = dataclasses.replace(TRAIN_SPEC, optimizer=tx)
+    return train(model, spec, Job(variables, strategy, x, y, seed=3, lr=lr))
 
 
-def _chunks(run, slot=None):
+def _chunks(run):
     """Per-chunk metrics, without wall time and phase names (those differ by design)."""
-    pick = (lambda v: v) if slot is None else (lambda v: v[slot] if isinstance(v, list) else v)
-    return [
-        {k: pick(v) for k, v in h.items() if k not in ("seconds", "phase")} for h in run.history
-    ]
+    return [{k: v for k, v in h.items() if k not in ("seconds", "phase")} for h in run.history]
 
 
 def _differences(got, want) -> list[str]:
@@ -127,35 +127,30 @@ def test_a_setting_off_the_limit_differs(task, references, case):
 SLOT_ADAMW = AdamW(clip_norm=1.0, weight_decay=3e-4)
 
 
+def _loops() -> set:
+    """The chunk-loop programs in the engine's compile cache."""
+    return {key for key in PROGRAMS.cached_keys() if key[0][0] == "loop"}
+
+
 def test_grid_points_share_one_program_and_never_change_each_others_bits(task):
     model, x, y, variables = task
     a, b = get_strategy("lp_ft", ft_lr=0.1), get_strategy("lp_ft", ft_lr=1.0)
+    spec = dataclasses.replace(TRAIN_SPEC, optimizer=SLOT_ADAMW, slots=2)
 
     def pair(first, second):
-        return run_phases(
-            model,
-            stack_trees([variables, variables]),
-            [first, second],
-            SLOT_ADAMW,
-            np.stack([x, x]),
-            np.stack([y, y]),
-            seeds=[0, 0],
-            lr=[1e-3, 1e-3],
-            **{k: v for k, v in RUN.items() if k != "seed"},
-        )
+        jobs = [Job(variables, s, x, y, seed=0, lr=1e-3) for s in (first, second)]
+        return train_jobs(model, spec, jobs)
 
-    misses, compiled = phase_lib._compiled_loop.cache_info().misses, len(driver_lib._COMPILED)
+    loops = _loops()
     ab = pair(a, b)
     # lp_ft's two phases, each one program for both grid points.
-    assert phase_lib._compiled_loop.cache_info().misses - misses == 2
-    assert len(driver_lib._COMPILED) - compiled == 2
-    programs = set(driver_lib._COMPILED)
+    assert len(_loops() - loops) == 2
+    programs = _loops()
     ba, aa, bb = pair(b, a), pair(a, a), pair(b, b)
-    assert phase_lib._compiled_loop.cache_info().misses - misses == 2
-    assert set(driver_lib._COMPILED) == programs
+    assert _loops() == programs
 
-    def slot(run, i):
-        return unstack_tree(run.variables, i), _chunks(run, i)
+    def slot(runs, i):
+        return runs[i].variables, _chunks(runs[i])
 
     def same(got, want):
         assert _differences(got[0], want[0]) == []
@@ -189,7 +184,7 @@ def test_run_time_learning_rates_train_as_compile_time_ones(task, strategy):
     full = freeze.plan(variables["params"], get_strategy("full_ft").phases(groups)[0].rules(groups))
     decayed = strategy == "discriminative_lr"
     step = phase_lib.PhaseStep(model, full, ADAMW, group_decay=decayed)
-    state = step.init_state(variables, phase_lib.hparams(lr=1e-3, decay=0.5), None, 0)
+    state = step.init_state(variables, optimizers_lib.hparams(lr=1e-3, decay=0.5), None, 0)
     # The old way: the learning rate a constant, layer-wise decay as static lr_mult rules.
     static = (
         freeze.plan(variables["params"], freeze.layerwise_lr_rules(groups, 0.5))
@@ -207,5 +202,7 @@ def test_run_time_learning_rates_train_as_compile_time_ones(task, strategy):
         constant, _ = constant_step(constant, *batch, rng)
     assert not _differences(state.variables, constant.variables)
     # At another multiplier the steps differ (so the comparison above compares something).
-    other = step.init_state(variables, phase_lib.hparams(lr=1e-3, phase_lr=0.5, decay=0.5), None, 0)
+    other = step.init_state(
+        variables, optimizers_lib.hparams(lr=1e-3, phase_lr=0.5, decay=0.5), None, 0
+    )
     assert _differences(run_time_step(other, *batch, rng)[0].params, constant.params)

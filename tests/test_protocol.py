@@ -1,4 +1,4 @@
-"""The tuned protocol (issue 10): validation splits, the grid, the selection rule, and end to end
+"""The tuned protocol: validation splits, the grid, the selection rule, and end to end
 through the runner: selection never reads test labels, and results/report carry the choice."""
 
 from __future__ import annotations

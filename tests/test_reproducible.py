@@ -1,5 +1,5 @@
 """A run's results are a function of its config and seed only, and a changed input is never
-served from an old result (issue 14, items 0, 0b and 1).
+served from an old result.
 
 Driven as a user would: ``jaxtl run`` into an output directory, then the same command again
 after changing a setting, deleting a cached source model or fixing the data file in place.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxtl import cli
-from jaxtl.runner import sources as sources_lib
+from jaxtl.runner import source_models as sources_lib
 from jaxtl.train import checkpoint as ckpt_lib
 
 # Per-chunk timings and the wall time differ from run to run; every other number must not.

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 
 from jaxtl import cli, runner
-from jaxtl.runner import jobs as jobs_lib
-from jaxtl.train import Callbacks
+from jaxtl.train import driver as driver_lib
 from jaxtl.train.outputs import NonFiniteLossError
 
 # Per-chunk timings differ from run to run; everything else in metrics.jsonl must not.
@@ -198,24 +197,23 @@ def finished_sweep(tmp_path_factory, tiny_config):
 
 @pytest.fixture
 def counted_training(monkeypatch):
-    """Counts the runner's run_phases calls and the chunks (compiled calls) each one trains."""
+    """Counts the packs the engine trains and the chunks (compiled calls) each one trains."""
     chunks: list[int] = []
-    run_phases = jobs_lib.run_phases
+    train_pack = driver_lib._train_pack
 
-    def counting(*args, callbacks=None, **kwargs):
+    def counting(model, spec, jobs, checkpointer, callbacks):
         chunks.append(0)
-        on_chunk = callbacks.on_chunk if callbacks else None
+        on_chunk = callbacks.on_chunk
 
         def count(record):
             chunks[-1] += 1
             if on_chunk is not None:
                 on_chunk(record)
 
-        return run_phases(
-            *args, callbacks=dataclasses.replace(callbacks or Callbacks(), on_chunk=count), **kwargs
-        )
+        listening = dataclasses.replace(callbacks, on_chunk=count)
+        return train_pack(model, spec, jobs, checkpointer, listening)
 
-    monkeypatch.setattr(jobs_lib, "run_phases", counting)
+    monkeypatch.setattr(driver_lib, "_train_pack", counting)
     return chunks
 
 

@@ -15,20 +15,34 @@ from jaxtl.train import (
     STRATEGIES,
     Callbacks,
     GroupCosineDecay,
+    Job,
     Phase,
     Strategy,
     StrategyError,
+    TrainSpec,
     adabn,
     cacheable_groups,
     checkpoint,
     get_strategy,
     phase_steps,
-    run_phases,
     scale_by_group_schedule,
+    train,
+    train_jobs,
 )
 
 TX = optax.adam(1e-2)  # one object, so runs share compiled phase loops
-RUN = {"total_steps": 4, "batch_size": 16, "steps_per_call": 1}
+TRAIN_SPEC = TrainSpec(steps=4, batch_size=16, steps_per_call=1, optimizer=TX)
+
+
+def _train(model, variables, strategy, x, y, *, seed=0, checkpointer=None, callbacks=None, **spec):
+    """One model through ``strategy``'s phases with :data:`TRAIN_SPEC` (fields overridden by ``spec``)."""
+    return train(
+        model,
+        dataclasses.replace(TRAIN_SPEC, **spec),
+        Job(variables, strategy, x, y, seed=seed),
+        checkpointer=checkpointer,
+        callbacks=callbacks,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +67,7 @@ def _flat(tree):
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_every_strategy_runs_and_never_moves_always_frozen_leaves(setup, name):
     model, x, y, variables = setup
-    run = run_phases(model, variables, get_strategy(name), TX, x, y, **RUN)
+    run = _train(model, variables, get_strategy(name), x, y)
     assert [h["step"] for h in run.history] == [1, 2, 3, 4]
     assert all(np.isfinite(h["loss"]) for h in run.history)
     flags = [dict(zip(p.paths, p.frozen_flags)) for p in run.plans.values()]
@@ -69,14 +83,12 @@ def test_every_strategy_runs_and_never_moves_always_frozen_leaves(setup, name):
 def test_lp_ft_keeps_head_adam_moments_across_the_switch(setup):
     model, x, y, variables = setup
     starts, ends = {}, {}
-    run = run_phases(
+    run = _train(
         model,
         variables,
         get_strategy("lp_ft"),
-        TX,
         x,
         y,
-        **RUN,
         callbacks=Callbacks(
             on_phase_start=lambda n, s: starts.setdefault(n, _host(s.opt_state)),
             on_phase_end=lambda n, s: ends.setdefault(n, _host(s.opt_state)),
@@ -96,14 +108,12 @@ def test_lp_ft_keeps_head_adam_moments_across_the_switch(setup):
 def test_gradual_unfreezing_carries_every_still_trainable_leaf(setup):
     model, x, y, variables = setup
     starts, ends = {}, {}
-    run = run_phases(
+    run = _train(
         model,
         variables,
         get_strategy("gradual_unfreeze"),
-        TX,
         x,
         y,
-        **RUN,
         callbacks=Callbacks(
             on_phase_start=lambda n, s: starts.setdefault(n, _host(s.opt_state)),
             on_phase_end=lambda n, s: ends.setdefault(n, _host(s.opt_state)),
@@ -122,10 +132,8 @@ def test_gradual_unfreezing_carries_every_still_trainable_leaf(setup):
 
 def test_feature_cache_gives_the_uncached_linear_probe(setup):
     model, x, y, variables = setup
-    plain = run_phases(model, variables, get_strategy("linear_probe"), TX, x, y, **RUN)
-    cached = run_phases(
-        model, variables, get_strategy("linear_probe"), TX, x, y, **RUN, cache_features=True
-    )
+    plain = _train(model, variables, get_strategy("linear_probe"), x, y)
+    cached = _train(model, variables, get_strategy("linear_probe"), x, y, cache_features=True)
     assert cached.cached_groups == {"lp": 2} and plain.cached_groups == {"lp": 0}
     np.testing.assert_allclose(
         [h["loss"] for h in cached.history], [h["loss"] for h in plain.history], rtol=1e-5
@@ -150,10 +158,8 @@ def test_cacheable_groups_need_a_deterministic_frozen_prefix(setup):
 
 def test_adabn_phase_reestimates_frozen_statistics(setup):
     model, x, y, variables = setup
-    run = run_phases(
-        model, variables, get_strategy("linear_probe"), TX, x, y, **RUN, bn_policy="adabn"
-    )
-    expected = adabn(model, variables, x, RUN["batch_size"])
+    run = _train(model, variables, get_strategy("linear_probe"), x, y, bn_policy="adabn")
+    expected = adabn(model, variables, x, TRAIN_SPEC.batch_size)
     for a, b in zip(
         jax.tree.leaves(run.variables["batch_stats"]), jax.tree.leaves(expected["batch_stats"])
     ):
@@ -213,38 +219,32 @@ def test_bad_strategy_or_option_is_a_one_line_error(call, match):
 
 
 def test_vmapped_seeds_equal_separate_runs(setup):
-    """seeds=: S models in one vmapped loop, each on its own data, equal S separate runs."""
+    """S models in one vmapped loop (slots), each on its own data, equal S separate runs."""
     model, x, y, _ = setup
     seeds = [0, 1, 2]
     inits = [models.init_variables(model, s, x[:1]) for s in seeds]
-    xs = np.stack([np.roll(x, s, axis=0) for s in seeds])  # a different training set per seed
-    ys = np.stack([np.roll(y, s) for s in seeds])
+    xs = [np.roll(x, s, axis=0) for s in seeds]  # a different training set per seed
+    ys = [np.roll(y, s) for s in seeds]
     strategy = get_strategy("lp_ft")
-    stacked = jax.tree.map(lambda *a: np.stack(a), *inits)
-    together = run_phases(
-        model, stacked, strategy, TX, xs, ys, seeds=seeds, cache_features=True, **RUN
-    )
-    for i, seed in enumerate(seeds):
-        alone = run_phases(
-            model, inits[i], strategy, TX, xs[i], ys[i], seed=seed, cache_features=True, **RUN
-        )
-        mine = jax.tree.map(lambda a, i=i: a[i], together.variables)
-        for got, want in zip(jax.tree.leaves(mine), jax.tree.leaves(alone.variables)):
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-        assert [r["loss"][i] for r in together.history] == pytest.approx(
+    jobs = [Job(inits[i], strategy, xs[i], ys[i], seed=s) for i, s in enumerate(seeds)]
+    spec = dataclasses.replace(TRAIN_SPEC, cache_features=True)
+    together = train_jobs(model, dataclasses.replace(spec, slots=3), jobs)
+    assert [run.slot for run in together] == [0, 1, 2]
+    for i, job in enumerate(jobs):
+        alone = train(model, spec, job)
+        for got, want in zip(
+            jax.tree.leaves(together[i].variables), jax.tree.leaves(alone.variables)
+        ):
+            # XLA batches a 3-slot program otherwise than a 1-slot one: equal up to rounding.
+            np.testing.assert_allclose(
+                got, want, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(want).max())
+            )
+        assert [r["loss"] for r in together[i].history] == pytest.approx(
             [r["loss"] for r in alone.history], rel=1e-5
         )
-    with pytest.raises(ValueError, match="seeds= .* and mesh= .* are exclusive"):
-        run_phases(
-            model,
-            stacked,
-            strategy,
-            TX,
-            xs,
-            ys,
-            seeds=seeds,
-            mesh=jax.sharding.Mesh(np.array(jax.devices()), ("data",)),
-            **RUN,
+    with pytest.raises(ValueError, match=r"slots=3 and mesh= \(data parallel\) are exclusive"):
+        dataclasses.replace(
+            spec, slots=3, mesh=jax.sharding.Mesh(np.array(jax.devices()), ("data",))
         )
 
 
@@ -312,7 +312,7 @@ def test_a_zero_group_rate_leaves_that_group_bit_identical(setup):
     model, x, y, variables = setup
     phase = Phase("ft", _all_trainable, group_lr=_OnUntil(("layer1", "head")))
     strategy = Strategy("custom", lambda groups: (phase,))
-    run = run_phases(model, variables, strategy, TX, x, y, **RUN)
+    run = _train(model, variables, strategy, x, y)
     before, after = variables["params"], run.variables["params"]
     for a, b in zip(jax.tree.leaves(before["layer0"]), jax.tree.leaves(after["layer0"])):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
@@ -331,14 +331,12 @@ def test_a_schedule_spans_phases_on_the_global_step(setup):
         Phase(name, _all_trainable, fraction=0.5, group_lr=off_half_way) for name in ("p1", "p2")
     )
     ends = {}
-    run_phases(
+    _train(
         model,
         variables,
         Strategy("custom", lambda groups: phases),
-        TX,
         x,
         y,
-        **RUN,
         callbacks=Callbacks(
             on_phase_end=lambda name, state: ends.setdefault(name, _host(state.params))
         ),
@@ -355,8 +353,8 @@ def test_freezeout_resumed_after_a_crash_equals_the_uninterrupted_run(setup, tmp
     model, x, y, variables = setup
     # 8 steps: phases of 4, 2 and 2 steps; the crash after step 4 resumes from step 3's
     # checkpoint, inside the first phase with layer0's rate part-way down its cosine.
-    settings = {**RUN, "total_steps": 8}
-    run = functools.partial(run_phases, model, variables, get_strategy("freezeout"), TX, x, y)
+    settings = {"steps": 8}
+    run = functools.partial(_train, model, variables, get_strategy("freezeout"), x, y)
     whole = run(**settings)
 
     def crash_at_step_4(record):

@@ -165,7 +165,7 @@ def nnx_checks(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def all_checks(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every check the result's sections support, seeds first (the issue 11 acceptance)."""
+    """Every check the result's sections support, seeds first."""
     out = []
     for entry in result.get("seeds_engine") or ():
         out += engine_seeds_checks(entry)

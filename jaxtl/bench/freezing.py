@@ -298,11 +298,10 @@ def linear_probe(
     times: dict[str, list[float]] = {"uncached": [], "cached": []}
 
     def epoch(kind, inputs):
-        loop = steps[kind].loop()
+        args = (states[kind], inputs[None], y_all[None], batch_idx, np.int32(num_batches), keys)
+        loop = steps[kind].loop(args)
         start = time.perf_counter()
-        states[kind], _ = loop(
-            states[kind], inputs[None], y_all[None], batch_idx, np.int32(num_batches), keys
-        )
+        states[kind], _ = loop(*args)
         jax.block_until_ready(states[kind])
         times[kind].append(time.perf_counter() - start)
 

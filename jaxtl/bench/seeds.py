@@ -5,7 +5,7 @@ the study's batch and optimizer), each step built by the engine's :class:`jaxtl.
 
 * :func:`seeds_engine`: one seed's step jitted alone; N seeds' steps vmapped (one program over a
   slot axis) and looped (N calls of the one-seed program); and N seeds as the engine runs them
-  (:meth:`PhaseStep.loop`, K steps per call, in groups of :func:`jaxtl.train.seed_slots` slots).
+  (:meth:`PhaseStep.loop`, K steps per call, in groups of :func:`jaxtl.train.slot_count` slots).
   It reports ``engine / (N x one seed)`` and the engine's step inside its loop against the same
   program jitted alone.
 * :func:`seeds_vmapped`: N seeds vmapped against one seed next to the floor no implementation
@@ -33,7 +33,7 @@ from jaxtl.train import (
     TrainState,
     get_strategy,
     hparams,
-    seed_slots,
+    slot_count,
     stack_trees,
 )
 
@@ -126,8 +126,7 @@ class SeedSetup:
         rng = np.random.default_rng(self.seed + 3)
         rows = self.xs.shape[1]
         idx = rng.integers(0, rows, (len(slots), loop_steps, self.batch_size)).astype(np.int32)
-        return Stepper(
-            self.phase.loop(),
+        args = (
             stack_trees([self.state(s) for s in slots]),
             self.xs[jnp.asarray(slots)],
             self.ys[jnp.asarray(slots)],
@@ -135,6 +134,7 @@ class SeedSetup:
             np.int32(loop_steps),
             self.keys[jnp.asarray(slots)],
         )
+        return Stepper(self.phase.loop(args), *args)
 
 
 def seeds_engine(
@@ -155,7 +155,7 @@ def seeds_engine(
       loop_steps: K, steps per call of the engine's loop (the study's ``steps_per_call``).
       rounds, warmup: as in :func:`jaxtl.bench.timing.interleaved_ms`.
       seed: seeds the data and the inits.
-      slots: models per program; None = :func:`jaxtl.train.seed_slots` for this device.
+      slots: models per program; None = :func:`jaxtl.train.slot_count` for this device.
       options: model options over the study's (what a model change would do to the step).
 
     Returns:
@@ -165,7 +165,7 @@ def seeds_engine(
     _, _, input_shape = STUDY_MODELS[name]
     net = study_model(name, options)
     setup = SeedSetup.build(net, input_shape, num_seeds, seed)
-    engine_slots = slots or seed_slots(net)
+    engine_slots = slots or slot_count(net)
     groups = math.ceil(num_seeds / engine_slots)
     step_fn = setup.phase.step_fn()
     one_step = jax.jit(step_fn, donate_argnums=0)

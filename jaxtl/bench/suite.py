@@ -1,7 +1,7 @@
 """The whole benchmark in one call: every measurement in order, a snapshot after each.
 
-Order: the seeds checks first (small, independent of the chosen model, and issue 11's
-acceptance), then the NNX step, then the chosen model's forward, strategy rows and linear-probe
+Order: the seeds checks first (small, independent of the chosen model, and what decides how
+the engine batches seeds), then the NNX step, then the chosen model's forward, strategy rows and linear-probe
 epoch. After every measurement ``on_partial`` gets the result so far, so a run cut short (a
 device lease, a timeout) keeps what it measured.
 """

@@ -13,7 +13,7 @@ from jaxtl.defaults import YOSINSKI_CONDITIONS, base_config
 from jaxtl.runner.cell import run_cell
 from jaxtl.runner.cells import EXPERIMENTS, SHIFT_LEVELS, Cell, experiment_cells
 from jaxtl.runner.experiment import check_part, expand_parts, run_experiment
-from jaxtl.runner.sources import source_models
+from jaxtl.runner.source_models import source_models
 from jaxtl.runner.tasks import Tasks, build_tasks, model_for
 
 __all__ = [

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,18 +23,17 @@ from jaxtl.runner import protocol as protocol_lib
 from jaxtl.runner.cells import Cell
 from jaxtl.runner.fingerprints import data_fingerprint, fingerprint, result_fields
 from jaxtl.runner.jobs import (
-    Job,
-    Trained,
     accuracy,
+    checkpoints_in,
     non_finite,
+    spec_for,
     step_costs,
-    train_jobs,
     write_chunk,
 )
-from jaxtl.runner.sources import source_models, source_record
+from jaxtl.runner.source_models import source_models, source_record
 from jaxtl.runner.tasks import build_tasks, init_variables, model_for, slots_for
+from jaxtl.train import Callbacks, Job, TrainRun, get_strategy, outputs, phase_steps, train_jobs
 from jaxtl.train import checkpoint as ckpt_lib
-from jaxtl.train import get_strategy, outputs, phase_steps
 from jaxtl.train.transfer import transfer_variables
 
 PyTree = Any
@@ -56,11 +54,6 @@ def cell_fingerprint(config: ml_collections.ConfigDict, cell: Cell, slots: int) 
     )
 
 
-def notice(message: str) -> None:
-    """One line on stderr about something jaxtl did on the user's behalf."""
-    print(f"jaxtl: note: {message}", file=sys.stderr)
-
-
 def _retire_stale(out_dir: Path, cell: Cell, run_dirs: Mapping[int, Path], key: str) -> None:
     """Moves finished runs made from other settings, data or code aside (never deletes them)."""
     for seed, path in run_dirs.items():
@@ -76,7 +69,7 @@ def _retire_stale(out_dir: Path, cell: Cell, run_dirs: Mapping[int, Path], key: 
         target = out_dir / "runs" / ".stale" / cell.id / f"seed_{seed}-{old or 'unknown'}"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(path), str(target))
-        notice(
+        outputs.notice(
             f"{cell.id} seed {seed}: its settings, data or code changed since it ran; retraining"
             f" (old run moved to {target})"
         )
@@ -109,25 +102,17 @@ def starting_variables(
     return variables, report
 
 
-def _job(cell: Cell, seed: int, setting: Mapping[str, Any], task, start: dict, source) -> Job:
+def _job(cell: Cell, seed: int, setting: Mapping[str, Any], task, start: dict) -> Job:
+    """Seed ``seed`` of ``cell`` at grid point ``setting`` on ``task``'s training examples."""
     options = {**dict(cell.options), **{k: v for k, v in setting.items() if k != "lr"}}
     return Job(
+        start,
+        get_strategy(cell.strategy, **options),
+        task.x_train,
+        task.y_train,
         seed=seed,
-        strategy=get_strategy(cell.strategy, **options),
         lr=float(setting["lr"]),
-        task=task,
-        start=start,
-        reference=None if source is None else start["params"],
-        setting=tuple(sorted(setting.items())),
     )
-
-
-def _diverged(jobs_by_group: dict[int, bool]) -> Callable[[list[Job], dict], None]:
-    def on_chunk(group, record):
-        for i, _ in non_finite(record, group):
-            jobs_by_group[id(group[i])] = True
-
-    return on_chunk
 
 
 def choose_hyperparameters(
@@ -136,7 +121,6 @@ def choose_hyperparameters(
     model: Any,
     starts: Mapping[int, dict],
     subsets: Mapping[int, data_lib.Dataset],
-    sources: Mapping[int, dict | None],
     test: tuple[np.ndarray, np.ndarray],
     cell_dir: Path,
     key: str,
@@ -157,27 +141,29 @@ def choose_hyperparameters(
     seeds = list(starts)
     settings = protocol_lib.grid(config, cell.strategy, cell.tuned_knobs)
     splits = {s: protocol_lib.val_split(subsets[s], config.protocol.val_fraction, s) for s in seeds}
-    jobs = [
-        _job(cell, s, setting, splits[s][0], starts[s], sources[s])
-        for setting in settings
-        for s in seeds
-    ]
-    diverged: dict[int, bool] = {}
+    jobs = [_job(cell, s, setting, splits[s][0], starts[s]) for setting in settings for s in seeds]
+    diverged: set[int] = set()
     position = {id(job): i for i, job in enumerate(jobs)}
-    # An interrupted search resumes where it stopped: each group of grid runs checkpoints like
+
+    def on_chunk(pack, record):
+        diverged.update(id(pack[i]) for i, _ in non_finite(record, pack))
+
+    # An interrupted search resumes where it stopped: each pack of grid runs checkpoints like
     # a final run (the directories go once the selection is recorded).
-    checkpoints = lambda group: (
-        cell_dir / (f"selection-{key[:8]}-jobs_{'_'.join(str(position[id(j)]) for j in group)}")
+    directory = lambda pack: (
+        cell_dir / (f"selection-{key[:8]}-jobs_{'_'.join(str(position[id(j)]) for j in pack)}")
+    )
+    spec = spec_for(
+        config, model, "b", batch_size=cell_batch_size(config, subsets[seeds[0]]), pad_to=pad_to
     )
     trained = train_jobs(
-        config,
         model,
+        spec,
         jobs,
-        batch_size=cell_batch_size(config, subsets[seeds[0]]),
-        pad_to=pad_to,
-        checkpoint_dir=checkpoints,
-        on_chunk=_diverged(diverged),
-        stop_requested=stop_requested,
+        checkpointer_for=checkpoints_in(config, directory),
+        callbacks_for=lambda pack: Callbacks(
+            on_chunk=lambda r: on_chunk(pack, r), stop_requested=stop_requested
+        ),
     )
     by_job = {id(t.job): t for t in trained}
     val_acc, test_acc = [], []
@@ -186,7 +172,7 @@ def choose_hyperparameters(
         val_acc.append(
             [
                 math.nan
-                if diverged.get(id(j))
+                if id(j) in diverged
                 else accuracy(model, by_job[id(j)].variables, *_xy(splits[j.seed][1]))
                 for j in row
             ]
@@ -198,7 +184,7 @@ def choose_hyperparameters(
         row = jobs[setting_index * len(seeds) : (setting_index + 1) * len(seeds)]
         test_acc.append(
             [
-                None if diverged.get(id(j)) else accuracy(model, by_job[id(j)].variables, *test)
+                None if id(j) in diverged else accuracy(model, by_job[id(j)].variables, *test)
                 for j in row
             ]
         )
@@ -310,7 +296,6 @@ def run_cell(
             model,
             starts,
             subsets,
-            sources,
             (tasks.b.x_test, tasks.b.y_test),
             cell_dir,
             key,
@@ -318,7 +303,7 @@ def run_cell(
             stop_requested,
         )
     setting = selection["selected"] if selection else {"lr": float(config.train_b.lr)}
-    jobs = [_job(cell, s, setting, subsets[s], starts[s], sources[s]) for s in todo]
+    jobs = [_job(cell, s, setting, subsets[s], starts[s]) for s in todo]
     batch_size = cell_batch_size(config, subsets[todo[0]])
     trained = _train_final(
         config,
@@ -363,42 +348,42 @@ def _starting_points(config, cell, tasks, model, seeds, out_dir, show_progress, 
 
 def _train_final(
     config, model, jobs, run_dirs, checkpoint_prefix: Path, batch_size, pad_to, stop_requested
-) -> list[Trained]:
+) -> list[TrainRun]:
     """The final runs, logged to each seed's metrics.jsonl; a NaN loss stops with the last
     good checkpoint named."""
-    checkpoints = lambda group: checkpoint_prefix.with_name(
-        f"{checkpoint_prefix.name}-seeds_{'_'.join(str(j.seed) for j in group)}"
+    directory = lambda pack: checkpoint_prefix.with_name(
+        f"{checkpoint_prefix.name}-seeds_{'_'.join(str(j.seed) for j in pack)}"
     )
 
-    def on_chunk(group, record):
-        bad = non_finite(record, group)
+    def on_chunk(pack, record):
+        bad = non_finite(record, pack)
         if bad:
             i, loss = bad[0]
-            saved = ckpt_lib.Checkpointer(checkpoints(group), every=1).all_steps()
+            saved = ckpt_lib.Checkpointer(directory(pack), every=1).all_steps()
             raise outputs.NonFiniteLossError(
                 record["step"],
                 record["phase"],
                 loss,
                 saved[-1] if saved else None,
-                str(checkpoints(group)),
-                data_finite=bool(np.isfinite(group[i].task.x_train).all()),
+                str(directory(pack)),
+                data_finite=bool(np.isfinite(pack[i].x).all()),
             )
-        write_chunk(run_dirs, group, record, batch_size)
+        write_chunk(run_dirs, pack, record, batch_size)
 
-    def on_resume(group, step):
-        for job in group:
+    def on_resume(pack, step):
+        for job in pack:
             run_dirs[job.seed].truncate_after(step)
 
     return train_jobs(
-        config,
         model,
+        spec_for(config, model, "b", batch_size=batch_size, pad_to=pad_to),
         jobs,
-        batch_size=batch_size,
-        pad_to=pad_to,
-        checkpoint_dir=checkpoints,
-        on_chunk=on_chunk,
-        on_resume=on_resume,
-        stop_requested=stop_requested,
+        checkpointer_for=checkpoints_in(config, directory),
+        callbacks_for=lambda pack: Callbacks(
+            on_chunk=lambda r: on_chunk(pack, r),
+            on_resume=lambda step: on_resume(pack, step),
+            stop_requested=stop_requested,
+        ),
     )
 
 
@@ -407,7 +392,7 @@ def _write_results(
     cell,
     model,
     tasks,
-    trained: Trained,
+    trained: TrainRun,
     sources,
     transfers,
     selection,
@@ -421,16 +406,16 @@ def _write_results(
     costs = step_costs(trained, model, batch_size)
     phases = job.strategy.phases(model.layer_groups)
     budgets = dict(zip((p.name for p in phases), phase_steps(phases, config.train_b.steps)))
-    names = list(trained.run.plans)
+    names = list(trained.plans)
     steps_per_phase = [budgets[n] for n in names]
     logged = run_dirs[s].read_metrics()
     seconds = sum(_steady_seconds(logged, n, k) for n, k in zip(names, steps_per_phase))
-    final_plan = list(trained.run.plans.values())[-1]
+    final_plan = list(trained.plans.values())[-1]
     cost_metrics = {
         "flops_per_step": max(c["flops"] for c in costs),
         "train_flops": float(sum(c["flops"] * k for c, k in zip(costs, steps_per_phase))),
         # Compute time without compilation, per model of the slots trained together.
-        "wall_time_s": seconds / trained.group_size,
+        "wall_time_s": seconds / trained.pack_size,
         "peak_memory_bytes": int(max(_step_memory_bytes(c) for c in costs)),
         "trainable_params": final_plan.num_trainable,
         "total_params": final_plan.num_trainable + final_plan.num_frozen,
@@ -440,10 +425,10 @@ def _write_results(
             "name": n,
             "steps": k,
             "flops_per_step": c["flops"],
-            "cached_groups": trained.run.cached_groups.get(n, 0),
+            "cached_groups": trained.cached_groups.get(n, 0),
             "trainable_params": p.num_trainable,
         }
-        for (n, p), k, c in zip(trained.run.plans.items(), steps_per_phase, costs)
+        for (n, p), k, c in zip(trained.plans.items(), steps_per_phase, costs)
     ]
     accuracies = {
         "acc_b": accuracy(model, trained.variables, tasks.b.x_test, tasks.b.y_test),

@@ -27,7 +27,7 @@ from jaxtl.config import ConfigError
 from jaxtl.data.fingerprints import file_digests
 from jaxtl.data.folder import IMAGENET_STATS
 from jaxtl.models import pretrained
-from jaxtl.train import seed_slots
+from jaxtl.train import slot_count
 
 # Input statistics of checkpoint sources, by `pretrained.Pretrained.normalization`.
 _SOURCE_STATS = {"imagenet": IMAGENET_STATS}
@@ -223,22 +223,21 @@ def init_variables(model, seed: int, x: np.ndarray) -> dict:
 
 
 def slots_for(config: ml_collections.ConfigDict, model) -> int:
-    """How many models train side by side: ``config.seed_slots`` or the engine's rule."""
-    if config.seed_slots < 0:
-        raise ConfigError(f"seed_slots={config.seed_slots} must be >= 0 (0 = the engine's rule)")
+    """How many models train side by side: ``config.slots`` or the engine's rule."""
+    if config.slots < 0:
+        raise ConfigError(f"slots={config.slots} must be >= 0 (0 = the engine's rule)")
     if config.data_parallel:
         return 1
-    return config.seed_slots or seed_slots(model)
+    return config.slots or slot_count(model)
 
 
 def mesh_for(config: ml_collections.ConfigDict):
     """The data-parallel mesh over all devices (all hosts' devices when distributed), or None."""
     if not config.data_parallel:
         return None
-    if config.seed_slots not in (0, 1):
+    if config.slots not in (0, 1):
         raise ConfigError(
-            "data_parallel=True needs seed_slots=1 (one model at a time, each sharded over the"
-            " devices)"
+            "data_parallel=True needs slots=1 (one model at a time, each sharded over the devices)"
         )
     return data_lib.data_mesh()
 

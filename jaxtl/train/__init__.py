@@ -1,38 +1,37 @@
-"""jaxtl.train: train state, compiled steps, BatchNorm policy, transfer from A, strategies.
+"""jaxtl.train: the engine that trains models through a strategy's freeze phases.
 
-from jaxtl.train import get_strategy, run_phases, transfer_variables
+from jaxtl.train import Job, TrainSpec, get_strategy, train, transfer_variables
 variables, report = transfer_variables(variables_a, init_b)
-run = run_phases(model, variables, get_strategy("lp_ft"), optax.adam(1e-3),
-                 ds.x_train, ds.y_train, total_steps=500, batch_size=64)
+run = train(model, TrainSpec(steps=500, batch_size=64, optimizer=optax.adam(1e-3)),
+            Job(variables, get_strategy("lp_ft"), ds.x_train, ds.y_train))
+
+:func:`train_jobs` trains many models side by side in slots (seeds, grid points); every caller
+of the engine goes through it.
 """
 
 from jaxtl.freeze.carry import carry_optimizer_state
-from jaxtl.train.driver import (
-    Callbacks,
-    Interrupted,
-    PhaseRun,
-    batch_schedule,
-    run_phases,
-    seed_slots,
-    stack_trees,
-    unstack_tree,
-)
+from jaxtl.train.driver import Callbacks, Interrupted, TrainRun, pack_jobs, train, train_jobs
 from jaxtl.train.features import cacheable_groups, compute_features, frozen_prefix
-from jaxtl.train.phase import AdamW, FixedTx, PhaseStep, hparams
+from jaxtl.train.inference import adabn, eval_batch_size, evaluate
+from jaxtl.train.optimizers import HPARAM_DEFAULTS, AdamW, FixedTx, hparams
+from jaxtl.train.phase import PROGRAMS, PhaseStep
 from jaxtl.train.schedules import GroupCosineDecay, scale_by_group_decay, scale_by_group_schedule
-from jaxtl.train.sharding import maybe_initialize_distributed, put_replicated, shard_batch
+from jaxtl.train.sharding import (
+    data_mesh,
+    maybe_initialize_distributed,
+    put_replicated,
+    shard_batch,
+)
+from jaxtl.train.slots import batch_schedule, slot_count, stack_trees, unstack_tree
+from jaxtl.train.spec import STUDY_OPTIMIZER, Job, TrainSpec
 from jaxtl.train.state import TrainState, create_train_state, variables_of
 from jaxtl.train.steps import (
     BN_POLICIES,
-    adabn,
     build_step,
     check_bn_policy,
     cross_entropy,
-    evaluate,
     frozen_groups,
     l2sp_penalty,
-    make_eval_step,
-    make_train_loop,
     make_train_step,
 )
 from jaxtl.train.strategies import (
@@ -48,17 +47,22 @@ from jaxtl.train.transfer import TransferError, TransferReport, transfer_variabl
 
 __all__ = [
     "BN_POLICIES",
+    "HPARAM_DEFAULTS",
+    "PROGRAMS",
     "STRATEGIES",
+    "STUDY_OPTIMIZER",
     "AdamW",
     "Callbacks",
     "FixedTx",
     "GroupCosineDecay",
     "Interrupted",
+    "Job",
     "Phase",
-    "PhaseRun",
     "PhaseStep",
     "Strategy",
     "StrategyError",
+    "TrainRun",
+    "TrainSpec",
     "TrainState",
     "TransferError",
     "TransferReport",
@@ -71,25 +75,27 @@ __all__ = [
     "compute_features",
     "create_train_state",
     "cross_entropy",
+    "data_mesh",
+    "eval_batch_size",
     "evaluate",
     "frozen_groups",
     "frozen_prefix",
     "get_strategy",
     "hparams",
     "l2sp_penalty",
-    "make_eval_step",
-    "make_train_loop",
     "make_train_step",
     "maybe_initialize_distributed",
+    "pack_jobs",
     "phase_steps",
     "put_replicated",
-    "run_phases",
     "scale_by_group_decay",
     "scale_by_group_schedule",
-    "seed_slots",
     "shard_batch",
+    "slot_count",
     "stack_trees",
+    "train",
     "train_groups_rules",
+    "train_jobs",
     "transfer_variables",
     "unstack_tree",
     "variables_of",

@@ -9,7 +9,6 @@ pass per example instead of one per step.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtl.freeze import FreezePlan
-from jaxtl.train.steps import check_bn_policy, eval_batch_size, frozen_groups
+from jaxtl.train.inference import eval_batch_size
+from jaxtl.train.phase import prefix_program
+from jaxtl.train.steps import check_bn_policy, frozen_groups
 
 PyTree = Any
 
@@ -92,15 +93,10 @@ def compute_features(
         raise ValueError("compute_features got no examples; pass a non-empty x")
     batch_size = eval_batch_size(n, batch_size)
 
-    forward = _prefix_forward(model, stop)
+    variables = dict(variables)
     out = []
     for lo in range(0, n, batch_size):
         idx = np.minimum(np.arange(lo, lo + batch_size), n - 1)
-        out.append(forward(dict(variables), x[idx])[: min(batch_size, n - lo)])
+        args = (variables, x[idx])
+        out.append(prefix_program(model, stop, args)(*args)[: min(batch_size, n - lo)])
     return jnp.concatenate(out)
-
-
-@functools.lru_cache(maxsize=32)
-def _prefix_forward(model: nn.Module, stop: int):
-    """One jitted prefix per (model, stop), so repeated caching in a sweep does not recompile."""
-    return jax.jit(lambda variables, xb: model.apply(variables, xb, train=False, stop=stop))

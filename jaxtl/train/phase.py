@@ -1,118 +1,109 @@
-"""One value per phase that says everything about its compiled step.
+"""One phase's compiled step, its chunk loop, and the engine's one compile cache.
 
 A :class:`PhaseStep` holds what decides the program a phase trains with: model, freeze plan,
 base optimizer, BatchNorm policy, whether L2-SP / layer-wise decay / a per-group schedule are
 on, compute dtype, the first group run (feature cache) and the mesh. The *numbers* a tuning
 sweep varies (learning rate, LP-FT's fine-tune multiplier, L2-SP's alpha, the layer-wise decay)
-are not part of it: they travel in ``TrainState.hparams`` as float32 scalars, so every grid point
-and every seed of a sweep runs the same compiled program.
+are not part of it: they travel in ``TrainState.hparams`` (:mod:`jaxtl.train.optimizers`), so
+every grid point and every seed of a sweep runs the same compiled program.
 
 The same value trains (:meth:`PhaseStep.loop`), is costed (:meth:`PhaseStep.cost`: XLA's cost
-and memory analysis of exactly that step) and is benchmarked (``jaxtl bench``).
+and memory analysis of exactly that step) and is benchmarked (``jaxtl bench``). Every program
+the engine compiles — chunk loops, state initialisers, step costs, evaluation and feature
+passes — goes through :data:`PROGRAMS`, one bounded cache keyed by what decides the program
+and the shapes it runs on.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
 from jaxtl import freeze
 from jaxtl.data.pipeline import data_sharding
 from jaxtl.freeze import FreezePlan
+from jaxtl.train.optimizers import AdamW, BaseOptimizer, FixedTx
 from jaxtl.train.schedules import (
     group_decay_multipliers,
     scale_by_group_decay,
-    scale_by_group_learning_rate,
     scale_by_group_schedule,
 )
 from jaxtl.train.state import TrainState, create_train_state
-from jaxtl.train.steps import build_step
+from jaxtl.train.steps import build_step, cast_floating, cross_entropy
 
 PyTree = Any
 Hparams = Mapping[str, jax.Array]
 
-# The numbers a sweep may vary without recompiling, and their neutral values.
-HPARAM_DEFAULTS = {"lr": 1e-3, "phase_lr": 1.0, "l2sp": 0.0, "decay": 1.0}
+
+# ---- the compile cache ------------------------------------------------------------------------
 
 
-def hparams(**values: float) -> dict[str, jax.Array]:
-    """A full hyperparameter dict: ``values`` over :data:`HPARAM_DEFAULTS`, as float32 scalars.
+class ProgramCache:
+    """The engine's one compile cache: values by key, least recently used first out.
 
-    Example:
-      >>> sorted(hparams(lr=3e-3))
-      ['decay', 'l2sp', 'lr', 'phase_lr']
-    """
-    unknown = sorted(set(values) - set(HPARAM_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"unknown hyperparameter {unknown[0]!r}; choices: {', '.join(HPARAM_DEFAULTS)}"
-        )
-    return {k: jnp.asarray(values.get(k, v), jnp.float32) for k, v in HPARAM_DEFAULTS.items()}
-
-
-@dataclasses.dataclass(frozen=True)
-class AdamW:
-    """The study's base optimizer: global-norm clipping, then AdamW at a run-time learning rate.
-
-    Called with a (traced) learning rate it returns the transformation, so one compiled step
-    serves every learning rate of a sweep.
+    :meth:`compiled` compiles a jitted function ahead of time for its arguments' shapes, so
+    compilation stays out of measured step times and every run of a sweep with the same program
+    and shapes shares one executable; :meth:`get` holds other derived values (step costs).
 
     Example:
-      >>> tx = AdamW(clip_norm=1.0, weight_decay=1e-4)(1e-3)
+      >>> cache = ProgramCache(maxsize=8)
+      >>> f = cache.compiled("double", lambda: jax.jit(lambda x: 2 * x), (jnp.ones(3),))
+      >>> f(jnp.ones(3)).tolist(), cache.misses
+      ([2.0, 2.0, 2.0], 1)
     """
 
-    clip_norm: float
-    weight_decay: float
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+        self._entries: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
 
-    def __call__(
-        self, lr: jax.Array | float, group_multipliers: dict[str, jax.Array] | None = None
-    ) -> optax.GradientTransformation:
-        """The transformation at learning rate ``lr``, times ``group_multipliers[group]`` per
-        layer group when given (layer-wise decay; the state is ``optax.adamw``'s either way)."""
-        clip = optax.clip_by_global_norm(self.clip_norm)
-        if group_multipliers is None:
-            return optax.chain(clip, optax.adamw(lr, weight_decay=self.weight_decay))
-        # optax.adamw's own chain with its last link per group, so each leaf's update is scaled
-        # once by -(lr * multiplier), as the plan's static lr_mult once did.
-        return optax.chain(
-            clip,
-            optax.chain(
-                optax.scale_by_adam(),
-                optax.add_decayed_weights(self.weight_decay),
-                scale_by_group_learning_rate(lr, group_multipliers),
-            ),
-        )
+    def __len__(self) -> int:
+        return len(self._entries)
 
+    def cached_keys(self) -> set[Hashable]:
+        """The keys held now (tests compare them to see what a run compiled)."""
+        return set(self._entries)
 
-@dataclasses.dataclass(frozen=True)
-class FixedTx:
-    """A user's own optax transformation as a base optimizer; the ``lr`` hyperparameter is unused.
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """The value under ``key``, built with ``build()`` on a miss."""
+        if key in self._entries:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        self.misses += 1
+        value = self._entries[key] = build()
+        if len(self._entries) > self.maxsize:
+            self._entries.popitem(last=False)
+        return value
 
-    Example:
-      >>> base = FixedTx(optax.adam(1e-3))
-    """
-
-    tx: optax.GradientTransformation
-
-    def __call__(self, lr: jax.Array | float) -> optax.GradientTransformation:
-        del lr
-        return self.tx
+    def compiled(self, key: Hashable, jitted: Callable[[], Any], args: tuple) -> Any:
+        """``jitted()`` (a ``jax.jit``-ed function) compiled for the shapes of ``args``."""
+        return self.get((key, signature(args)), lambda: jitted().lower(*args).compile())
 
 
-BaseOptimizer = Callable[[Any], optax.GradientTransformation]
+def signature(args: PyTree) -> tuple:
+    """What an ahead-of-time compiled program is specialised on: structure, shapes, dtypes and
+    placements of its arguments."""
+    leaves, treedef = jax.tree.flatten(args)
+    return treedef, tuple(
+        (np.shape(x), jnp.result_type(x), getattr(x, "sharding", None)) for x in leaves
+    )
 
 
-def as_base_optimizer(tx: optax.GradientTransformation | BaseOptimizer) -> BaseOptimizer:
-    """``tx`` as a base optimizer (``lr -> transformation``); a plain transformation is fixed."""
-    return FixedTx(tx) if isinstance(tx, optax.GradientTransformation) else tx
+PROGRAMS = ProgramCache(maxsize=256)
+
+
+# ---- one phase's step -------------------------------------------------------------------------
 
 
 class _PlanKey:
@@ -140,14 +131,15 @@ class PhaseStep:
     Attributes:
       model: the jaxtl model.
       plan: the phase's freeze plan.
-      optimizer: base optimizer, ``lr -> transformation`` (:class:`AdamW`, :class:`FixedTx`).
+      optimizer: base optimizer, ``lr -> transformation`` (:class:`~jaxtl.train.AdamW`,
+        :class:`~jaxtl.train.FixedTx`).
       bn_policy: BatchNorm policy of this phase ("frozen", "train", "adabn").
       l2sp: whether the L2-SP penalty is in the loss (alpha from ``hparams["l2sp"]``).
       group_decay: whether layer-wise decay scales updates (``hparams["decay"]``).
       group_lr: a per-group schedule ``(group, t) -> multiplier`` (FreezeOut), or None.
-      first_step, total_steps: the schedule's clock: this phase's first global step and the run's
-        total (only used with ``group_lr``).
-      compute_dtype: e.g. ``jnp.bfloat16``; None = float32.
+      clock: ``(first_step, total_steps)``: the schedule's clock, this phase's first global
+        step and the run's total (only used with ``group_lr``).
+      compute_dtype: e.g. ``"bfloat16"``; None = float32.
       start: first layer group the step runs (features of the earlier ones come from a cache).
       mesh: data-parallel mesh, or None.
     """
@@ -159,16 +151,14 @@ class PhaseStep:
     l2sp: bool = False
     group_decay: bool = False
     group_lr: Callable[[str, jax.Array], jax.Array] | None = None
-    first_step: int = 0
-    total_steps: int = 1
-    compute_dtype: Any = None
+    clock: tuple[int, int] = (0, 1)
+    compute_dtype: str | None = None
     start: int = 0
     mesh: Mesh | None = None
 
     @property
     def key(self) -> tuple:
         """What the compiled program depends on (the numbers in ``hparams`` are not in it)."""
-        schedule = (self.group_lr, self.first_step, self.total_steps) if self.group_lr else None
         return (
             self.model,
             _PlanKey(self.plan),
@@ -176,7 +166,7 @@ class PhaseStep:
             self.bn_policy,
             self.l2sp,
             self.group_decay,
-            schedule,
+            (self.group_lr, self.clock) if self.group_lr else None,
             None if self.compute_dtype is None else jnp.dtype(self.compute_dtype).name,
             self.start,
             self.mesh,
@@ -193,11 +183,11 @@ class PhaseStep:
         layer-wise decay), then the schedule.
 
         The phase's multiplier enters the base optimizer's learning rate (one scalar product)
-        rather than a run-time ``optax.scale``: XLA:CPU then fuses the update as it did for a
-        compile-time learning rate, so a phase at multiplier 1 trains bit-identically to the
-        engine before learning rates became run-time values (a separate scale by a run-time 1.0
-        changed the rounding of ~5% of weights per step). A :class:`FixedTx` has no learning
-        rate to scale, so its updates are scaled.
+        rather than a run-time ``optax.scale``: XLA:CPU then fuses the update as it does for a
+        compile-time learning rate, so a phase at multiplier 1 trains bit-identically to a step
+        compiled with a constant learning rate (a separate scale by a run-time 1.0 changed the
+        rounding of ~5% of weights per step). A :class:`FixedTx` has no learning rate to
+        scale, so its updates are scaled.
         """
         lr = hp["lr"] * hp["phase_lr"]
         fold_decay = self.group_decay and isinstance(self.optimizer, AdamW)
@@ -212,7 +202,7 @@ class PhaseStep:
         if self.group_decay and not fold_decay:
             parts.append(scale_by_group_decay(hp["decay"], self.model.layer_groups))
         if self.group_lr is not None:
-            parts.append(scale_by_group_schedule(self.group_lr, self.first_step, self.total_steps))
+            parts.append(scale_by_group_schedule(self.group_lr, *self.clock))
         return optax.chain(*parts)
 
     def step_fn(self) -> Callable[..., tuple[TrainState, dict]]:
@@ -230,7 +220,7 @@ class PhaseStep:
     def init_state(
         self, variables: Mapping[str, PyTree], hp: Hparams, reference: PyTree, step: int
     ) -> TrainState:
-        """A fresh state for this phase (one model; vmap it over slots)."""
+        """A fresh state for this phase (one model; :meth:`initializer` vmaps it over slots)."""
         return create_train_state(
             variables,
             self.plan,
@@ -240,9 +230,25 @@ class PhaseStep:
             hparams=hp,
         )
 
-    def loop(self) -> Callable[..., tuple[TrainState, dict]]:
-        """The compiled chunk loop, vmapped over a leading slot axis (see :func:`_compiled_loop`)."""
-        return _compiled_loop(self)
+    def initializer(self, args: tuple) -> Callable[..., TrainState]:
+        """``(variables, reference, hparams, step) -> state`` for every slot, compiled for the
+        shapes of ``args`` (one program per phase program, not one per leaf shape, which is
+        what running the initializer eagerly would compile)."""
+
+        return PROGRAMS.compiled(("init", self), self._slots_initializer, args)
+
+    def initial_shapes(self, args: tuple) -> TrainState:
+        """The shapes and dtypes :meth:`initializer` returns for ``args`` (nothing compiled; a
+        checkpoint restore reads them)."""
+        return jax.eval_shape(self._slots_initializer(), *args)
+
+    def _slots_initializer(self) -> Callable[..., TrainState]:
+        create = lambda v, r, h, step: self.init_state(v, h, r, step)
+        return jax.jit(jax.vmap(create, in_axes=(0, 0, 0, None)))
+
+    def loop(self, args: tuple) -> Callable[..., tuple[TrainState, dict]]:
+        """The chunk loop compiled for the shapes of ``args`` (see :func:`_chunk_loop`)."""
+        return PROGRAMS.compiled(("loop", self), lambda: _chunk_loop(self), args)
 
     def cost(self, state: PyTree, x_shape: tuple[int, ...]) -> dict[str, float]:
         """XLA's cost and memory analysis of one step exactly as it trains (one model, no slots).
@@ -251,25 +257,14 @@ class PhaseStep:
           state: a state of one model (arrays or ``jax.ShapeDtypeStruct``s).
           x_shape: one batch's input shape entering group ``start``.
         """
+        state = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), state
+        )
         x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
         y = jax.ShapeDtypeStruct(x_shape[:1], jnp.int32)
-        return _cost(self, _abstract(state), x, y)
-
-
-def _abstract(tree: PyTree) -> PyTree:
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
-
-
-@functools.lru_cache(maxsize=64)
-def _cost_cached(step: PhaseStep, treedef: Any, shapes: tuple, x, y) -> dict[str, float]:
-    state = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(*s) for s in shapes])
-    return freeze.cost(step.step_fn(), state, x, y, jax.random.key(0))
-
-
-def _cost(step: PhaseStep, state: PyTree, x, y) -> dict[str, float]:
-    leaves, treedef = jax.tree.flatten(state)
-    shapes = tuple((leaf.shape, leaf.dtype) for leaf in leaves)
-    return dict(_cost_cached(step, treedef, shapes, x, y))
+        key = ("cost", self, signature((state, x, y)))
+        measure = lambda: freeze.cost(self.step_fn(), state, x, y, jax.random.key(0))
+        return dict(PROGRAMS.get(key, measure))
 
 
 def _metric_zeros(step_fn, state, x_all, y_all, idx, rng) -> dict[str, jax.Array]:
@@ -278,8 +273,7 @@ def _metric_zeros(step_fn, state, x_all, y_all, idx, rng) -> dict[str, jax.Array
     return jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled_loop(step: PhaseStep) -> Callable[..., tuple[TrainState, dict]]:
+def _chunk_loop(step: PhaseStep) -> Callable[..., tuple[TrainState, dict]]:
     """``loop(state, x_all, y_all, batch_idx, num_steps, rng) -> (state, metric sums)``, jitted.
 
     Every argument but ``num_steps`` has a leading slot axis (models trained side by side, one
@@ -287,7 +281,6 @@ def _compiled_loop(step: PhaseStep) -> Callable[..., tuple[TrainState, dict]]:
     rows. The trip count is a run-time value, so chunks of any length up to ``K`` share one
     program (phase ends that are not multiples of the chunk length compile nothing new).
     Metrics come back as sums over the chunk's steps; divide by ``num_steps`` for means.
-    Cached per :class:`PhaseStep`: one program per distinct phase in a process.
     """
     step_fn = step.step_fn()
     batch_sharding = None if step.mesh is None else data_sharding(step.mesh)
@@ -307,3 +300,64 @@ def _compiled_loop(step: PhaseStep) -> Callable[..., tuple[TrainState, dict]]:
         return jax.lax.fori_loop(0, num_steps, body, (state, zeros))
 
     return jax.jit(jax.vmap(one_model, in_axes=(0, 0, 0, 0, None, 0)), donate_argnums=0)
+
+
+# ---- inference programs -----------------------------------------------------------------------
+
+
+def eval_program(
+    model: nn.Module, compute_dtype: str | None, start: int, args: tuple
+) -> Callable[..., dict]:
+    """``(variables, x, y, mask) -> {"loss_sum", "correct", "count"}`` in inference mode,
+    compiled for the shapes of ``args``.
+
+    Sums (not means) so that padded final batches (``mask`` False) average correctly.
+    """
+
+    def jitted():
+        def eval_step(variables, x, y, mask):
+            if compute_dtype is not None:
+                variables = {
+                    **variables,
+                    "params": cast_floating(variables["params"], compute_dtype),
+                }
+                x = x.astype(compute_dtype)
+            logits = model.apply(variables, x, train=False, start=start)
+            loss = cross_entropy(logits, y)
+            correct = (jnp.argmax(logits, -1) == y) & mask
+            return {
+                "loss_sum": jnp.sum(jnp.where(mask, loss, 0.0)),
+                "correct": jnp.sum(correct),
+                "count": jnp.sum(mask),
+            }
+
+        return jax.jit(eval_step)
+
+    return PROGRAMS.compiled(("eval", model, compute_dtype, start), jitted, args)
+
+
+def prefix_program(model: nn.Module, stop: int, args: tuple) -> Callable[..., jax.Array]:
+    """``(variables, x) -> features entering group stop`` in inference mode, compiled for the
+    shapes of ``args`` (the feature cache's forward pass)."""
+    jitted = lambda: jax.jit(lambda v, xb: model.apply(v, xb, train=False, stop=stop))
+    return PROGRAMS.compiled(("prefix", model, stop), jitted, args)
+
+
+def batch_stats_program(model: nn.Module, args: tuple) -> Callable[..., PyTree]:
+    """``(params, batch_stats, x, rng) -> batch_stats`` after one train-mode pass (AdaBN),
+    compiled for the shapes of ``args``."""
+
+    def jitted():
+        def updated(params, stats, xb, rng):
+            _, updates = model.apply(
+                {"params": params, "batch_stats": stats},
+                xb,
+                train=True,
+                rngs={"dropout": rng},
+                mutable=["batch_stats"],
+            )
+            return updates["batch_stats"]
+
+        return jax.jit(updated)
+
+    return PROGRAMS.compiled(("batch_stats", model), jitted, args)

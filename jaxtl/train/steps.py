@@ -16,19 +16,15 @@ BatchNorm policy for frozen modules (``bn_policy``):
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh
 
-from jaxtl.data.pipeline import data_sharding
-from jaxtl.freeze import FreezePlan, flatten_with_paths
+from jaxtl.freeze import FreezePlan
 from jaxtl.suggest import did_you_mean
 from jaxtl.train.state import TrainState, TxFactory, variables_of
 
@@ -74,7 +70,7 @@ def _inference_groups(plan: FreezePlan, model: nn.Module, bn_policy: str) -> tup
     return frozen_groups(plan, model.layer_groups)
 
 
-def _cast_floating(tree: PyTree, dtype: Any) -> PyTree:
+def cast_floating(tree: PyTree, dtype: Any) -> PyTree:
     return jax.tree.map(
         lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
     )
@@ -115,13 +111,6 @@ def l2sp_penalty(params: PyTree, reference: PyTree, mask: PyTree, alpha: float) 
     return 0.5 * alpha * sum(terms, jnp.zeros([], jnp.float32))
 
 
-def _restore_frozen_stats(plan: FreezePlan, old: PyTree, new: PyTree) -> PyTree:
-    if not old:
-        return new
-    mask = plan.collection_mask(old)
-    return jax.tree.map(lambda m, o, n: o if m else n.astype(o.dtype), mask, old, new)
-
-
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example softmax cross-entropy with integer labels, in float32: the one loss of jaxtl.
 
@@ -142,7 +131,7 @@ def build_step(
     compute_dtype: Any = None,
     start: int = 0,
 ) -> StepFn:
-    """The un-jitted step function behind :func:`make_train_step` and :func:`make_train_loop`.
+    """The un-jitted step function behind :func:`make_train_step` and the engine's chunk loop.
 
     Same arguments as :func:`make_train_step`; use it to embed a step in your own jitted code.
     ``tx`` may also be a factory ``hparams -> transformation`` and ``l2sp=True`` reads alpha
@@ -162,7 +151,7 @@ def build_step(
             else jnp.zeros([], jnp.float32)
         )
         if compute_dtype is not None:
-            params = _cast_floating(params, compute_dtype)
+            params = cast_floating(params, compute_dtype)
             x = x.astype(compute_dtype)
         logits, updates = model.apply(
             variables_of(params, batch_stats),
@@ -200,7 +189,7 @@ def build_step(
         updates, opt_state = optimizer.update(full_grads, state.opt_state, state.params)
         params = plan.apply_updates(state.params, updates)
         if bn_policy != "train":
-            batch_stats = _restore_frozen_stats(plan, state.batch_stats, batch_stats)
+            batch_stats = plan.restore_frozen_stats(state.batch_stats, batch_stats)
         else:
             batch_stats = jax.tree.map(
                 lambda o, n: n.astype(o.dtype), state.batch_stats, batch_stats
@@ -255,213 +244,3 @@ def make_train_step(
         model, plan, tx, bn_policy=bn_policy, l2sp=l2sp, compute_dtype=compute_dtype, start=start
     )
     return jax.jit(step, donate_argnums=0)
-
-
-def make_train_loop(
-    model: nn.Module,
-    plan: FreezePlan,
-    tx: optax.GradientTransformation,
-    *,
-    bn_policy: str = "frozen",
-    l2sp: float | None = None,
-    compute_dtype: Any = None,
-    start: int = 0,
-    mesh: Mesh | None = None,
-) -> Callable[..., tuple[TrainState, dict]]:
-    """Compiles K train steps as one ``lax.scan`` over on-device data.
-
-    The returned ``loop(state, x_all, y_all, batch_idx, rng)`` gathers batch ``k`` as
-    ``x_all[batch_idx[k]]``, so the whole training set stays on device and Python runs once per
-    K steps instead of once per step (what dominates small models). Steps are identical to
-    :func:`make_train_step`'s, so K scanned steps equal K single steps.
-
-    Args:
-      model, plan, tx, bn_policy, l2sp, compute_dtype, start: as in :func:`make_train_step`.
-      mesh: when given, each gathered batch is sharded over the mesh's "data" axis.
-
-    Returns:
-      The jitted loop; metrics are stacked with a leading axis of length K. K is
-      ``batch_idx.shape[0]``; each distinct K compiles once.
-
-    Example:
-      >>> loop = make_train_loop(model, plan, optax.adam(1e-3))  # doctest: +SKIP
-      >>> idx = np.stack([pipeline.batch_indices(n, 32, seed=0, epoch=0)[:10]])  # doctest: +SKIP
-      >>> state, metrics = loop(state, x_all, y_all, idx[0], jax.random.key(0))  # doctest: +SKIP
-    """
-    step = build_step(
-        model, plan, tx, bn_policy=bn_policy, l2sp=l2sp, compute_dtype=compute_dtype, start=start
-    )
-    batch_sharding = None if mesh is None else data_sharding(mesh)
-
-    def loop(state, x_all, y_all, batch_idx, rng):
-        def body(state, idx):
-            x, y = x_all[idx], y_all[idx]
-            if batch_sharding is not None:
-                x = jax.lax.with_sharding_constraint(x, batch_sharding)
-                y = jax.lax.with_sharding_constraint(y, batch_sharding)
-            return step(state, x, y, rng)
-
-        return jax.lax.scan(body, state, batch_idx)
-
-    return jax.jit(loop, donate_argnums=0)
-
-
-@functools.lru_cache(maxsize=64)
-def make_eval_step(
-    model: nn.Module, *, compute_dtype: Any = None, start: int = 0
-) -> Callable[..., dict]:
-    """Compiles ``(variables, x, y, mask) -> {"loss_sum", "correct", "count"}`` in inference mode.
-
-    Sums (not means) so that padded final batches (``mask`` False) average correctly. Cached per
-    (model, compute_dtype, start), so repeated evaluation does not recompile.
-
-    Example:
-      >>> sums = make_eval_step(model)(variables, x, y, jnp.ones(len(y), bool))  # doctest: +SKIP
-    """
-
-    @jax.jit
-    def eval_step(variables, x, y, mask):
-        if compute_dtype is not None:
-            variables = {**variables, "params": _cast_floating(variables["params"], compute_dtype)}
-            x = x.astype(compute_dtype)
-        logits = model.apply(variables, x, train=False, start=start)
-        loss = cross_entropy(logits, y)
-        correct = (jnp.argmax(logits, -1) == y) & mask
-        return {
-            "loss_sum": jnp.sum(jnp.where(mask, loss, 0.0)),
-            "correct": jnp.sum(correct),
-            "count": jnp.sum(mask),
-        }
-
-    return eval_step
-
-
-def eval_batch_size(n: int, batch_size: int = 256) -> int:
-    """The padded batch used to run ``n`` examples: a power of two between 32 and ``batch_size``.
-
-    A handful of shapes serves every dataset size (a sweep's validation splits of 5, 20 or 500
-    examples compile two programs, not three), at the price of some padded rows.
-
-    Example:
-      >>> [eval_batch_size(n) for n in (5, 20, 100, 500)]
-      [32, 32, 128, 256]
-    """
-    return min(batch_size, max(32, 1 << max(n - 1, 0).bit_length()))
-
-
-def _padded_batches(n: int, batch_size: int):
-    for lo in range(0, n, batch_size):
-        idx = np.arange(lo, lo + batch_size)
-        yield np.minimum(idx, n - 1), idx < n
-
-
-def evaluate(
-    model: nn.Module,
-    variables: Mapping[str, PyTree],
-    x: np.ndarray | jax.Array,
-    y: np.ndarray | jax.Array,
-    *,
-    batch_size: int = 256,
-    compute_dtype: Any = None,
-    start: int = 0,
-) -> dict[str, float]:
-    """Mean loss and accuracy of ``model`` on ``(x, y)`` in inference mode.
-
-    Args:
-      model: a jaxtl model.
-      variables: its variables.
-      x, y: inputs (or cached features entering group ``start``) and int labels.
-      batch_size: eval batch; the last batch is padded and masked so every batch has one shape.
-      compute_dtype: as in :func:`make_train_step`.
-      start: first group to run.
-
-    Returns:
-      ``{"loss": float, "acc": float}``.
-
-    Example:
-      >>> evaluate(model, state.variables, ds.x_test, ds.y_test)  # doctest: +SKIP
-      {'loss': 0.31, 'acc': 0.9}
-    """
-    n = len(y)
-    if n == 0:
-        raise ValueError("evaluate got an empty dataset; pass at least one example")
-    eval_step = make_eval_step(model, compute_dtype=compute_dtype, start=start)
-    batch_size = eval_batch_size(n, batch_size)
-    loss_sum, correct = 0.0, 0
-    for idx, mask in _padded_batches(n, batch_size):
-        out = eval_step(dict(variables), x[idx], y[idx], jnp.asarray(mask))
-        loss_sum += float(out["loss_sum"])
-        correct += int(out["correct"])
-    return {"loss": loss_sum / n, "acc": correct / n}
-
-
-def adabn(
-    model: nn.Module,
-    variables: Mapping[str, PyTree],
-    x: np.ndarray | jax.Array,
-    batch_size: int = 256,
-    *,
-    rng: jax.Array | None = None,
-) -> dict[str, PyTree]:
-    """AdaBN: re-estimates every BatchNorm's running statistics on target data, params fixed.
-
-    Each batch is run in train mode and its per-module batch mean and variance are read off;
-    the new running statistics are the example-weighted average over all batches (what
-    PyTorch's ``momentum=None`` cumulative average gives), independent of the model's
-    BatchNorm momentum. The batch moments are recovered from Linen's update
-    ``new = m * old + (1 - m) * batch``: a pass from zero statistics gives ``(1 - m) * batch``,
-    and one pass from unit statistics gives ``m``.
-
-    Args:
-      model: a jaxtl model.
-      variables: its variables; returned unchanged when there is no ``batch_stats``.
-      x: target inputs (train split); labels are not used.
-      batch_size: examples per pass; the last partial batch is used as is.
-      rng: dropout key for the train-mode passes (default ``jax.random.key(0)``).
-
-    Returns:
-      Variables with new ``batch_stats`` and the same params.
-
-    Example:
-      >>> variables = adabn(model, variables, ds_b.x_train, 256)  # doctest: +SKIP
-    """
-    batch_stats = variables.get("batch_stats")
-    if not batch_stats:
-        return dict(variables)
-    rng = jax.random.key(0) if rng is None else rng
-
-    params = variables["params"]
-
-    @jax.jit
-    def updated_stats(params, stats, xb):
-        _, updates = model.apply(
-            {"params": params, "batch_stats": stats},
-            xb,
-            train=True,
-            rngs={"dropout": rng},
-            mutable=["batch_stats"],
-        )
-        return updates["batch_stats"]
-
-    zeros = jax.tree.map(jnp.zeros_like, batch_stats)
-    ones = jax.tree.map(jnp.ones_like, batch_stats)
-    first = x[: min(batch_size, len(x))]
-    from_zeros = updated_stats(params, zeros, first)
-    momentum = jax.tree.map(jnp.subtract, updated_stats(params, ones, first), from_zeros)
-    paths, leaves, _ = flatten_with_paths(momentum)
-    for path, m in zip(paths, leaves):
-        if np.any(np.isclose(np.asarray(m), 1.0)):
-            raise ValueError(
-                f"adabn cannot read batch statistics at batch_stats/{path}: BatchNorm momentum"
-                " is 1 (running averages never move); use a momentum < 1"
-            )
-    total = jax.tree.map(jnp.zeros_like, batch_stats)
-    for lo in range(0, len(x), batch_size):
-        xb = x[lo : lo + batch_size]
-        weight = len(xb)
-        moments = jax.tree.map(
-            lambda s, m: s / (1.0 - m), updated_stats(params, zeros, xb), momentum
-        )
-        total = jax.tree.map(lambda t, s, w=weight: t + w * s, total, moments)
-    new_stats = jax.tree.map(lambda t, old: (t / len(x)).astype(old.dtype), total, batch_stats)
-    return {**variables, "batch_stats": new_stats}

@@ -127,6 +127,30 @@ def transfer_variables(
       >>> variables, report = transfer_variables(variables_a, init_b)  # doctest: +SKIP
       >>> print(report)  # doctest: +SKIP
     """
+    recreate_head = _check_compatible(
+        source_variables, target_variables, head, reinit_head, min_loaded_fraction
+    )
+    out, (loaded, reinitialised, missing, unexpected) = _copy_collections(
+        source_variables, target_variables, head, recreate_head, zero_init_head
+    )
+    report = TransferReport(
+        loaded=tuple(loaded),
+        reinitialised=tuple(reinitialised),
+        missing=tuple(missing),
+        unexpected=tuple(unexpected),
+        collections=tuple(c for c in {**target_variables, **source_variables} if c != "params"),
+    )
+    return out, report
+
+
+def _check_compatible(
+    source_variables: Mapping[str, PyTree],
+    target_variables: Mapping[str, PyTree],
+    head: str,
+    reinit_head: bool | None,
+    min_loaded_fraction: float,
+) -> bool:
+    """One-line errors for a source that cannot fill the target; whether to re-create the head."""
     if "params" not in source_variables:
         raise TransferError(
             f"source variables have collections {sorted(source_variables)} but no 'params'; pass"
@@ -165,7 +189,18 @@ def transfer_variables(
             f" missing (e.g. {absent[0]}; checkpoint has e.g. {next(iter(source_params), '-')});"
             " was it saved from another architecture or model size?"
         )
+    return recreate_head
 
+
+def _copy_collections(
+    source_variables: Mapping[str, PyTree],
+    target_variables: Mapping[str, PyTree],
+    head: str,
+    recreate_head: bool,
+    zero_init_head: bool,
+) -> tuple[dict[str, PyTree], tuple[list[str], list[str], list[str], list[str]]]:
+    """B-shaped variables with A's leaves where they fit, and the paths loaded, re-initialised,
+    missing from A and unexpected in A."""
     loaded, reinitialised, missing, unexpected, mismatched = [], [], [], [], []
     out: dict[str, PyTree] = {}
     for collection, target_tree in target_variables.items():
@@ -201,11 +236,4 @@ def transfer_variables(
     for collection, tree in source_variables.items():
         if collection not in target_variables:
             unexpected += [_label(collection, p) for p in _flat(tree)]
-    report = TransferReport(
-        loaded=tuple(loaded),
-        reinitialised=tuple(reinitialised),
-        missing=tuple(missing),
-        unexpected=tuple(unexpected),
-        collections=tuple(c for c in {**target_variables, **source_variables} if c != "params"),
-    )
-    return out, report
+    return out, (loaded, reinitialised, missing, unexpected)

@@ -12,7 +12,6 @@ starts from the same weights; the seeds still differ in B's head, subset and bat
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import shutil
@@ -24,6 +23,7 @@ import numpy as np
 
 from jaxtl.data.fingerprints import file_digests
 from jaxtl.runner.fingerprints import code_version, data_fingerprint, fingerprint
+from jaxtl.runner.jobs import spec_for
 from jaxtl.runner.tasks import (
     Tasks,
     file_source,
@@ -32,15 +32,7 @@ from jaxtl.runner.tasks import (
     slots_for,
     source_path,
 )
-from jaxtl.train import (
-    AdamW,
-    Callbacks,
-    get_strategy,
-    outputs,
-    run_phases,
-    stack_trees,
-    unstack_tree,
-)
+from jaxtl.train import Callbacks, Job, get_strategy, outputs, train_jobs
 from jaxtl.train import checkpoint as ckpt_lib
 
 
@@ -119,7 +111,7 @@ def source_models(
         root.mkdir(parents=True, exist_ok=True)
         key_file = json.dumps({**parts, "code": code_version()}, default=str, sort_keys=True)
         outputs.atomic_write_text(root / "key.json", key_file + "\n")
-        _train(config, task, model, which, missing, slots, paths, show_progress, stop_requested)
+        _train(config, task, model, which, missing, paths, show_progress, stop_requested)
     template = init_variables(model, seeds[0], task.x_train)
     loaded = {}
     for s in seeds:
@@ -132,7 +124,7 @@ def source_models(
             shutil.rmtree(damaged, ignore_errors=True)
             shutil.move(str(paths[s]), str(damaged))
             outputs.notice(f"cached source model {paths[s]} is unreadable ({e}); retraining it")
-            _train(config, task, model, which, [s], slots, paths, show_progress, stop_requested)
+            _train(config, task, model, which, [s], paths, show_progress, stop_requested)
             loaded[s] = _load(str(paths[s]), template)
     return [loaded[s] for s in seeds]
 
@@ -179,78 +171,71 @@ def _load(path: str, template: dict) -> dict:
     return _LOADED[path]
 
 
-def _train(config, task, model, which, seeds, slots, paths, show_progress, stop_requested) -> None:
-    """Trains the missing source seeds in groups of ``slots`` and saves each one."""
-    train = config.train_a
-    batch_size = min(train.batch_size, len(task.y_train))
-    groups = [seeds[i : i + slots] for i in range(0, len(seeds), slots)]
+def _train(config, task, model, which, seeds, paths, show_progress, stop_requested) -> None:
+    """Trains the missing source seeds, a pack of ``slots`` at a time, and saves each pack's
+    models as soon as it finishes (an interruption keeps the packs already trained)."""
+    spec = spec_for(
+        config, model, "a", batch_size=min(config.train_a.batch_size, len(task.y_train))
+    )
+    packs = [seeds[i : i + spec.slots] for i in range(0, len(seeds), spec.slots)]
     bar = outputs.progress(
-        train.steps * len(groups),
+        spec.steps * len(packs),
         desc=f"source models on {which.upper()} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
         disable=None if show_progress is None else not show_progress,
     )
-    for group in groups:
-        # A partial group fills its empty slots with copies of its last seed (discarded), so
-        # every seed trains in a program of the same shape.
-        padded = group + [group[-1]] * (slots - len(group))
-        logs = {s: paths[s].parent / f"seed_{s}.metrics.jsonl" for s in group}
+    data_finite = bool(np.isfinite(task.x_train).all())
 
-        def on_chunk(record, group=group, logs=logs):
-            bar.update(record["chunk_steps"])
-            for i, s in enumerate(group):
-                loss = record["loss"][i]
-                if not math.isfinite(loss):
-                    raise outputs.NonFiniteLossError(
-                        record["step"],
-                        f"source on {which.upper()}",
-                        loss,
-                        None,
-                        str(paths[s]),
-                        data_finite=bool(np.isfinite(task.x_train).all()),
-                    )
-                entry = {k: (v[i] if isinstance(v, list) else v) for k, v in record.items()}
-                outputs.append_jsonl(logs[s], entry)
+    def log_chunk(record, pack):
+        bar.update(record["chunk_steps"])
+        for i, job in enumerate(pack):
+            loss = record["loss"][i]
+            if not math.isfinite(loss):
+                raise outputs.NonFiniteLossError(
+                    record["step"],
+                    f"source on {which.upper()}",
+                    loss,
+                    None,
+                    str(paths[job.seed]),
+                    data_finite=data_finite,
+                )
+            entry = {k: (v[i] if isinstance(v, list) else v) for k, v in record.items()}
+            outputs.append_jsonl(paths[job.seed].parent / f"seed_{job.seed}.metrics.jsonl", entry)
 
-        for log in logs.values():
+    for pack in packs:
+        for s in pack:
+            log = paths[s].parent / f"seed_{s}.metrics.jsonl"
             log.parent.mkdir(parents=True, exist_ok=True)
             log.unlink(missing_ok=True)
-        run = run_phases(
+        jobs = [
+            Job(
+                init_variables(model, s, task.x_train),
+                get_strategy("scratch"),
+                task.x_train,
+                task.y_train,
+                seed=s,
+                lr=float(config.train_a.lr),
+            )
+            for s in pack
+        ]
+        runs = train_jobs(
             model,
-            stack_trees([init_variables(model, s, task.x_train) for s in padded]),
-            get_strategy("scratch"),
-            _adamw(train),
-            np.stack([task.x_train] * slots),
-            np.stack([task.y_train] * slots),
-            seeds=padded,
-            lr=[float(train.lr)] * slots,
-            total_steps=train.steps,
-            batch_size=batch_size,
-            bn_policy=config.bn_policy,
-            steps_per_call=config.steps_per_call,
-            compute_dtype=config.compute_dtype or None,
-            callbacks=Callbacks(on_chunk=on_chunk, stop_requested=stop_requested),
+            spec,
+            jobs,
+            callbacks_for=lambda pack: Callbacks(
+                on_chunk=lambda r: log_chunk(r, pack), stop_requested=stop_requested
+            ),
         )
-        for i, s in enumerate(group):
+        for run in runs:
             ckpt_lib.save_variables(
-                paths[s],
-                unstack_tree(run.variables, i),
+                paths[run.job.seed],
+                run.variables,
                 {
                     "model": config.model.name,
                     "num_classes": task.num_classes,
                     "options": config.model.options.to_dict(),
                     "task": which,
-                    "seed": s,
-                    "seed_slots": slots,
+                    "seed": run.job.seed,
+                    "slots": spec.slots,
                 },
             )
     bar.close()
-
-
-@functools.lru_cache(maxsize=16)
-def _adamw_cached(clip_norm: float, weight_decay: float) -> AdamW:
-    return AdamW(clip_norm, weight_decay)
-
-
-def _adamw(train: ml_collections.ConfigDict) -> AdamW:
-    """The base optimizer of a training config (its learning rate travels as a value)."""
-    return _adamw_cached(float(train.clip_norm), float(train.weight_decay))
