@@ -279,7 +279,24 @@ def test_results_csv_has_one_row_per_run_in_a_stable_column_order(tmp_path):
     )
     assert freeze["k"] == "2" and ft0["k"] == "" and freeze["test_b_examples"] == ""
     assert freeze["results_file"].endswith("cell003/seed_0/results.json")
-    # Written atomically: no temporary file is left beside it.
+    # Written atomically: no temporary file is left beside it; as readable as report.md.
+    assert sorted(p.name for p in tmp_path.glob("*results.csv*")) == [CSV_FILE]
+    mode = lambda name: (tmp_path / name).stat().st_mode & 0o777
+    assert mode(CSV_FILE) == mode("report.md")
+
+
+def test_a_failed_csv_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    write(tmp_path, csv_records())
+    write_report(tmp_path)
+    before = (tmp_path / CSV_FILE).read_text()
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", broken)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(tmp_path)
+    assert (tmp_path / CSV_FILE).read_text() == before
     assert sorted(p.name for p in tmp_path.glob("*results.csv*")) == [CSV_FILE]
 
 

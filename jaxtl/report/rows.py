@@ -23,7 +23,6 @@ import csv
 import importlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -147,15 +146,17 @@ def write_rows(records: Sequence[dict], path: str | Path) -> Path:
     """
     path = Path(path)
     names, rows = result_rows(records)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # A hidden name beside the target (same filesystem for os.replace); open() keeps the user's
+    # umask, which mkstemp's 0600 would not.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as f:
+        with temporary.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=names)
             writer.writeheader()
             writer.writerows(rows)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
 
