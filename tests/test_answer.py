@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxtl.report import ResultsError, load_results, write_report
+from jaxtl.report import ResultsError, load_results, validate_record, write_report
 from jaxtl.report.answer import answer_claims, answer_section
 from jaxtl.report.cells import group_cells
 from jaxtl.report.literature import literature_section
@@ -180,7 +180,9 @@ def test_yosinski_and_surgical_problems_get_their_own_questions(tmp_path):
     assert "AnB n=1 − AnB n=3 = +10.00 pp" in row("| AnB (frozen copied layers) falls")
     assert "**reproduced (supported)**" in row("| AnB (frozen copied layers) falls")
     assert "BnB n=2 = +6.00 pp" in row("| BnB dips") and "reproduced" in row("| BnB dips")
-    assert "not measured in this run" in row("| LP-FT ≥ FT in distribution")
+    # Effects these runs cannot test get no row, only a count.
+    assert not any(line.startswith("| LP-FT") for line in literature.splitlines())
+    assert "8 of the 11 published effects need cells these runs do not have" in literature
 
 
 def _strategies_with_ood(lp_ft_ood: float) -> list[dict]:
@@ -210,7 +212,7 @@ def test_literature_verdict_follows_the_numbers(tmp_path):
     assert "linear_probe (least retentive frozen) − full_ft = +60.00 pp" in line(
         helps, "| frozen strategies retain A"
     )
-    assert "not measured in this run" in line(helps, "| gradual_unfreeze ≥ full_ft")
+    assert not any(x.startswith("| gradual_unfreeze ≥ full_ft") for x in helps.splitlines())
 
 
 def test_lee_best_group_follows_the_shift_level(tmp_path):
@@ -298,11 +300,26 @@ def test_fixed_protocol_is_stated_and_has_no_hyperparameter_section(tmp_path):
     assert "**Protocol**: fixed hyperparameters" in text and "## Hyperparameters" not in text
 
 
-def test_selected_setting_must_agree_across_seeds(tmp_path):
+def test_a_seed_with_another_selected_setting_is_left_out_with_a_warning(tmp_path, capsys):
+    records = tuned_records(0.6)
+    records[0]["protocol"]["selected"] = {"lr": 1e-3}  # full_ft, seed 0
+    text = write_report(write(tmp_path, records)).read_text()
+    warning = (
+        "strategies full_ft, 5/class, a → b (cnn): seed 0 left out, made with other settings "
+        'than the kept seeds 1, 2, 3, 4 (the cell\'s most recent): protocol.selected={"lr": 0.001} '
+        '(kept: {"lr": 0.003})'
+    )
+    assert warning in text.split("## Warnings", 1)[1].split("\n## ", 1)[0]
+    assert f"jaxtl: warning: {warning}" in capsys.readouterr().err
+    assert "| strategies: a → b (cnn) | full_ft | 5/class | lr=0.003 | 2 | 4 |" in text
+
+
+def test_selected_setting_must_agree_across_seeds_of_a_cell():
     records = tuned_records(0.6)
     records[0]["protocol"]["selected"] = {"lr": 1e-3}
+    cells = group_cells([validate_record(r, f"r{i}.json") for i, r in enumerate(records)])
     with pytest.raises(ResultsError, match="'protocol.selected' differs between seeds"):
-        write_report(write(tmp_path, records))
+        answer_section(cells)
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,18 @@
-"""Results -> report: ``report.md`` with plots, tables and an Answer section computed from the runs.
+"""Results -> report: ``report.md`` with plots, tables and an Answer section computed from the runs,
+and ``results.csv`` with one row per run.
 
-Reads ``results.json`` files only (schema: SPEC "Run outputs"); imports nothing from the rest
-of jaxtl.
+Reads ``results.json`` files only (the schema is in ``jaxtl.report.results``); imports nothing
+from the rest of jaxtl.
 
 Example:
   >>> from jaxtl import report
   >>> path = report.write_report("out/sweep")  # doctest: +SKIP
+  >>> rows = report.load("out/sweep")  # doctest: +SKIP
 """
 
+from jaxtl.report.collect import Runs, collect_runs
 from jaxtl.report.results import ResultsError, drop_duplicate_runs, load_results, validate_record
+from jaxtl.report.rows import load
 from jaxtl.report.stats import (
     Contrast,
     Difference,
@@ -28,10 +32,13 @@ __all__ = [
     "Contrast",
     "Difference",
     "ResultsError",
+    "Runs",
     "Summary",
+    "collect_runs",
     "contrast",
     "drop_duplicate_runs",
     "holm",
+    "load",
     "load_results",
     "mean_ci",
     "paired_t",

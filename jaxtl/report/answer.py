@@ -487,12 +487,15 @@ def model_family_lines(claims: list[Claim]) -> list[str]:
     return lines + [""]
 
 
-def answer_section(cells: Sequence[Cell], test: DecisionTest = "t") -> str:
+def answer_section(
+    cells: Sequence[Cell], test: DecisionTest = "t", claims: Sequence[Claim] | None = None
+) -> str:
     """Markdown "Answer" section: Q1-Q3 per problem, and where model families disagree.
 
     Args:
       cells: cells of every experiment.
       test: which p-value decides ("t" or "sign_flip"); see ``claims.rule_text``.
+      claims: ``answer_claims(cells, test)`` when the caller has them already.
 
     Returns:
       The section text, starting with "## Answer".
@@ -500,7 +503,7 @@ def answer_section(cells: Sequence[Cell], test: DecisionTest = "t") -> str:
     Example:
       >>> print(answer_section(group_cells(load_results("out"))))  # doctest: +SKIP
     """
-    claims = answer_claims(cells, test)
+    claims = list(answer_claims(cells, test) if claims is None else claims)
     lines = ["## Answer", "", rule_text(test, family_size(claims), "this Answer"), ""]
     lines += [SELECTION_NOTE, ""]
     grouped = problems(cells)

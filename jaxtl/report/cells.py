@@ -6,7 +6,9 @@ import json
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+from jaxtl.report.results import cell_key
 from jaxtl.report.stats import Summary, mean_ci
+from jaxtl.report.task import a_name
 
 SIZE_PARAM = "n_per_class"
 # Params that say *which transfer problem* a run belongs to, rather than how it was trained.
@@ -16,12 +18,17 @@ FROZEN_STRATEGIES = ("linear_probe", "freeze_first_k", "surgical")
 
 
 class Cell(NamedTuple):
-    """All seeds of one (experiment, strategy, params) combination."""
+    """All seeds of one (experiment, strategy, params, options) combination.
+
+    ``options`` are the strategy options the user set to other than their defaults; two runs of
+    one strategy with different options are two cells, never pooled.
+    """
 
     experiment: str
     strategy: str
     params: dict
     runs: tuple[dict, ...]
+    options: dict
 
 
 def group_cells(records: Iterable[dict]) -> list[Cell]:
@@ -31,23 +38,24 @@ def group_cells(records: Iterable[dict]) -> list[Cell]:
       records: validated records (see ``load_results``).
 
     Returns:
-      Cells sorted by experiment, strategy and params, runs sorted by seed.
+      Cells sorted by experiment, strategy, params and options, runs sorted by seed.
 
     Example:
       >>> [c.strategy for c in group_cells(records)]  # doctest: +SKIP
       ['full_ft', 'linear_probe']
     """
-    groups: dict[tuple[str, str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, str, str], list[dict]] = {}
     for record in records:
-        key = (
-            record["experiment"],
-            record["strategy"],
-            json.dumps(record["params"], sort_keys=True, default=str),
-        )
-        groups.setdefault(key, []).append(record)
+        groups.setdefault(cell_key(record), []).append(record)
     return [
-        Cell(experiment, strategy, json.loads(params), tuple(sorted(runs, key=lambda r: r["seed"])))
-        for (experiment, strategy, params), runs in sorted(groups.items())
+        Cell(
+            experiment,
+            strategy,
+            json.loads(params),
+            tuple(sorted(runs, key=lambda r: r["seed"])),
+            json.loads(options),
+        )
+        for (experiment, strategy, params, options), runs in sorted(groups.items())
     ]
 
 
@@ -87,14 +95,20 @@ def size_label(size: int | None) -> str:
 
 
 def context_of(cell: Cell) -> tuple:
-    """Hashable key of the transfer problem (dataset pair, model) a cell belongs to."""
-    return tuple((p, str(cell.params[p])) for p in CONTEXT_PARAMS if p in cell.params)
+    """Hashable key of the transfer problem (A, B, model) a cell belongs to.
+
+    A checkpoint source without A's data is named by its spec, so "pretrained:FILE → B".
+    """
+    values = {p: str(cell.params[p]) for p in CONTEXT_PARAMS if p in cell.params}
+    if "dataset_a" in values and not values["dataset_a"]:
+        values["dataset_a"] = a_name(cell.runs[0])
+    return tuple((p, values[p]) for p in CONTEXT_PARAMS if p in values)
 
 
 def context_label(context: tuple) -> str:
     """ "mnist → fashion_mnist (cnn)" from a ``context_of`` key; "" when the runs name none."""
     values = dict(context)
-    pair = " → ".join(values[p] for p in ("dataset_a", "dataset_b") if p in values)
+    pair = " → ".join(values[p] for p in ("dataset_a", "dataset_b") if values.get(p))
     model = f"({values['model']})" if "model" in values else ""
     return " ".join(part for part in (pair, model) if part)
 
@@ -110,24 +124,35 @@ def varying_params(cells: list[Cell]) -> set[str]:
     }
 
 
+def options_text(values: dict) -> str:
+    """ "ft_lr=0.1, lp_fraction=0.2": options or hyperparameters sorted by name.
+
+    Example:
+      >>> options_text({"lp_fraction": 0.2, "ft_lr": 0.1, "lr": 3e-05})
+      'ft_lr=0.1, lp_fraction=0.2, lr=3e-05'
+    """
+    return ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(values.items())
+    )
+
+
 def variant_label(cell: Cell, shown: set[str]) -> str:
-    """Strategy name plus the ``shown`` params the cell sets, e.g. "freeze_first_k(k=2)".
+    """Strategy name plus the ``shown`` params the cell sets and every option it changed.
 
     Args:
       cell: the cell to name.
       shown: param names worth showing (typically ``varying_params`` minus axis and context params).
 
     Returns:
-      The label.
+      The label, e.g. "freeze_first_k (k=2)" or "lp_ft (lp_fraction=0.2)".
 
     Example:
-      >>> variant_label(cell, {"k"})  # doctest: +SKIP
-      'freeze_first_k(k=2)'
+      >>> variant_label(Cell("strategies", "lp_ft", {}, (), {"lp_fraction": 0.2}), set())
+      'lp_ft (lp_fraction=0.2)'
     """
-    extra = ", ".join(
-        f"{name}={cell.params[name]}" for name in sorted(shown) if name in cell.params
-    )
-    return f"{cell.strategy}({extra})" if extra else cell.strategy
+    extra = {name: cell.params[name] for name in shown if name in cell.params}
+    extra.update(cell.options)
+    return f"{cell.strategy} ({options_text(extra)})" if extra else cell.strategy
 
 
 def labeller(cells: list[Cell], axes: Iterable[str] = ()) -> Callable[[Cell], str]:

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple
 
-from jaxtl.report.cells import Cell, context_label, summarize
+from jaxtl.report.cells import Cell, context_label, context_of, summarize
 from jaxtl.report.protocol import robustness
 from jaxtl.report.stats import ALPHA, Contrast, Decision, contrast, decide, holm, is_fragile
 
@@ -29,8 +29,11 @@ def problem_of(cell: Cell) -> tuple:
       >>> problem_of(cell)  # doctest: +SKIP
       (('experiment', 'cross_domain'), ('dataset_a', 'mnist'), ('dataset_b', 'usps'), ('model', 'cnn'))
     """
+    context = dict(context_of(cell))
+    shift = {"shift": str(cell.params["shift"])} if "shift" in cell.params else {}
+    values = {**context, **shift}
     return (("experiment", cell.experiment),) + tuple(
-        (p, str(cell.params[p])) for p in PROBLEM_PARAMS if p in cell.params
+        (p, values[p]) for p in PROBLEM_PARAMS if p in values
     )
 
 
@@ -186,6 +189,13 @@ def family_size(claims: Sequence[Claim]) -> int:
     return len({_identity(c) for c in claims if not math.isnan(c.decision_p)})
 
 
+def claims_tested(family: int, what: str) -> str:
+    """ "12 tested claims of this Answer", or what a family without a testable claim is."""
+    if family == 0:
+        return f"tested claims of {what} (none here: no compared pair has the seeds for a test)"
+    return f"{family} tested claim{'s' * (family != 1)} of {what}"
+
+
 def rule_text(test: DecisionTest, family: int, what: str) -> str:
     """The decision rule, stated with the family size of ``what`` ("this Answer", ...)."""
     decider = (
@@ -204,7 +214,7 @@ def rule_text(test: DecisionTest, family: int, what: str) -> str:
         "Rule: differences are paired by seed (every strategy of a seed shares its few-shot "
         "subset, source model and head initialisation): the mean per-seed difference with its "
         f"95% paired t interval. A claim is *supported* when {decider}, Holm-adjusted over the "
-        f"{family} tested claims of {what}, is below {ALPHA:g} and the 95% CI excludes 0. "
+        f"{claims_tested(family, what)}, is below {ALPHA:g} and the 95% CI excludes 0. "
         f"{other} Cells that share fewer than 2 seeds fall back to Welch's unpaired interval "
         "and say so; with fewer than 2 seeds no claim is made. A supported claim is *fragile* "
         f"when its adjusted p is above {ALPHA / 2:g} (within a factor 2 of {ALPHA:g}) or the "

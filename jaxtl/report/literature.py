@@ -1,8 +1,8 @@
 """The "Literature check" section: does this run reproduce the direction of published effects?
 
 Each effect becomes claims oriented so that a positive difference is the published direction;
-the claims of this section form their own Holm family. An effect whose cells are absent is
-"not measured in this run".
+the claims of this section form their own Holm family. An effect whose cells are absent gets no
+row (only a count).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from jaxtl.report.claims import (
     DecisionTest,
     adjust_family,
     best,
+    claims_tested,
     difference_claim,
     family_size,
     per_seed,
     problem_label,
-    rule_text,
 )
 from jaxtl.report.stats import contrast
 from jaxtl.report.tables import markdown_table
@@ -285,7 +285,9 @@ def _figures(claim: Claim) -> str:
 
 
 def literature_section(cells: Sequence[Cell], test: DecisionTest = "t") -> str:
-    """Markdown "Literature check": one table row per (effect, problem, slot), or not measured.
+    """Markdown "Literature check": one table row per measured (effect, problem, slot).
+
+    Effects these runs hold no cells for get no row; one sentence counts them.
 
     Args:
       cells: cells of every experiment.
@@ -300,24 +302,41 @@ def literature_section(cells: Sequence[Cell], test: DecisionTest = "t") -> str:
     claims = literature_claims(cells, test)
     rows = []
     for effect in EFFECTS:
-        mine = [c for c in claims if c.question == effect.key]
-        title = f"{effect.statement} ({effect.source})"
-        if not mine:
-            rows.append([title, "–", "not measured in this run", "not measured in this run"])
-        for claim in mine:
+        for claim in (c for c in claims if c.question == effect.key):
             rows.append(
                 [
-                    title,
+                    f"{effect.statement} ({effect.source})",
                     f"{problem_label(claim.problem)}, {claim.slot}",
                     _figures(claim),
                     f"**{outcome(claim, effect)}**",
                 ]
             )
+    unmeasured = len(EFFECTS) - len({c.question for c in claims})
+    absent = (
+        f" {unmeasured} of the {len(EFFECTS)} published effects need cells these runs do not "
+        "have and are left out."
+        if unmeasured
+        else ""
+    )
+    if not rows:
+        return "\n".join(
+            [
+                "## Literature check",
+                "",
+                (
+                    f"None of the {len(EFFECTS)} published effects this check knows can be "
+                    "tested with these runs' strategies, data sizes and experiments."
+                ),
+                "",
+            ]
+        )
     intro = (
         "Each published effect is tested in its own direction: a positive difference is the "
         'direction the paper reports. For "≥" effects, equality is consistent with the paper, '
-        "so a direction that holds without support is not evidence against it. "
-        + rule_text(test, family_size(claims), "this section (a family separate from the Answer)")
+        "so a direction that holds without support is not evidence against it. Claims are "
+        "decided by the rule stated under Answer, Holm-adjusted over the "
+        f"{claims_tested(family_size(claims), 'this section')} (a family separate from the "
+        "Answer)." + absent
     )
     return "\n".join(
         [

@@ -7,6 +7,7 @@ touches the caller's backend or global figure state.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,9 +25,14 @@ from jaxtl.report.cells import (
     summarize,
 )
 from jaxtl.report.stats import Summary
+from jaxtl.report.task import num_classes_b
 
 DPI = 110
 _MARKERS = "osD^v<>PXh*"
+# Points drawn later are smaller and every marker is a little transparent, so a point exactly
+# on top of another still shows the one under it.
+_ALPHA = 0.8
+_MARKER_SIZES = (9.0, 7.0, 5.5, 4.5)
 # Yosinski et al. (2014) colour convention: selffer B in blue, transfer A->B in red.
 _YOSINSKI_STYLE = {
     "BnB": ("tab:blue", "o", "-"),
@@ -56,6 +62,55 @@ def _save(fig: Figure, path: Path, title: str) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     return path
+
+
+def _marker(i: int) -> dict:
+    """Marker style of the i-th strategy of a panel: distinct shape, shrinking size."""
+    return {
+        "marker": _MARKERS[i % len(_MARKERS)],
+        "markersize": _MARKER_SIZES[i % len(_MARKER_SIZES)],
+        "alpha": _ALPHA,
+    }
+
+
+def dodge(i: int, count: int, width: float = 0.3) -> float:
+    """Offset of the i-th of ``count`` series at one x position, spread over ``width`` (centred).
+
+    Example:
+      >>> [round(dodge(i, 3), 2) for i in range(3)]
+      [-0.15, 0.0, 0.15]
+    """
+    return 0.0 if count < 2 else width * (i / (count - 1) - 0.5)
+
+
+def chance_level(cells: list[Cell]) -> float | None:
+    """Accuracy of guessing on B: 1 / B's classes (``task.num_classes_b``); None if unknown.
+
+    Example:
+      >>> chance_level(cells)  # doctest: +SKIP
+      0.1
+    """
+    classes = num_classes_b(r for c in cells for r in c.runs)
+    return None if classes is None else 1.0 / classes
+
+
+def _chance_line(ax, chance: float | None, vertical: bool = False) -> None:
+    """A dashed line at chance accuracy (in %), labelled in the legend."""
+    if chance is None:
+        return
+    line = ax.axvline if vertical else ax.axhline
+    line(
+        100 * chance,
+        color="grey",
+        linestyle="--",
+        linewidth=1.0,
+        label=f"chance ({100 * chance:.3g}%)",
+    )
+
+
+def _panel_title(ax, title: str) -> None:
+    """A panel title wrapped to the panel's width (checkpoint paths make long ones)."""
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
 
 
 def _legend_outside(ax) -> None:
@@ -102,7 +157,8 @@ def plot_yosinski(cells: list[Cell], path: Path, title: str) -> Path:
     label = labeller(cells, axes=("depth",))
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.add_subplot()
-    for i, (name, group) in enumerate(_by_variant(cells, label).items()):
+    groups = _by_variant(cells, label)
+    for i, (name, group) in enumerate(groups.items()):
         colour, marker, line = _YOSINSKI_STYLE.get(
             group[0].strategy, (f"C{i}", _MARKERS[i % len(_MARKERS)], "-")
         )
@@ -119,12 +175,22 @@ def plot_yosinski(cells: list[Cell], path: Path, title: str) -> Path:
                     alpha=0.2,
                 )
             continue
-        depth = np.array([c.params["depth"] for c in group], dtype=float)
+        # Conditions side by side at each depth, so equal accuracies do not hide a marker.
+        depth = np.array([c.params["depth"] for c in group], dtype=float) + dodge(i, len(groups))
         order = np.argsort(depth)
-        ax.plot(depth[order], mean[order], color=colour, marker=marker, linestyle=line, label=name)
+        ax.plot(
+            depth[order],
+            mean[order],
+            color=colour,
+            marker=marker,
+            linestyle=line,
+            label=name,
+            alpha=_ALPHA,
+        )
         ax.fill_between(
             depth[order], (mean - half)[order], (mean + half)[order], color=colour, alpha=0.2
         )
+    _chance_line(ax, chance_level(cells))
     ax.set_xticks(sorted({c.params["depth"] for c in cells if "depth" in c.params}))
     ax.set_xlabel("n = number of layers copied from the source network")
     ax.set_ylabel("accuracy on B (%)")
@@ -132,55 +198,110 @@ def plot_yosinski(cells: list[Cell], path: Path, title: str) -> Path:
     return _save(fig, path, title)
 
 
-def plot_acc_vs_data(cells: list[Cell], path: Path) -> Path:
-    """acc_b vs examples per class (log x, "all" at the right), one line per strategy.
+def acc_vs_data_figure(cells: list[Cell]) -> Figure:
+    """acc_b vs examples per class, one line per strategy, strategies side by side at each size.
+
+    Several sizes share a log x axis ("all" one octave right of the largest); a single size is
+    one category. A dashed line marks chance when B's number of classes is recorded.
 
     Example:
-      >>> plot_acc_vs_data(strategy_cells, Path("acc_vs_data.png"))  # doctest: +SKIP
+      >>> fig = acc_vs_data_figure(strategy_cells)  # doctest: +SKIP
     """
     fig, axes, contexts = _panels(cells)
     label = labeller(cells)
     for ax, context in zip(axes, contexts, strict=True):
         mine = [c for c in cells if context_of(c) == context]
         positions = size_positions([size_of(c) for c in mine])
-        for i, (name, group) in enumerate(_by_variant(mine, label).items()):
+        log = len(positions) > 1
+        groups = _by_variant(mine, label)
+        # Side by side within at most 0.3 octave (log axis) or 0.4 of a category, never on top.
+        spread = min(0.3, 1.2 / len(groups)) if log else 0.4
+        for i, (name, group) in enumerate(groups.items()):
             stats = [summarize(c, "acc_b") for c in group]
+            offset = dodge(i, len(groups), spread)
+            xs = [positions[size_of(c)] * 2**offset if log else offset for c in group]
             ax.errorbar(
-                [positions[size_of(c)] for c in group],
+                xs,
                 [100 * s.mean for s in stats],
                 yerr=[_err(s, 100) for s in stats],
-                marker=_MARKERS[i % len(_MARKERS)],
                 capsize=3,
                 label=name,
+                **_marker(i),
             )
-        ax.set_xscale("log")
-        ax.set_xticks(
-            list(positions.values()), [size_label(s).replace("/class", "") for s in positions]
-        )
-        ax.minorticks_off()
-        ax.set_xlabel("target examples per class (log)")
+        _chance_line(ax, chance_level(mine))
+        ticks = [size_label(s).replace("/class", "") for s in positions]
+        if log:
+            ax.set_xscale("log")
+            ax.set_xticks(list(positions.values()), ticks)
+            ax.minorticks_off()
+            ax.set_xlabel("target examples per class (log)")
+        else:
+            ax.set_xticks([0.0], ticks)
+            ax.set_xlim(-0.5, 0.5)
+            ax.set_xlabel("target examples per class")
         ax.set_ylabel("accuracy on B (%)")
-        ax.set_title(context_label(context), fontsize=9)
+        _panel_title(ax, context_label(context))
         _legend_outside(ax)
-    return _save(fig, path, "Accuracy on B vs target-data size (mean ± 95% CI)")
+    return fig
 
 
-def _scatter_by_variant(
+def plot_acc_vs_data(cells: list[Cell], path: Path) -> Path:
+    """Write ``acc_vs_data_figure`` as a PNG.
+
+    Example:
+      >>> plot_acc_vs_data(strategy_cells, Path("acc_vs_data.png"))  # doctest: +SKIP
+    """
+    return _save(
+        acc_vs_data_figure(cells), path, "Accuracy on B vs target-data size (mean ± 95% CI)"
+    )
+
+
+# Points closer than this on screen (pixels at DPI) share one label, so labels never overprint.
+_LABEL_REACH = (30.0, 10.0)
+
+
+def _point_labels(ax, points: list[tuple[float, float, int | None]]) -> None:
+    """Label points with their data size; points that nearly touch share one label."""
+    ax.autoscale_view()
+    spots: list[tuple[np.ndarray, tuple[float, float], list[int | None]]] = []
+    for x, y, size in points:
+        pixel = ax.transData.transform((x, y))
+        near = next(
+            (s for s in spots if all(abs(pixel - s[0]) <= _LABEL_REACH)),
+            None,
+        )
+        if near is None:
+            spots.append((pixel, (x, y), [size]))
+        elif size not in near[2]:
+            near[2].append(size)
+    for _, (x, y), sizes in spots:
+        text = ", ".join(size_label(s) for s in sorted(sizes, key=size_order))
+        ax.annotate(text, (x, y), fontsize=6, textcoords="offset points", xytext=(4, 4))
+
+
+def scatter_figure(
     cells: list[Cell],
-    path: Path,
-    title: str,
     x_metric: str,
     x_label: str,
     x_scale: float,
     log_x: bool,
     y_metric: str = "acc_b",
     y_label: str = "accuracy on B (%)",
-) -> Path:
-    """One marker per strategy variant and data size, mean ± 95% CI on both axes."""
+) -> Figure:
+    """One marker per strategy variant and data size, mean ± 95% CI on both axes.
+
+    Points are labelled with their data size when a panel has several (one label per spot);
+    a dashed line marks chance on the accuracy-on-B axis when B's classes are recorded.
+
+    Example:
+      >>> fig = scatter_figure(cells, "train_flops", "training FLOPs", 1.0, True)  # doctest: +SKIP
+    """
     fig, axes, contexts = _panels(cells)
     label = labeller(cells)
     for ax, context in zip(axes, contexts, strict=True):
         mine = [c for c in cells if context_of(c) == context]
+        sizes = sorted({size_of(c) for c in mine}, key=size_order)
+        points = []
         for i, (name, group) in enumerate(_by_variant(mine, label).items()):
             xs = [summarize(c, x_metric) for c in group]
             ys = [summarize(c, y_metric) for c in group]
@@ -189,26 +310,34 @@ def _scatter_by_variant(
                 [100 * s.mean for s in ys],
                 xerr=[_err(s, x_scale) for s in xs],
                 yerr=[_err(s, 100) for s in ys],
-                marker=_MARKERS[i % len(_MARKERS)],
                 linestyle=":",
                 capsize=3,
                 label=name,
+                **_marker(i),
             )
-            for cell, x, y in zip(group, xs, ys, strict=True):
-                ax.annotate(
-                    size_label(size_of(cell)),
-                    (x_scale * x.mean, 100 * y.mean),
-                    fontsize=6,
-                    textcoords="offset points",
-                    xytext=(3, 3),
-                )
+            points += [
+                (x_scale * x.mean, 100 * y.mean, size_of(c))
+                for c, x, y in zip(group, xs, ys, strict=True)
+            ]
+        chance = chance_level(mine)
+        if y_metric == "acc_b":
+            _chance_line(ax, chance)
+        if x_metric == "acc_b":
+            _chance_line(ax, chance, vertical=True)
         if log_x:
             ax.set_xscale("log")
-        ax.set_xlabel(x_label)
+        ax.margins(x=0.12)  # room for the labels of the rightmost points, inside the axes
+        title = context_label(context)
+        if len(sizes) > 1:
+            _point_labels(ax, points)
+        else:
+            data = "all data" if sizes[0] is None else size_label(sizes[0])
+            title = f"{title} ({data})" if title else data
+        ax.set_xlabel(f"{x_label} (log)" if log_x else x_label)
         ax.set_ylabel(y_label)
-        ax.set_title(context_label(context), fontsize=9)
+        _panel_title(ax, title)
         _legend_outside(ax)
-    return _save(fig, path, title)
+    return fig
 
 
 def plot_forgetting(cells: list[Cell], path: Path) -> Path:
@@ -217,10 +346,8 @@ def plot_forgetting(cells: list[Cell], path: Path) -> Path:
     Example:
       >>> plot_forgetting(cells_with_acc_a, Path("forgetting.png"))  # doctest: +SKIP
     """
-    return _scatter_by_variant(
+    fig = scatter_figure(
         cells,
-        path,
-        "Forgetting: accuracy on A after training on B vs accuracy on B",
         "acc_b",
         "accuracy on B (%)",
         100.0,
@@ -228,6 +355,7 @@ def plot_forgetting(cells: list[Cell], path: Path) -> Path:
         y_metric="acc_a",
         y_label="accuracy on A (%)",
     )
+    return _save(fig, path, "Forgetting: accuracy on A after training on B vs accuracy on B")
 
 
 def plot_acc_vs_cost(cells: list[Cell], path: Path, metric: str, x_label: str) -> Path:
@@ -236,15 +364,8 @@ def plot_acc_vs_cost(cells: list[Cell], path: Path, metric: str, x_label: str) -
     Example:
       >>> plot_acc_vs_cost(cells, Path("f.png"), "train_flops", "training FLOPs")  # doctest: +SKIP
     """
-    return _scatter_by_variant(
-        cells,
-        path,
-        f"Accuracy on B vs {x_label} (mean ± 95% CI)",
-        metric,
-        f"{x_label} (log)",
-        1.0,
-        True,
-    )
+    fig = scatter_figure(cells, metric, x_label, 1.0, True)
+    return _save(fig, path, f"Accuracy on B vs {x_label} (mean ± 95% CI)")
 
 
 def plot_heatmap(
@@ -293,6 +414,7 @@ def plot_sensitivity(
     curves: dict[str, dict[str, tuple[list[float], list[float], list[float]]]],
     path: Path,
     title: str,
+    chance: float | None = None,
 ) -> Path:
     """Validation (solid) and test (dashed) accuracy vs learning rate, one panel per data size.
 
@@ -301,6 +423,7 @@ def plot_sensitivity(
         ``protocol.lr_curve``).
       path: PNG to write.
       title: figure title.
+      chance: accuracy of guessing on B (a dashed line), or None.
 
     Returns:
       ``path``.
@@ -326,6 +449,7 @@ def plot_sensitivity(
                 fillstyle="none",
                 label=f"{name} test",
             )
+        _chance_line(ax, chance)
         ax.set_xscale("log")
         ax.set_xlabel("learning rate (log)")
         ax.set_ylabel("accuracy (%)")

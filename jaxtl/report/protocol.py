@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from jaxtl.report.cells import Cell
+from jaxtl.report.cells import Cell, options_text
 from jaxtl.report.results import ResultsError
 from jaxtl.report.stats import contrast
 
@@ -42,11 +42,7 @@ def setting_label(setting: dict | None) -> str:
       >>> setting_label({"lr": 0.003, "alpha": 0.001})
       'alpha=0.001, lr=0.003'
     """
-    if setting is None:
-        return "–"
-    return ", ".join(
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(setting.items())
-    )
+    return "–" if setting is None else options_text(setting)
 
 
 def selected_setting(cell: Cell) -> dict | None:

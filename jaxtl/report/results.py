@@ -1,12 +1,42 @@
-"""Load and validate the ``results.json`` files written by runs (schema: SPEC "Run outputs")."""
+"""Load and validate the ``results.json`` files written by runs.
+
+One ``results.json`` per finished run (one strategy, one seed), a JSON object. The report reads:
+
+Required:
+  ``experiment`` (str), ``strategy`` (str: the label the runner reports, e.g. "lp_ft", "AnB+"),
+  ``seed`` (int), ``device`` (str), ``finished_at`` (ISO time),
+  ``params`` (object: what places the run in the report: ``dataset_a``, ``dataset_b``, ``model``,
+  ``n_per_class`` (positive int, or null for all of B), and per experiment ``depth``, ``shift``,
+  ``tuned_group``, ``k`` ...),
+  ``metrics`` (object: ``acc_b``, ``flops_per_step``, ``train_flops``, ``wall_time_s``,
+  ``trainable_params``, ``total_params`` numbers; ``acc_a``, ``acc_ood``, ``peak_memory_bytes``
+  numbers or null, absent read as null: not measured).
+
+Optional (older files lack some; the report then leaves the sentence out):
+  ``protocol``: how hyperparameters were chosen (``validate_protocol``); absent: fixed.
+  ``options``: ``{option: value}``, the strategy options the user set to other than their
+    defaults (not tuned by the protocol); a cell is one strategy with one set of options.
+  ``task``: ``{"a": name of A or null, "b": name of B, "source": "trained on A" or
+    "pretrained:FILE", "input_shape": [H, W, C] or [D], "num_classes_b": int,
+    "test_b": {"source": str, "examples": int}}``; any key may be absent.
+  ``source_model``: the checkpoint a "pretrained:FILE" source was (``spec``, ``summary``,
+    ``digest``, ``loaded``, ``input_shape`` ...).
+  ``fingerprint`` (str) and ``config`` (object): the settings the run was made with; runs of
+    one cell with different ones are not pooled (``jaxtl.report.settings``).
+
+Hidden directories (``.stale/`` where a rerun moved superseded runs, ``.damaged-*``) are never
+read.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from datetime import datetime
 from pathlib import Path
 
+RESULTS_FILE = "results.json"
 _TOP_LEVEL = {
     "experiment": str,
     "strategy": str,
@@ -52,6 +82,10 @@ def _required_params(record: dict) -> tuple[str, ...]:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value: object, minimum: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def _check_setting(setting: object, source: str, field: str) -> None:
@@ -148,6 +182,84 @@ def validate_protocol(protocol: object, source: str) -> dict:
     return protocol
 
 
+def _is_scalar(value: object) -> bool:
+    return _is_number(value) or isinstance(value, (str, bool)) or value is None
+
+
+def validate_options(options: object, source: str) -> dict:
+    """Check a record's ``options`` block (absent: no option changed) and return it.
+
+    Example:
+      >>> validate_options({"lp_fraction": 0.2}, "r.json")
+      {'lp_fraction': 0.2}
+      >>> validate_options(None, "r.json")
+      {}
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ResultsError(
+            f"{source}: key 'options' must be an object like {{\"lp_fraction\": 0.2}}, "
+            f"got {options!r}"
+        )
+    for name, value in options.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(_is_scalar(v) for v in values):
+            raise ResultsError(
+                f"{source}: key 'options.{name}' must be a number, string, bool, null or a list "
+                f"of them, got {value!r}"
+            )
+    return options
+
+
+def validate_task(task: object, source: str) -> dict:
+    """Check a record's ``task`` block and return it with absent keys set to None.
+
+    Example:
+      >>> validate_task(None, "r.json")["num_classes_b"] is None
+      True
+      >>> validate_task({"num_classes_b": 0}, "r.json")
+      Traceback (most recent call last):
+      ...
+      jaxtl.report.results.ResultsError: r.json: key 'task.num_classes_b' must be an int >= 2, ...
+    """
+    task = {} if task is None else task
+    if not isinstance(task, dict):
+        raise ResultsError(f"{source}: key 'task' must be an object, got {task!r}")
+    out = {key: task.get(key) for key in ("a", "b", "source", "input_shape", "num_classes_b")}
+    for key in ("a", "b", "source"):
+        if out[key] is not None and not isinstance(out[key], str):
+            raise ResultsError(
+                f"{source}: key 'task.{key}' must be a string or null, got {out[key]!r}"
+            )
+    shape = out["input_shape"]
+    if shape is not None and not (
+        isinstance(shape, list) and shape and all(_is_count(d) for d in shape)
+    ):
+        raise ResultsError(
+            f"{source}: key 'task.input_shape' must be a list of positive ints like [32, 32, 3], "
+            f"got {shape!r}"
+        )
+    if out["num_classes_b"] is not None and not _is_count(out["num_classes_b"], 2):
+        raise ResultsError(
+            f"{source}: key 'task.num_classes_b' must be an int >= 2, got {out['num_classes_b']!r}"
+        )
+    test = task.get("test_b")
+    if test is not None:
+        if not isinstance(test, dict) or not isinstance(test.get("source"), str):
+            raise ResultsError(
+                f"{source}: key 'task.test_b' must be an object like "
+                f'{{"source": "mnist test split", "examples": 500}}, got {test!r}'
+            )
+        if not _is_count(test.get("examples")):
+            raise ResultsError(
+                f"{source}: key 'task.test_b.examples' must be a positive int, "
+                f"got {test.get('examples')!r}"
+            )
+    out["test_b"] = test
+    return out
+
+
 def validate_record(record: object, source: str) -> dict:
     """Check one parsed ``results.json`` and return a normalised copy.
 
@@ -157,7 +269,8 @@ def validate_record(record: object, source: str) -> dict:
 
     Returns:
       A copy of the record with absent nullable metrics set to None, ``"protocol"`` set (to
-      ``{"name": "fixed"}`` when absent) and ``"source"`` added.
+      ``{"name": "fixed"}`` when absent), ``"options"`` (``{}`` when absent) and ``"task"``
+      (every key, None when absent) set, and ``"source"`` added.
 
     Raises:
       ResultsError: one line naming the file and the missing or malformed key.
@@ -166,14 +279,15 @@ def validate_record(record: object, source: str) -> dict:
       >>> validate_record({"experiment": "strategies"}, "r.json")
       Traceback (most recent call last):
       ...
-      jaxtl.report.results.ResultsError: r.json: missing key 'strategy' (results.json schema: ...)
+      jaxtl.report.results.ResultsError: r.json: missing key 'strategy' (a results.json holds ...)
     """
     if not isinstance(record, dict):
         raise ResultsError(f"{source}: expected a JSON object, got {type(record).__name__}")
     for key, kind in _TOP_LEVEL.items():
         if key not in record:
             raise ResultsError(
-                f"{source}: missing key '{key}' (results.json schema: SPEC \"Run outputs\")"
+                f"{source}: missing key '{key}' (a results.json holds "
+                f"{', '.join(_TOP_LEVEL)}, written by `jaxtl run`)"
             )
         value = record[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -212,16 +326,42 @@ def validate_record(record: object, source: str) -> dict:
                 f"{', '.join(_required_params(record))})"
             )
     size = record["params"].get("n_per_class")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+    if size is not None and not _is_count(size):
         raise ResultsError(
             f"{source}: key 'params.n_per_class' must be a positive int or null (all), got {size!r}"
         )
     protocol = validate_protocol(record.get("protocol"), source)
-    return {**record, "metrics": metrics, "protocol": protocol, "source": source}
+    return {
+        **record,
+        "metrics": metrics,
+        "protocol": protocol,
+        "options": validate_options(record.get("options"), source),
+        "task": validate_task(record.get("task"), source),
+        "source": source,
+    }
+
+
+def results_files(root: Path) -> list[Path]:
+    """Every ``results.json`` under ``root``, in path order, outside hidden directories.
+
+    A rerun moves superseded runs to ``runs/.stale/`` and damaged caches to ``.damaged-*``: they
+    are kept for the user, never reported.
+
+    Example:
+      >>> results_files(Path("out"))  # doctest: +SKIP
+      [PosixPath('out/runs/strategies-..-full_ft-n_per_class5/seed_0/results.json')]
+    """
+    found = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        if RESULTS_FILE in names:
+            found.append(Path(folder) / RESULTS_FILE)
+    return sorted(found)
 
 
 def load_results(results_dir: str | Path) -> list[dict]:
-    """Read and validate every ``results.json`` under ``results_dir`` (recursively).
+    """Read and validate every ``results.json`` under ``results_dir`` (recursively, skipping
+    hidden directories such as ``.stale/``).
 
     Args:
       results_dir: a run directory, a sweep directory (``DIR/runs/<cell_id>/``) or any parent.
@@ -240,7 +380,7 @@ def load_results(results_dir: str | Path) -> list[dict]:
     root = Path(results_dir)
     if not root.is_dir():
         raise ResultsError(f"results dir {str(root)!r} does not exist or is not a directory")
-    files = sorted(root.rglob("results.json"))
+    files = results_files(root)
     if not files:
         raise ResultsError(
             f"no results.json found under {str(root)!r} "
@@ -256,8 +396,23 @@ def load_results(results_dir: str | Path) -> list[dict]:
     return records
 
 
+def cell_key(record: dict) -> tuple[str, str, str, str]:
+    """What makes runs one cell: experiment, strategy, params and options (all but the seed).
+
+    Example:
+      >>> cell_key({"experiment": "e", "strategy": "lp_ft", "params": {}, "options": {}})
+      ('e', 'lp_ft', '{}', '{}')
+    """
+    return (
+        record["experiment"],
+        record["strategy"],
+        json.dumps(record["params"], sort_keys=True, default=str),
+        json.dumps(record.get("options", {}), sort_keys=True, default=str),
+    )
+
+
 def drop_duplicate_runs(records: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Keep one record per (experiment, strategy, params, seed): the latest ``finished_at``.
+    """Keep one record per cell (``cell_key``) and seed: the latest ``finished_at``.
 
     A re-run copied next to its first attempt would otherwise count as an extra seed and
     shrink the confidence intervals.
@@ -273,12 +428,7 @@ def drop_duplicate_runs(records: list[dict]) -> tuple[list[dict], list[dict]]:
     """
     latest: dict[tuple, dict] = {}
     for record in records:
-        key = (
-            record["experiment"],
-            record["strategy"],
-            json.dumps(record["params"], sort_keys=True),
-            record["seed"],
-        )
+        key = (*cell_key(record), record["seed"])
         if key not in latest or record["finished_at"] > latest[key]["finished_at"]:
             latest[key] = record
     kept_ids = {id(r) for r in latest.values()}

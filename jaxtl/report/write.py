@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxtl.report.answer import answer_section, problems
+from jaxtl.report.answer import answer_claims, answer_section, problems
 from jaxtl.report.cells import (
     CONTEXT_PARAMS,
-    SIZE_PARAM,
     Cell,
     context_label,
     context_of,
@@ -24,8 +23,17 @@ from jaxtl.report.cells import (
     varying_params,
 )
 from jaxtl.report.claims import DecisionTest, problem_label
+from jaxtl.report.collect import collect_runs
 from jaxtl.report.literature import literature_section
+from jaxtl.report.overview import (
+    TITLE,
+    header_section,
+    source_section,
+    summary_section,
+    warnings_section,
+)
 from jaxtl.report.plots import (
+    chance_level,
     plot_acc_vs_cost,
     plot_acc_vs_data,
     plot_forgetting,
@@ -44,123 +52,8 @@ from jaxtl.report.protocol import (
     setting_label,
     validation_examples,
 )
-from jaxtl.report.results import drop_duplicate_runs, load_results
+from jaxtl.report.rows import CSV_FILE, write_rows
 from jaxtl.report.tables import markdown_table, pivot, pivot_table, stats_table
-
-
-def _join(values) -> str:
-    return ", ".join(str(v) for v in values)
-
-
-def header_section(records: list[dict], dropped: list[dict]) -> str:
-    """Title plus what was run, where and when, from the records themselves.
-
-    Example:
-      >>> print(header_section(records, []))  # doctest: +SKIP
-    """
-    experiments: dict[str, int] = {}
-    for r in records:
-        experiments[r["experiment"]] = experiments.get(r["experiment"], 0) + 1
-
-    def param_values(name: str) -> list[str]:
-        # "" = not given (dataset_a of a checkpoint source without A's data).
-        return sorted({str(r["params"][name]) for r in records if r["params"].get(name, "") != ""})
-
-    sizes = sorted(
-        {r["params"][SIZE_PARAM] for r in records if SIZE_PARAM in r["params"]}, key=size_order
-    )
-    dates = sorted(r["finished_at"][:10] for r in records)
-    lines = ["# jaxtl transfer-learning report", ""]
-    runs = f"- **Runs**: {len(records)}"
-    if dropped:
-        runs += (
-            f" ({len(dropped)} duplicate results.json ignored; "
-            "the latest of each (cell, seed) is kept)"
-        )
-    lines.append(runs)
-    lines.append(
-        "- **Experiments**: "
-        + _join(f"{e} ({n} run{'s' if n != 1 else ''})" for e, n in sorted(experiments.items()))
-    )
-    lines.append("- **Strategies**: " + _join(sorted({r["strategy"] for r in records})))
-    for name, title in (
-        ("dataset_a", "Source datasets (A)"),
-        ("dataset_b", "Target datasets (B)"),
-        ("model", "Models"),
-    ):
-        if param_values(name):
-            lines.append(f"- **{title}**: {_join(param_values(name))}")
-    if sizes:
-        lines.append("- **Target data sizes**: " + _join(size_label(s) for s in sizes))
-    lines.append("- **Seeds**: " + _join(sorted({r["seed"] for r in records})))
-    lines.append("- **Protocol**: " + protocol_line(records))
-    lines.append("- **Devices**: " + _join(sorted({r["device"] for r in records})))
-    lines.append(
-        f"- **Finished**: {dates[0]} to {dates[-1]}"
-        if dates[0] != dates[-1]
-        else f"- **Finished**: {dates[0]}"
-    )
-    return "\n".join(lines) + "\n"
-
-
-def source_section(records: list[dict]) -> str:
-    """The checkpoint files transfers started from (the runs' ``source_model`` blocks): file,
-    model, what was loaded and left out, and whether retention of A was measured; "" when
-    every source model was trained on A here.
-
-    Example:
-      >>> source_section([{"metrics": {}}])
-      ''
-    """
-    sources: dict[tuple[str, str], tuple[dict, list[dict]]] = {}
-    for r in records:
-        block = r.get("source_model")
-        if block:
-            key = (block["spec"], block.get("digest", ""))
-            sources.setdefault(key, (block, []))[1].append(r)
-    if not sources:
-        return ""
-    lines = ["## Source model", ""]
-    for block, runs in sources.values():
-        lines += [f"- {line}" for line in block["summary"].splitlines()]
-        if block.get("digest"):
-            lines.append(f"- file content hash {block['digest']}")
-        if all(r["metrics"].get("acc_a") is None for r in runs):
-            lines.append(
-                "- retention of A not measured (checkpoint source, no A data); give A's data"
-                " (data.a, labelled in the checkpoint's classes) to measure it"
-            )
-        lines += [
-            "",
-            f"<details><summary>{len(block['loaded'])} checkpoint keys loaded</summary>",
-            "",
-            ", ".join(f"`{k}`" for k in block["loaded"]),
-            "",
-            "</details>",
-            "",
-        ]
-    return "\n".join(lines)
-
-
-def protocol_line(records: list[dict]) -> str:
-    """How hyperparameters were chosen, from the records' ``protocol`` blocks.
-
-    Example:
-      >>> protocol_line([{"protocol": {"name": "fixed"}}])[:21]
-      'fixed hyperparameters'
-    """
-    names = [r["protocol"]["name"] for r in records]
-    fixed = (
-        "fixed hyperparameters (the configured learning rate and strategy options for every "
-        "cell; no per-strategy tuning)"
-    )
-    if all(n == "fixed" for n in names):
-        return fixed
-    rules = sorted({r["protocol"]["selection"] for r in records if "selection" in r["protocol"]})
-    tuned = "tuned per cell: " + "; ".join(rules) + " (see Hyperparameters)"
-    if all(n == "tuned" for n in names):
-        return tuned
-    return f"mixed: {names.count('tuned')} runs {tuned}; {names.count('fixed')} runs with {fixed}"
 
 
 def _margin_label(cell: Cell) -> str:
@@ -233,7 +126,10 @@ def hyperparameters_section(cells: list[Cell], out: Path) -> str:
             continue
         name = problem_label(problem)
         png = plot_sensitivity(
-            curves, out / f"sensitivity_{_file_stem(name).strip('-')}.png", f"Sensitivity: {name}"
+            curves,
+            out / f"sensitivity_{_file_stem(name).strip('-')}.png",
+            f"Sensitivity: {name}",
+            chance_level(mine),
         )
         lines += [f"![sensitivity {name}]({png.name})", ""]
     return "\n".join(lines)
@@ -415,13 +311,13 @@ def cross_domain_section(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
-def tables_section(cells: list[Cell]) -> str:
-    """Per-experiment tables of every metric, mean ± 95% CI over the n seeds.
+def results_section(cells: list[Cell]) -> str:
+    """ "## Results": per-experiment tables of every metric, mean ± 95% CI over the n seeds.
 
     Example:
-      >>> print(tables_section(cells))  # doctest: +SKIP
+      >>> print(results_section(cells))  # doctest: +SKIP
     """
-    lines = ["## Tables", "", "Mean ± 95% CI over n seeds (t-distribution); – = not measured.", ""]
+    lines = ["## Results", "", "Mean ± 95% CI over n seeds (t-distribution); – = not measured.", ""]
     for experiment in sorted({c.experiment for c in cells}):
         lines += [
             f"### {experiment}",
@@ -435,11 +331,16 @@ def tables_section(cells: list[Cell]) -> str:
 def write_report(
     results_dir: str | Path, out_dir: str | Path | None = None, test: DecisionTest = "t"
 ) -> Path:
-    """Read every ``results.json`` under ``results_dir`` and write ``report.md`` plus PNG plots.
+    """Read every ``results.json`` under ``results_dir``; write ``report.md``, PNG plots and
+    ``results.csv`` (one row per run the report uses, see ``jaxtl.report.rows``).
+
+    Hidden directories (``.stale/``) are not read; seeds of one cell made with other settings
+    than its most recent ones are left out, with a warning in the report and on stderr.
 
     Args:
-      results_dir: directory searched recursively for ``results.json`` (schema: SPEC "Run outputs").
-      out_dir: where to write the report and plots; defaults to ``results_dir``.
+      results_dir: directory searched recursively for ``results.json`` (the schema is in
+        ``jaxtl.report.results``).
+      out_dir: where to write the report, plots and csv; defaults to ``results_dir``.
       test: which p-value decides a claim: "t" (paired t-test, default) or "sign_flip" (exact
         sign-flip permutation test; needs at least 6 seeds to go below 0.05).
 
@@ -451,29 +352,34 @@ def write_report(
 
     Example:
       >>> path = write_report("out/sweep")  # doctest: +SKIP
-      >>> print(path.read_text()[:40])  # doctest: +SKIP
+      >>> print(path.read_text()[:32])  # doctest: +SKIP
       # jaxtl transfer-learning report
     """
-    records, dropped = drop_duplicate_runs(load_results(results_dir))
+    runs = collect_runs(results_dir)
     out = Path(results_dir if out_dir is None else out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cells = group_cells(records)
+    cells = group_cells(runs.records)
+    claims = answer_claims(cells, test)
 
     def of(experiment: str) -> list[Cell]:
         return [c for c in cells if c.experiment == experiment]
 
     sections = [
-        header_section(records, dropped),
-        source_section(records),
-        answer_section(cells, test),
+        TITLE + "\n",
+        warnings_section(runs),
+        summary_section(runs, cells, claims),
+        results_section(cells),
+        header_section(runs),
+        source_section(runs.records),
+        answer_section(cells, test, claims),
         literature_section(cells, test),
         hyperparameters_section(cells, out),
         yosinski_section(of("yosinski"), out),
         strategies_sections(of("strategies"), out),
         surgical_section(of("surgical"), out),
         cross_domain_section(of("cross_domain")),
-        tables_section(cells),
     ]
+    write_rows(runs.records, out / CSV_FILE)
     path = out / "report.md"
     path.write_text("\n".join(s for s in sections if s))
     return path
