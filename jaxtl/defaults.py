@@ -77,6 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.shifts = {}  # surgical: name -> {"level": input|feature|output, "shift": ..., "params": {}}
     c.compute_dtype = ""  # e.g. "bfloat16": compute in bf16, params and optimizer state in fp32
+    # Keep each final run's trained variables in its run directory (seed_<k>/weights, read with
+    # jaxtl.train.checkpoint.load_variables). The embedded study turns it off: its ~1,000 runs
+    # would write ~1 GB and spend a minute on it.
+    c.keep_weights = True
     c.tensorboard = False  # also write TensorBoard events per run (needs tensorboardX)
     # Models trained side by side in one vmapped program (seeds, grid points); 0 = the engine's
     # measured rule (jaxtl.train.slot_count: 1 for conv nets on CPU, 5 for dense ones, 8 on

@@ -174,7 +174,9 @@ def test_checks_machine_and_sections_are_json(result):
         "all_but_head_step_vs_limit",
         "cached_linear_probe_epoch_speedup",
     } <= set(names)
-    assert names[0] == "cnn_2_seeds_as_engine_runs_vs_2x_one"  # the check that decides seed batching first
+    assert (
+        names[0] == "cnn_2_seeds_as_engine_runs_vs_2x_one"
+    )  # the check that decides seed batching first
     for chk in result["checks"]:
         assert isinstance(chk["passed"], bool) and isinstance(chk["value"], float)
         assert chk["op"] in ("<=", ">=", "==")

@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = sorted(
-    p for d in ("jaxtl", "scripts", "experiments") for p in (ROOT / d).rglob("*.py")
-)
+CODE = sorted(p for d in ("jaxtl", "scripts", "experiments") for p in (ROOT / d).rglob("*.py"))
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 100
 MAX_PARAMETERS = 8
@@ -80,7 +78,9 @@ TEXT = sorted(
     p
     for d in ("jaxtl", "scripts", "experiments", "tests", "docs", ".ci")
     for p in (ROOT / d).rglob("*")
-    if p.is_file() and p.suffix in (".py", ".md", ".sh", ".ipynb", "") and "__pycache__" not in p.parts
+    if p.is_file()
+    and p.suffix in (".py", ".md", ".sh", ".ipynb", "")
+    and "__pycache__" not in p.parts
 ) + [ROOT / "README.md", ROOT / "pyproject.toml"]
 
 

@@ -429,7 +429,7 @@ def _garble_model_json(source):
 def test_damaged_cached_source_model_is_retrained_with_one_note(
     finished_run, damage, expected, tmp_path, capsys, monkeypatch
 ):
-    from jaxtl.runner import source_models as sources
+    from jaxtl.runner import pretraining as sources
 
     monkeypatch.delenv("JAXTL_DEBUG", raising=False)
     monkeypatch.setattr(sources, "_LOADED", {})  # read from disk, not from this process's cache

@@ -16,8 +16,8 @@ from jaxtl import runner
 from jaxtl.config import ConfigError, apply_overrides
 from jaxtl.defaults import base_config
 from jaxtl.runner import cell as cell_lib
-from jaxtl.runner.cells import tuned_knobs
 from jaxtl.runner.protocol import grid, select, val_split
+from jaxtl.runner.sweep import tuned_knobs
 
 # ---- val_split -----------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxtl import cli
-from jaxtl.runner import source_models as sources_lib
+from jaxtl.runner import pretraining as sources_lib
 from jaxtl.train import checkpoint as ckpt_lib
 
 # Per-chunk timings and the wall time differ from run to run; every other number must not.

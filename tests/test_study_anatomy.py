@@ -4,6 +4,7 @@ scripts/torch_study_peer.py trains on jaxtl's own arrays, batches and phase budg
 import importlib
 import importlib.util
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +65,12 @@ def test_chunk_seconds_are_booked_as_training_not_loop(anatomy_lib):
     clock = _Clock()
     anatomy = anatomy_lib.Anatomy(clock)
 
-    def loop(*, history):
+    def loop(pack, index):
         clock.now += 3.0
-        history += [{"seconds": 1.0}, {"seconds": 1.5}]
+        pack.record.history += [{"seconds": 1.0}, {"seconds": 1.5}]
 
-    anatomy_lib.chunk_loop_wrapper(anatomy, loop, "loop")(history=[{"seconds": 9.0}])
+    pack = types.SimpleNamespace(record=types.SimpleNamespace(history=[{"seconds": 9.0}]))
+    anatomy_lib.chunk_loop_wrapper(anatomy, loop, "loop")(pack, 0)
     assert anatomy.rows[anatomy_lib.TRAIN_CALLS]["seconds"] == 2.5
     assert anatomy.rows[anatomy_lib.TRAIN_CALLS]["count"] == 2
     assert anatomy.rows["loop"]["seconds"] == 0.5

@@ -25,7 +25,7 @@ from jaxtl.models import pretrained
 from jaxtl.report.write import source_section
 from jaxtl.runner import build_tasks, check_part, experiment_cells, model_for
 from jaxtl.runner.fingerprints import data_fingerprint
-from jaxtl.runner.source_models import source_models
+from jaxtl.runner.pretraining import source_models
 from jaxtl.runner.tasks import file_source, with_file_source
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

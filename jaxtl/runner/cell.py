@@ -2,8 +2,8 @@
 
 :func:`run_cell` reads top to bottom: which seeds still need work, their starting variables
 (A's weights with a new head, or B's own init), the hyperparameters (chosen on validation data
-under the tuned protocol, see :mod:`jaxtl.runner.protocol`), the final runs on all of each
-seed's examples, and one ``results.json`` per seed.
+under the tuned protocol, see :mod:`jaxtl.runner.search`), the final runs on all of each
+seed's examples, and per seed its ``results.json`` and trained weights.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +19,19 @@ import ml_collections
 import numpy as np
 
 from jaxtl import data as data_lib
-from jaxtl.runner import protocol as protocol_lib
-from jaxtl.runner.cells import Cell
+from jaxtl.runner.cell_run import CellRun
 from jaxtl.runner.fingerprints import data_fingerprint, fingerprint, result_fields
-from jaxtl.runner.jobs import (
-    accuracy,
-    checkpoints_in,
-    non_finite,
-    spec_for,
-    step_costs,
-    write_chunk,
-)
-from jaxtl.runner.source_models import source_models, source_record
+from jaxtl.runner.jobs import accuracy, non_finite, step_costs, write_chunk
+from jaxtl.runner.pretraining import source_models, source_record
+from jaxtl.runner.search import cell_batch_size, choose_hyperparameters
+from jaxtl.runner.sweep import Cell
 from jaxtl.runner.tasks import build_tasks, init_variables, model_for, slots_for
-from jaxtl.train import Callbacks, Job, TrainRun, get_strategy, outputs, phase_steps, train_jobs
+from jaxtl.train import TrainRun, declared_options, outputs, phase_steps
 from jaxtl.train import checkpoint as ckpt_lib
 from jaxtl.train.transfer import transfer_variables
 
 PyTree = Any
+WEIGHTS_DIR = "weights"
 
 
 def cell_fingerprint(config: ml_collections.ConfigDict, cell: Cell, slots: int) -> str:
@@ -54,24 +49,35 @@ def cell_fingerprint(config: ml_collections.ConfigDict, cell: Cell, slots: int) 
     )
 
 
-def _retire_stale(out_dir: Path, cell: Cell, run_dirs: Mapping[int, Path], key: str) -> None:
-    """Moves finished runs made from other settings, data or code aside (never deletes them)."""
-    for seed, path in run_dirs.items():
+def _retire_stale(run: CellRun) -> None:
+    """Moves finished runs made from other settings, data or code aside (never deletes them).
+
+    Every ``seed_*`` directory of the cell is checked, not only the seeds asked for now, so a
+    cell never holds results of two settings side by side; a retired run's checkpoints go with
+    it, so coming back to its settings trains again instead of resuming a finished state.
+    """
+    stale = run.out_dir / "runs" / ".stale" / run.cell.id
+    for path in sorted(run.cell_dir.glob("seed_*")):
         results = path / outputs.RESULTS_FILE
         if not results.exists():
             continue
         try:
             old = json.loads(results.read_text()).get("fingerprint")
+            why = "its settings, data or code changed since it ran"
         except (OSError, ValueError):
-            old = None
-        if old == key:
+            old, why = None, "its results.json is unreadable"
+        if old == run.key:
             continue
-        target = out_dir / "runs" / ".stale" / cell.id / f"seed_{seed}-{old or 'unknown'}"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        stale.mkdir(parents=True, exist_ok=True)
+        target = stale / f"{path.name}-{old or 'unknown'}"
         shutil.move(str(path), str(target))
+        seed = path.name.removeprefix("seed_")
+        for checkpoints in run.cell_dir.glob(f"checkpoints-{(old or '')[:8]}*-seeds_*"):
+            if old and seed in checkpoints.name.split("-seeds_", 1)[1].split("_"):
+                shutil.move(str(checkpoints), str(stale / checkpoints.name))
         outputs.notice(
-            f"{cell.id} seed {seed}: its settings, data or code changed since it ran; retraining"
-            f" (old run moved to {target})"
+            f"{run.cell.id} {path.name.replace('_', ' ')}: {why}; retraining (old run moved to"
+            f" {target})"
         )
 
 
@@ -102,114 +108,6 @@ def starting_variables(
     return variables, report
 
 
-def _job(cell: Cell, seed: int, setting: Mapping[str, Any], task, start: dict) -> Job:
-    """Seed ``seed`` of ``cell`` at grid point ``setting`` on ``task``'s training examples."""
-    options = {**dict(cell.options), **{k: v for k, v in setting.items() if k != "lr"}}
-    return Job(
-        start,
-        get_strategy(cell.strategy, **options),
-        task.x_train,
-        task.y_train,
-        seed=seed,
-        lr=float(setting["lr"]),
-    )
-
-
-def choose_hyperparameters(
-    config: ml_collections.ConfigDict,
-    cell: Cell,
-    model: Any,
-    starts: Mapping[int, dict],
-    subsets: Mapping[int, data_lib.Dataset],
-    test: tuple[np.ndarray, np.ndarray],
-    cell_dir: Path,
-    key: str,
-    pad_to: int,
-    stop_requested: Callable[[], bool] | None,
-) -> dict[str, Any]:
-    """The tuned protocol for one cell: the grid on 80/20 splits, the selected setting.
-
-    Returns the cell's selection record (also cached as ``selection.json`` in the cell's
-    directory): ``grid`` (per setting: validation and test accuracy per seed), ``selected``,
-    ``selection`` (the rule in words).
-    """
-    path = cell_dir / "selection.json"
-    if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("fingerprint") == key:
-            return cached
-    seeds = list(starts)
-    settings = protocol_lib.grid(config, cell.strategy, cell.tuned_knobs)
-    splits = {s: protocol_lib.val_split(subsets[s], config.protocol.val_fraction, s) for s in seeds}
-    jobs = [_job(cell, s, setting, splits[s][0], starts[s]) for setting in settings for s in seeds]
-    diverged: set[int] = set()
-    position = {id(job): i for i, job in enumerate(jobs)}
-
-    def on_chunk(pack, record):
-        diverged.update(id(pack[i]) for i, _ in non_finite(record, pack))
-
-    # An interrupted search resumes where it stopped: each pack of grid runs checkpoints like
-    # a final run (the directories go once the selection is recorded).
-    directory = lambda pack: (
-        cell_dir / (f"selection-{key[:8]}-jobs_{'_'.join(str(position[id(j)]) for j in pack)}")
-    )
-    spec = spec_for(
-        config, model, "b", batch_size=cell_batch_size(config, subsets[seeds[0]]), pad_to=pad_to
-    )
-    trained = train_jobs(
-        model,
-        spec,
-        jobs,
-        checkpointer_for=checkpoints_in(config, directory),
-        callbacks_for=lambda pack: Callbacks(
-            on_chunk=lambda r: on_chunk(pack, r), stop_requested=stop_requested
-        ),
-    )
-    by_job = {id(t.job): t for t in trained}
-    val_acc, test_acc = [], []
-    for setting_index in range(len(settings)):
-        row = jobs[setting_index * len(seeds) : (setting_index + 1) * len(seeds)]
-        val_acc.append(
-            [
-                math.nan
-                if id(j) in diverged
-                else accuracy(model, by_job[id(j)].variables, *_xy(splits[j.seed][1]))
-                for j in row
-            ]
-        )
-    chosen = protocol_lib.select(settings, val_acc)
-    # Test accuracies of the grid models only after the choice is made: the report's
-    # sensitivity plot and robustness marks read them, the selection above never did.
-    for setting_index in range(len(settings)):
-        row = jobs[setting_index * len(seeds) : (setting_index + 1) * len(seeds)]
-        test_acc.append(
-            [
-                None if id(j) in diverged else accuracy(model, by_job[id(j)].variables, *test)
-                for j in row
-            ]
-        )
-    record = {
-        "fingerprint": key,
-        "seeds": seeds,
-        "grid": [
-            {"setting": s, "val_acc": v, "test_acc": t}
-            for s, v, t in zip(settings, val_acc, test_acc)
-        ],
-        "selected": settings[chosen],
-        "selection": protocol_lib.describe(seeds, config.protocol.val_fraction),
-        # How many predictions each seed's validation accuracy rests on (the report's margin).
-        "val_examples": [len(splits[s][1].y_train) for s in seeds],
-    }
-    outputs.atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
-    for done in cell_dir.glob(f"selection-{key[:8]}-jobs_*"):
-        shutil.rmtree(done, ignore_errors=True)
-    return record
-
-
-def _xy(task: data_lib.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    return task.x_train, task.y_train
-
-
 def _protocol_block(selection: dict | None, seed: int) -> dict[str, Any]:
     if selection is None:
         return {"name": "fixed"}
@@ -232,16 +130,6 @@ def _protocol_block(selection: dict | None, seed: int) -> dict[str, Any]:
     }
 
 
-def cell_batch_size(config: ml_collections.ConfigDict, subset: data_lib.Dataset) -> int:
-    """The batch every run of a cell uses: ``train_b.batch_size``, or less when the cell's data
-    is smaller. Under the tuned protocol the limit is the selection split, so the chosen setting
-    is retrained with the batch it was chosen with."""
-    rows = len(subset.y_train)
-    if config.protocol.name == "tuned":
-        rows = len(protocol_lib.val_split(subset, config.protocol.val_fraction, 0)[0].y_train)
-    return min(config.train_b.batch_size, rows)
-
-
 def _steady_seconds(metrics: Sequence[Mapping[str, Any]], phase: str, steps: int) -> float:
     """Compute time of a phase without compilation: its fastest chunk's per-step time x steps.
 
@@ -261,7 +149,7 @@ def run_cell(
     cell: Cell,
     out_dir: Path,
     *,
-    stop_requested: Callable[[], bool] | None = None,
+    stop_requested=None,
     show_progress: bool | None = None,
 ) -> list[dict]:
     """Runs one cell for every seed of ``config`` into ``OUT/runs/<cell>/seed_<k>/``.
@@ -270,89 +158,60 @@ def run_cell(
     are moved aside and rerun. Returns every seed's results record.
     """
     seeds = list(config.seeds)
-    cell_dir = out_dir / "runs" / cell.id
     tasks = build_tasks(config, cell.shift)
     model = model_for(config, tasks.b.num_classes)
-    slots = slots_for(config, model)
-    key = cell_fingerprint(config, cell, slots)
-    _retire_stale(out_dir, cell, {s: cell_dir / f"seed_{s}" for s in seeds}, key)
+    key = cell_fingerprint(config, cell, slots_for(config, model))
+    run = CellRun(config, cell, out_dir, tasks, model, key, stop_requested, show_progress)
+    _retire_stale(run)
     run_dirs = {
-        s: outputs.RunDir(cell_dir / f"seed_{s}", tensorboard=config.tensorboard) for s in seeds
+        s: outputs.RunDir(run.cell_dir / f"seed_{s}", tensorboard=config.tensorboard) for s in seeds
     }
     todo = [s for s in seeds if not run_dirs[s].is_finished()]
     if not todo:
         return [run_dirs[s].read_results() for s in seeds]
 
-    sources, starts, transfers = _starting_points(
-        config, cell, tasks, model, seeds, out_dir, show_progress, stop_requested
-    )
-    subsets = {s: data_lib.few_shot(tasks.b, cell.n_per_class, seed=s) for s in seeds}
-    pad_to = len(tasks.b.y_train)
-    selection = None
-    if config.protocol.name == "tuned":
-        selection = choose_hyperparameters(
-            config,
-            cell,
-            model,
-            starts,
-            subsets,
-            (tasks.b.x_test, tasks.b.y_test),
-            cell_dir,
-            key,
-            pad_to,
-            stop_requested,
-        )
+    _starting_points(run, seeds)
+    run.subsets = {s: data_lib.few_shot(tasks.b, cell.n_per_class, seed=s) for s in seeds}
+    selection = choose_hyperparameters(run) if config.protocol.name == "tuned" else None
     setting = selection["selected"] if selection else {"lr": float(config.train_b.lr)}
-    jobs = [_job(cell, s, setting, subsets[s], starts[s]) for s in todo]
-    batch_size = cell_batch_size(config, subsets[todo[0]])
-    trained = _train_final(
-        config,
-        model,
-        jobs,
-        run_dirs,
-        cell_dir / f"checkpoints-{key[:8]}",
-        batch_size,
-        pad_to,
-        stop_requested,
-    )
-    for t in trained:
-        _write_results(
-            config, cell, model, tasks, t, sources, transfers, selection, run_dirs, key, batch_size
-        )
+    jobs = [run.job(s, setting, run.subsets[s]) for s in todo]
+    batch_size = cell_batch_size(run)
+    for trained in _train_final(run, jobs, run_dirs, batch_size):
+        _write_results(run, trained, selection, run_dirs[trained.job.seed], batch_size)
     return [run_dirs[s].read_results() for s in seeds]
 
 
-def _starting_points(config, cell, tasks, model, seeds, out_dir, show_progress, stop_requested):
+def _starting_points(run: CellRun, seeds: Sequence[int]) -> None:
     """Every seed's source model (or None), starting variables and transfer report.
 
     All seeds, finished or not: the tuned protocol's selection averages over every one of them.
     """
-    sources = dict.fromkeys(seeds)
-    if cell.source is not None:
+    run.sources = dict.fromkeys(seeds)
+    if run.cell.source is not None:
         loaded = source_models(
-            config,
-            tasks,
-            cell.source,
+            run.config,
+            run.tasks,
+            run.cell.source,
             seeds,
-            out_dir,
-            show_progress=show_progress,
-            stop_requested=stop_requested,
+            run.out_dir,
+            show_progress=run.show_progress,
+            stop_requested=run.stop_requested,
         )
-        sources = dict(zip(seeds, loaded))
-    starts, transfers = {}, {}
+        run.sources = dict(zip(seeds, loaded))
     for s in seeds:
-        init = init_variables(model, 1000 + s, tasks.b.x_train)
-        starts[s], transfers[s] = starting_variables(config, cell, model, init, sources[s])
-    return sources, starts, transfers
+        init = init_variables(run.model, 1000 + s, run.tasks.b.x_train)
+        run.starts[s], run.transfers[s] = starting_variables(
+            run.config, run.cell, run.model, init, run.sources[s]
+        )
 
 
 def _train_final(
-    config, model, jobs, run_dirs, checkpoint_prefix: Path, batch_size, pad_to, stop_requested
+    run: CellRun, jobs: Sequence, run_dirs: Mapping[int, outputs.RunDir], batch_size: int
 ) -> list[TrainRun]:
     """The final runs, logged to each seed's metrics.jsonl; a NaN loss stops with the last
     good checkpoint named."""
-    directory = lambda pack: checkpoint_prefix.with_name(
-        f"{checkpoint_prefix.name}-seeds_{'_'.join(str(j.seed) for j in pack)}"
+    directory = lambda pack: (
+        run.cell_dir / (f"checkpoints-{run.key[:8]}-seeds_{'_'.join(str(j.seed) for j in pack)}")
     )
 
     def on_chunk(pack, record):
@@ -374,44 +233,22 @@ def _train_final(
         for job in pack:
             run_dirs[job.seed].truncate_after(step)
 
-    return train_jobs(
-        model,
-        spec_for(config, model, "b", batch_size=batch_size, pad_to=pad_to),
-        jobs,
-        checkpointer_for=checkpoints_in(config, directory),
-        callbacks_for=lambda pack: Callbacks(
-            on_chunk=lambda r: on_chunk(pack, r),
-            on_resume=lambda step: on_resume(pack, step),
-            stop_requested=stop_requested,
-        ),
-    )
+    return run.train(jobs, batch_size, directory, (on_chunk, on_resume))
 
 
-def _write_results(
-    config,
-    cell,
-    model,
-    tasks,
-    trained: TrainRun,
-    sources,
-    transfers,
-    selection,
-    run_dirs,
-    key,
-    batch_size,
-) -> None:
-    """Evaluates one trained final job and writes its ``results.json``."""
-    job = trained.job
-    s = job.seed
+def _costs(run: CellRun, trained: TrainRun, batch_size: int) -> tuple[dict, list[dict]]:
+    """The run's cost metrics (XLA FLOPs and memory of each phase's step, compute time without
+    compilation, parameter counts) and one row per phase."""
+    model, job = run.model, trained.job
     costs = step_costs(trained, model, batch_size)
     phases = job.strategy.phases(model.layer_groups)
-    budgets = dict(zip((p.name for p in phases), phase_steps(phases, config.train_b.steps)))
+    budgets = dict(zip((p.name for p in phases), phase_steps(phases, run.config.train_b.steps)))
     names = list(trained.plans)
     steps_per_phase = [budgets[n] for n in names]
-    logged = run_dirs[s].read_metrics()
+    logged = outputs.RunDir(run.cell_dir / f"seed_{job.seed}").read_metrics()
     seconds = sum(_steady_seconds(logged, n, k) for n, k in zip(names, steps_per_phase))
     final_plan = list(trained.plans.values())[-1]
-    cost_metrics = {
+    metrics = {
         "flops_per_step": max(c["flops"] for c in costs),
         "train_flops": float(sum(c["flops"] * k for c, k in zip(costs, steps_per_phase))),
         # Compute time without compilation, per model of the slots trained together.
@@ -420,7 +257,7 @@ def _write_results(
         "trainable_params": final_plan.num_trainable,
         "total_params": final_plan.num_trainable + final_plan.num_frozen,
     }
-    phase_rows = [
+    rows = [
         {
             "name": n,
             "steps": k,
@@ -430,38 +267,103 @@ def _write_results(
         }
         for (n, p), k, c in zip(trained.plans.items(), steps_per_phase, costs)
     ]
-    accuracies = {
-        "acc_b": accuracy(model, trained.variables, tasks.b.x_test, tasks.b.y_test),
+    return metrics, rows
+
+
+def _accuracies(run: CellRun, trained: TrainRun) -> dict[str, float | None]:
+    """Accuracy on B's test set, retention of A (the fine-tuned body with A's own head, on A's
+    test set) and accuracy on B's shifted (OOD) test set."""
+    model, tasks, variables = run.model, run.tasks, trained.variables
+    out = {
+        "acc_b": accuracy(model, variables, tasks.b.x_test, tasks.b.y_test),
         "acc_a": None,
-        "acc_ood": accuracy(model, trained.variables, *tasks.ood_b),
+        "acc_ood": accuracy(model, variables, *tasks.ood_b),
     }
-    source = sources[s]
-    if source is not None and cell.reinit_from is None and tasks.a is not None:
-        # Retention of A: the fine-tuned body with A's own head, on A's test set.
-        model_a = model_for(config, tasks.a.num_classes)
+    source = run.sources[trained.job.seed]
+    if source is not None and run.cell.reinit_from is None and tasks.a is not None:
+        model_a = model_for(run.config, tasks.a.num_classes)
         head = model.layer_groups[-1]
-        accuracies["acc_a"] = accuracy(
-            model_a, _with_head(trained.variables, source, head), tasks.a.x_test, tasks.a.y_test
+        out["acc_a"] = accuracy(
+            model_a, _with_head(variables, source, head), tasks.a.x_test, tasks.a.y_test
         )
+    return out
+
+
+def task_record(run: CellRun) -> dict[str, Any]:
+    """What a run's ``task`` block says: A and B, the source, input shape, B's test set."""
+    config, tasks = run.config, run.tasks
+    classes = list(config.data.classes_b) if config.data.classes_b else []
+    b_name = config.data.b or config.data.a
+    which = f", classes {classes[0]}-{classes[-1]}" if classes and not config.data.b else ""
+    return {
+        "a": config.data.a or None,
+        "b": b_name,
+        "source": config.source or "trained on A",
+        "input_shape": list(tasks.b.x_train.shape[1:]),
+        "num_classes_b": tasks.b.num_classes,
+        "test_b": {"source": f"{b_name} test split{which}", "examples": len(tasks.b.y_test)},
+    }
+
+
+def options_record(cell: Cell) -> dict[str, Any]:
+    """The strategy options of ``cell`` that differ from the strategy's defaults (set by the
+    user, not tuned by the protocol): what the report's label shows."""
+    defaults = declared_options(cell.strategy)
+    return {k: v for k, v in cell.options if k not in defaults or defaults[k] != v}
+
+
+def _keep_weights(run: CellRun, trained: TrainRun, run_dir: outputs.RunDir) -> None:
+    """The final variables in ``seed_<k>/weights`` (``jaxtl.train.checkpoint.load_variables``)."""
+    ckpt_lib.save_variables(
+        run_dir.path / WEIGHTS_DIR,
+        trained.variables,
+        {
+            "model": run.config.model.name,
+            "num_classes": run.tasks.b.num_classes,
+            "options": run.config.model.options.to_dict(),
+            "strategy": run.cell.label,
+            "seed": trained.job.seed,
+        },
+        force=True,
+    )
+
+
+def _write_results(
+    run: CellRun,
+    trained: TrainRun,
+    selection: dict | None,
+    run_dir: outputs.RunDir,
+    batch_size: int,
+) -> None:
+    """Evaluates one trained final job, keeps its weights and writes its ``results.json``."""
+    seed, cell, config = trained.job.seed, run.cell, run.config
+    cost_metrics, phase_rows = _costs(run, trained, batch_size)
+    accuracies = _accuracies(run, trained)
     # A run killed between this record and results.json resumes from its last checkpoint,
     # where nothing is truncated: the record it already logged is the one this state gives.
-    if not any(r.get("phase") == "final" for r in run_dirs[s].read_metrics()):
-        run_dirs[s].append_metrics({"step": sum(steps_per_phase), "phase": "final", **accuracies})
+    if not any(r.get("phase") == "final" for r in run_dir.read_metrics()):
+        steps = sum(r["steps"] for r in phase_rows)
+        run_dir.append_metrics({"step": steps, "phase": "final", **accuracies})
+    if config.keep_weights:
+        _keep_weights(run, trained, run_dir)
     results = {
         "experiment": cell.experiment,
         "strategy": cell.label,
-        "seed": s,
+        "seed": seed,
         "params": dict(cell.report_params),
+        "options": options_record(cell),
+        "task": task_record(run),
         "metrics": {**accuracies, **cost_metrics},
         "phases": phase_rows,
-        "protocol": _protocol_block(selection, s),
-        "seed_slots": slots_for(config, model),
-        "layer_groups": list(model.layer_groups),
-        "transfer": None if transfers[s] is None else transfers[s].as_dict(),
+        "protocol": _protocol_block(selection, seed),
+        "slots": slots_for(config, run.model),
+        "layer_groups": list(run.model.layer_groups),
+        "transfer": None if run.transfers[seed] is None else run.transfers[seed].as_dict(),
         # The checkpoint file a "pretrained:PATH" source was (None for a model trained on A).
         "source_model": source_record(config) if cell.source == "a" else None,
-        "fingerprint": key,
+        "weights": WEIGHTS_DIR if config.keep_weights else None,
+        "fingerprint": run.key,
         "config": config.to_dict(),
     }
     results.update(outputs.environment_info())
-    run_dirs[s].write_results(results)
+    run_dir.write_results(results)

@@ -25,8 +25,8 @@ from jaxtl import report
 from jaxtl.config import ConfigError, apply_overrides, load_config
 from jaxtl.defaults import base_config
 from jaxtl.runner.cell import run_cell
-from jaxtl.runner.cells import TUNABLE_EXPERIMENTS, Cell, experiment_cells
 from jaxtl.runner.protocol import check_protocol
+from jaxtl.runner.sweep import TUNABLE_EXPERIMENTS, Cell, experiment_cells
 from jaxtl.runner.tasks import Tasks, build_tasks, file_source, model_for, with_file_source
 from jaxtl.suggest import did_you_mean
 from jaxtl.train import Interrupted, get_strategy, outputs

@@ -381,6 +381,25 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
 }
 
 
+def _check_name(name: str) -> None:
+    if name not in STRATEGIES:
+        raise StrategyError(
+            f"unknown strategy {name!r}{did_you_mean(name, STRATEGIES)};"
+            f" choices: {', '.join(STRATEGIES)}"
+        )
+
+
+def declared_options(name: str) -> dict[str, Any]:
+    """The options strategy ``name`` declares, with their defaults.
+
+    Example:
+      >>> declared_options("lp_ft")
+      {'lp_fraction': 0.5, 'ft_lr': 0.1, 'probe_steps': 0}
+    """
+    _check_name(name)
+    return {p.name: p.default for p in inspect.signature(STRATEGIES[name]).parameters.values()}
+
+
 def get_strategy(name: str, **options: Any) -> Strategy:
     """Builds a registered strategy.
 
@@ -398,13 +417,8 @@ def get_strategy(name: str, **options: Any) -> Strategy:
       >>> [p.name for p in get_strategy("lp_ft", ft_lr=0.1).phases(("body", "head"))]
       ['lp', 'ft']
     """
-    if name not in STRATEGIES:
-        raise StrategyError(
-            f"unknown strategy {name!r}{did_you_mean(name, STRATEGIES)};"
-            f" choices: {', '.join(STRATEGIES)}"
-        )
+    valid = list(declared_options(name))
     builder = STRATEGIES[name]
-    valid = list(inspect.signature(builder).parameters)
     for option in options:
         if option not in valid:
             raise StrategyError(

@@ -1,4 +1,4 @@
-"""Cells: the points of an experiment's sweep (strategy x data size x depth x shift ...).
+"""The sweep: the cells of an experiment (strategy x data size x depth x shift ...).
 
 An experiment config says *what* to compare; :func:`experiment_cells` turns it into cells, and
 the runner trains each cell once per seed.

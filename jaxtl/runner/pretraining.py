@@ -1,4 +1,4 @@
-"""Source models: trained on task A (or on B, for Yosinski's BnB), one per seed, cached on disk.
+"""Pretraining: source models trained on task A (or on B, for Yosinski's BnB), cached on disk.
 
 The cache key holds everything a source model depends on (data contents, model, training
 config, slot count, code version), so every B run of a sweep, and every later sweep into the

@@ -1,0 +1,94 @@
+"""What every step of one cell's run shares: its config, tasks, model, cache key and seeds'
+starting points, and how it asks the engine for a pack of jobs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from jaxtl import data as data_lib
+from jaxtl.runner.jobs import checkpoints_in, spec_for
+from jaxtl.runner.sweep import Cell
+from jaxtl.runner.tasks import Tasks
+from jaxtl.train import Callbacks, Job, TrainRun, get_strategy, train_jobs
+
+PackListener = Callable[[list[Job], dict], None]
+
+
+@dataclasses.dataclass
+class CellRun:
+    """One cell's run.
+
+    Attributes:
+      config: the experiment config.
+      cell: the cell.
+      out_dir: the experiment's output directory.
+      tasks: A and B.
+      model: the model every run of the cell trains.
+      key: the cell's fingerprint (what its results depend on).
+      stop_requested: polled after every chunk (SIGINT/SIGTERM).
+      show_progress: progress bars on (None: when stderr is a terminal).
+      sources, starts, transfers, subsets: per seed, the source model (or None), the starting
+        variables, the transfer report (or None) and B's few-shot training subset.
+    """
+
+    config: ml_collections.ConfigDict
+    cell: Cell
+    out_dir: Path
+    tasks: Tasks
+    model: Any
+    key: str
+    stop_requested: Callable[[], bool] | None = None
+    show_progress: bool | None = None
+    sources: dict[int, dict | None] = dataclasses.field(default_factory=dict)
+    starts: dict[int, dict] = dataclasses.field(default_factory=dict)
+    transfers: dict[int, Any] = dataclasses.field(default_factory=dict)
+    subsets: dict[int, data_lib.Dataset] = dataclasses.field(default_factory=dict)
+
+    @property
+    def cell_dir(self) -> Path:
+        return self.out_dir / "runs" / self.cell.id
+
+    @property
+    def pad_to(self) -> int:
+        """Rows every training set of the cell is padded to, so all share one program."""
+        return len(self.tasks.b.y_train)
+
+    def job(self, seed: int, setting: Mapping[str, Any], task: data_lib.Dataset) -> Job:
+        """Seed ``seed`` of the cell at grid point ``setting`` on ``task``'s training examples."""
+        options = {**dict(self.cell.options), **{k: v for k, v in setting.items() if k != "lr"}}
+        return Job(
+            self.starts[seed],
+            get_strategy(self.cell.strategy, **options),
+            task.x_train,
+            task.y_train,
+            seed=seed,
+            lr=float(setting["lr"]),
+        )
+
+    def train(
+        self,
+        jobs: Sequence[Job],
+        batch_size: int,
+        directory_of: Callable[[list[Job]], Path],
+        listeners: tuple[PackListener, Callable[[list[Job], int | None], None] | None],
+    ) -> list[TrainRun]:
+        """Trains ``jobs`` on B with the config's spec, each pack checkpointing in
+        ``directory_of(pack)``; ``listeners`` are ``(on_chunk, on_resume)`` per pack."""
+        on_chunk, on_resume = listeners
+        spec = spec_for(self.config, self.model, "b", batch_size=batch_size, pad_to=self.pad_to)
+        return train_jobs(
+            self.model,
+            spec,
+            jobs,
+            checkpointer_for=checkpoints_in(self.config, directory_of),
+            callbacks_for=lambda pack: Callbacks(
+                on_chunk=lambda r: on_chunk(pack, r),
+                on_resume=None if on_resume is None else (lambda step: on_resume(pack, step)),
+                stop_requested=self.stop_requested,
+            ),
+        )
