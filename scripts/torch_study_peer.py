@@ -264,21 +264,16 @@ def to_input(torch, kind: str, x: np.ndarray):
 # ---- training and evaluation -------------------------------------------------------------------
 
 
-def train(
-    torch,
-    model,
-    phases: Sequence[Phase],
-    x,
-    y,
-    *,
-    seed: int,
-    lr: float,
-    batch_size: int,
-    weight_decay: float,
-    clip_norm: float,
-    log_every: int = 50,
-) -> list[float]:
-    """Trains ``model`` in place through ``phases`` on jaxtl's batches; returns logged losses."""
+def train(torch, model, phases: Sequence[Phase], data, training, *, seed: int) -> list[float]:
+    """Trains ``model`` in place through ``phases`` on jaxtl's batches; returns logged losses.
+
+    ``data`` is ``(x, y)``; ``training`` a jaxtl training config (``train_a``/``train_b``: lr,
+    batch_size, weight_decay, clip_norm; the batch is capped at the data's size).
+    """
+    x, y = data
+    lr, weight_decay, clip_norm = training.lr, training.weight_decay, training.clip_norm
+    batch_size = min(training.batch_size, len(y))
+    log_every = 50
     groups = list(model.keys())
     reference = {
         n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("head.")
@@ -377,17 +372,7 @@ def run_study(config, threads: int) -> dict[str, Any]:
     for s in config.seeds:
         t = time.perf_counter()
         model = new(num_a, s)
-        train(
-            torch,
-            model,
-            [Phase("scratch", groups, ta.steps)],
-            *a_train,
-            seed=s,
-            lr=ta.lr,
-            batch_size=min(ta.batch_size, len(a_train[1])),
-            weight_decay=ta.weight_decay,
-            clip_norm=ta.clip_norm,
-        )
+        train(torch, model, [Phase("scratch", groups, ta.steps)], a_train, ta, seed=s)
         sources[s] = {k: v.clone() for k, v in model.state_dict().items()}
         clock["sources_train_s"] += time.perf_counter() - t
 
@@ -407,18 +392,7 @@ def run_study(config, threads: int) -> dict[str, Any]:
                     head = {k: v for k, v in model.state_dict().items() if k.startswith("head.")}
                     model.load_state_dict({**sources[s], **head})
                 t = time.perf_counter()
-                losses = train(
-                    torch,
-                    model,
-                    phases,
-                    x,
-                    y,
-                    seed=s,
-                    lr=tb.lr,
-                    batch_size=min(tb.batch_size, len(y)),
-                    weight_decay=tb.weight_decay,
-                    clip_norm=tb.clip_norm,
-                )
+                losses = train(torch, model, phases, (x, y), tb, seed=s)
                 clock["b_train_s"] += time.perf_counter() - t
                 t = time.perf_counter()
                 row = {
