@@ -18,6 +18,7 @@ TINY_OVERRIDES = (
     "strategies=['linear_probe']",
     "n_per_class=[5]",
     "seeds=[0]",
+    "protocol.selection_seeds=[1000]",
     "train_a.steps=20",
     "train_b.steps=20",
     "steps_per_call=10",

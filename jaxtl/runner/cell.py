@@ -9,7 +9,6 @@ seed's examples, and per seed its ``results.json`` and trained weights.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,12 +36,12 @@ WEIGHTS_DIR = "weights"
 def cell_fingerprint(config: ml_collections.ConfigDict, cell: Cell, slots: int) -> str:
     """Everything a cell's results depend on: its config fields, data contents, slots, code.
 
-    Under the tuned protocol the seed list is part of it (the selection averages over seeds);
-    under the fixed protocol a seed's result depends on that seed alone.
+    The reported seeds are not part of it: a seed's result depends on that seed and, under the
+    tuned protocol, on the selection seeds (which are), never on the other reported seeds; so
+    adding seeds to a finished cell trains only the new ones.
     """
-    drop = ("seeds",) if config.protocol.name == "fixed" else ()
     return fingerprint(
-        config=result_fields(config, drop=drop),
+        config=result_fields(config, drop=("seeds",)),
         cell=cell.id,
         data=data_fingerprint(config),
         slots=slots,
@@ -108,25 +107,20 @@ def starting_variables(
     return variables, report
 
 
-def _protocol_block(selection: dict | None, seed: int) -> dict[str, Any]:
+def _protocol_block(selection: dict | None) -> dict[str, Any]:
+    """A run's ``protocol`` record: "fixed", or the tuned cell's selection (the same for every
+    reported seed: the grid ran on the selection seeds)."""
     if selection is None:
         return {"name": "fixed"}
-    i = selection["seeds"].index(seed)
-    nan_to_none = lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-    examples = selection.get("val_examples")
+    keep = ("seeds", "score", "selected", "selected_score", "runner_up", "margin_se")
+    block = {k: selection[k] for k in keep}
+    block["selection_seeds"] = block.pop("seeds")
     return {
         "name": "tuned",
-        "selected": selection["selected"],
+        **block,
         "selection": selection["selection"],
-        "val_examples": None if examples is None else examples[i],
-        "grid": [
-            {
-                "setting": g["setting"],
-                "val_acc": nan_to_none(g["val_acc"][i]),
-                "test_acc": nan_to_none(g["test_acc"][i]),
-            }
-            for g in selection["grid"]
-        ],
+        "val_examples": selection["val_examples"],
+        "grid": selection["grid"],
     }
 
 
@@ -170,9 +164,11 @@ def run_cell(
     if not todo:
         return [run_dirs[s].read_results() for s in seeds]
 
-    _starting_points(run, seeds)
-    run.subsets = {s: data_lib.few_shot(tasks.b, cell.n_per_class, seed=s) for s in seeds}
-    selection = choose_hyperparameters(run) if config.protocol.name == "tuned" else None
+    tuned = config.protocol.name == "tuned"
+    everyone = [*(config.protocol.selection_seeds if tuned else []), *seeds]
+    _starting_points(run, everyone)
+    run.subsets = {s: data_lib.few_shot(tasks.b, cell.n_per_class, seed=s) for s in everyone}
+    selection = choose_hyperparameters(run) if tuned else None
     setting = selection["selected"] if selection else {"lr": float(config.train_b.lr)}
     jobs = [run.job(s, setting, run.subsets[s]) for s in todo]
     batch_size = cell_batch_size(run)
@@ -182,10 +178,8 @@ def run_cell(
 
 
 def _starting_points(run: CellRun, seeds: Sequence[int]) -> None:
-    """Every seed's source model (or None), starting variables and transfer report.
-
-    All seeds, finished or not: the tuned protocol's selection averages over every one of them.
-    """
+    """Every seed's source model (or None), starting variables and transfer report: the
+    selection seeds' and the reported seeds', each its own."""
     run.sources = dict.fromkeys(seeds)
     if run.cell.source is not None:
         loaded = source_models(
@@ -355,7 +349,7 @@ def _write_results(
         "task": task_record(run),
         "metrics": {**accuracies, **cost_metrics},
         "phases": phase_rows,
-        "protocol": _protocol_block(selection, seed),
+        "protocol": _protocol_block(selection),
         "slots": slots_for(config, run.model),
         "layer_groups": list(run.model.layer_groups),
         "transfer": None if run.transfers[seed] is None else run.transfers[seed].as_dict(),

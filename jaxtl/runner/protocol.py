@@ -1,12 +1,15 @@
 """The tuned protocol: each cell's hyperparameters chosen on validation data carved from B's
-training examples, never on the test set.
+training examples of the selection seeds, never on the reported (confirmation) seeds or the
+test set.
 
-For a cell (strategy x data size) and each seed, B's n training examples per class are split
-80/20 per class (VTAB-1k style, at least one example of every class on each side, seeded);
-every grid point (learning rate x the strategy's own knob) trains on the 80% and is scored on
-the 20%; the setting with the best mean validation accuracy over the seeds is retrained on all
-n examples, and only that model meets the test set. Test accuracies of the grid models are kept
-for the report's sensitivity plot and robustness marks; :func:`select` never sees them.
+For a cell (strategy x data size) and each selection seed, B's n training examples per class
+(that seed's few-shot subset) are split 80/20 per class (VTAB-1k style, at least one example of
+every class on each side, seeded); every grid point (learning rate x the strategy's own knob)
+trains on the 80% and is scored by its cross-entropy on the 20%; the setting with the lowest
+loss pooled over the selection seeds is then trained on all n examples of each confirmation
+seed (its own subset, source model and head init), and only those models meet the test set and
+the claims. Test accuracies of the grid models are kept for the report's sensitivity plot and
+robustness marks; :func:`select` never sees them.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 import numpy as np
@@ -33,6 +36,22 @@ def check_protocol(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"unknown protocol.name {p.name!r}; choices: {', '.join(PROTOCOLS)}")
     if p.name == "fixed":
         return
+    selection = list(p.selection_seeds)
+    if (
+        not selection
+        or len(set(selection)) != len(selection)
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in selection)
+    ):
+        raise ConfigError(
+            f"protocol.selection_seeds={selection} must be distinct ints >= 0, e.g."
+            " [1000,1001,1002,1003,1004]"
+        )
+    shared = sorted(set(selection) & set(config.seeds))
+    if shared:
+        raise ConfigError(
+            f"seeds {shared} are both reported and used for selection; the confirmation seeds"
+            " (seeds) must be disjoint from protocol.selection_seeds"
+        )
     if not 0.0 < p.val_fraction < 1.0:
         raise ConfigError(f"protocol.val_fraction={p.val_fraction} must be in (0, 1), e.g. 0.2")
     factors = list(p.lr_factors)
@@ -96,29 +115,64 @@ def grid(
     return [dict(point) for point in itertools.product(*axes)]
 
 
-def select(settings: Sequence[Mapping[str, Any]], val_acc: Sequence[Sequence[float]]) -> int:
-    """Index of the setting with the best mean validation accuracy over seeds.
+class Selection(NamedTuple):
+    """The outcome of :func:`select`.
 
-    A diverged grid point (NaN) never wins; ties go to the earlier setting in grid order.
+    Attributes:
+      index: the selected setting (lowest pooled validation loss).
+      score: its pooled validation loss (mean cross-entropy over every validation example of
+        every selection seed).
+      runner_up: the next best setting, or None for a one-setting grid.
+      margin: runner-up's pooled loss minus the selected one's (>= 0), or None.
+      margin_se: that margin in standard errors of the per-seed differences (paired by
+        selection seed), or None with fewer than two seeds; inf when every seed agrees exactly.
+    """
+
+    index: int
+    score: float
+    runner_up: int | None
+    margin: float | None
+    margin_se: float | None
+
+
+def select(settings: Sequence[Mapping[str, Any]], val_loss: Sequence[Sequence[float]]) -> Selection:
+    """The setting with the lowest validation loss pooled over the selection seeds.
+
+    Validation cross-entropy is a continuous, proper score: unlike accuracy on a handful of
+    validation examples it rarely ties and does not flip with one prediction. A diverged grid
+    point (NaN or inf) never wins; exact ties go to the earlier setting in grid order.
 
     Args:
       settings: the grid.
-      val_acc: per setting, one validation accuracy per seed.
+      val_loss: per setting, the mean validation cross-entropy of each selection seed (every
+        seed's validation split has the same size, so the pooled loss is their mean).
 
     Example:
-      >>> select([{"lr": 1}, {"lr": 2}], [[0.5, 0.7], [0.6, 0.7]])
+      >>> select([{"lr": 1}, {"lr": 2}], [[0.9, 0.7], [0.6, 0.5]]).index
       1
     """
-    means = [float(np.mean(a)) if all(math.isfinite(v) for v in a) else -math.inf for a in val_acc]
-    if len(means) != len(settings):
-        raise ValueError(f"{len(val_acc)} accuracy rows for {len(settings)} settings")
-    return int(np.argmax(means))
+    if len(val_loss) != len(settings):
+        raise ValueError(f"{len(val_loss)} loss rows for {len(settings)} settings")
+    rows = [np.asarray(r, np.float64) for r in val_loss]
+    pooled = [float(np.mean(r)) if np.all(np.isfinite(r)) else math.inf for r in rows]
+    order = sorted(range(len(pooled)), key=lambda i: (pooled[i], i))
+    best = order[0]
+    if len(order) < 2 or not math.isfinite(pooled[order[1]]):
+        return Selection(best, pooled[best], None, None, None)
+    second = order[1]
+    d = rows[second] - rows[best]
+    margin = float(np.mean(d))
+    margin_se = None
+    if len(d) >= 2:
+        se = float(np.std(d, ddof=1)) / math.sqrt(len(d))
+        margin_se = math.inf if se == 0 else margin / se
+    return Selection(best, pooled[best], second, margin, margin_se)
 
 
 def describe(seeds: Sequence[int], fraction: float) -> str:
     """The selection rule, as the report states it."""
     return (
-        f"mean validation accuracy over seeds {','.join(map(str, seeds))}"
+        f"lowest validation cross-entropy pooled over selection seeds {','.join(map(str, seeds))}"
         f" ({round((1 - fraction) * 100)}/{round(fraction * 100)} split of B's training"
-        " examples, per class)"
+        " examples, per class; never the reported seeds or the test set)"
     )

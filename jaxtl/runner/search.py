@@ -2,6 +2,7 @@
 split, scored on its validation split, and the selected setting recorded.
 
 The rule itself (splits, grid, selection) is :mod:`jaxtl.runner.protocol`; this module runs it.
+The grid trains on the selection seeds only; the reported (confirmation) seeds never enter it.
 Test accuracies of the grid models are measured only after the choice is made, for the report's
 sensitivity plot and robustness marks.
 """
@@ -15,8 +16,8 @@ from typing import Any
 
 from jaxtl.runner import protocol as protocol_lib
 from jaxtl.runner.cell_run import CellRun
-from jaxtl.runner.jobs import accuracy, non_finite
-from jaxtl.train import outputs
+from jaxtl.runner.jobs import non_finite
+from jaxtl.train import evaluate, outputs
 
 
 def cell_batch_size(run: CellRun) -> int:
@@ -32,11 +33,14 @@ def cell_batch_size(run: CellRun) -> int:
 
 
 def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
-    """The tuned protocol for one cell: the grid on 80/20 splits, the selected setting.
+    """The tuned protocol for one cell: the grid on the selection seeds' 80/20 splits, scored by
+    validation cross-entropy, and the selected setting.
 
     Returns the cell's selection record (also cached as ``selection.json`` in the cell's
-    directory): ``grid`` (per setting: validation and test accuracy per seed), ``selected``,
-    ``selection`` (the rule in words), ``val_examples`` (per seed).
+    directory): ``seeds`` (the selection seeds), ``grid`` (per setting: validation loss and
+    accuracy and grid-model test accuracy, one value per selection seed), ``selected``,
+    ``selected_score``, ``runner_up``, ``margin_se``, ``selection`` (the rule in words),
+    ``val_examples`` (per seed).
     """
     config, key, cell_dir = run.config, run.key, run.cell_dir
     path = cell_dir / "selection.json"
@@ -44,7 +48,7 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
         cached = json.loads(path.read_text())
         if cached.get("fingerprint") == key:
             return cached
-    seeds = list(run.starts)
+    seeds = list(config.protocol.selection_seeds)
     settings = protocol_lib.grid(config, run.cell.strategy, run.cell.tuned_knobs)
     fraction = config.protocol.val_fraction
     splits = {s: protocol_lib.val_split(run.subsets[s], fraction, s) for s in seeds}
@@ -62,35 +66,50 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
     )
     trained = run.train(jobs, cell_batch_size(run), directory, (on_chunk, None))
     variables = {id(t.job): t.variables for t in trained}
+    rows = [jobs[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(settings))]
 
-    def scores(data_of) -> list[list[float | None]]:
-        rows = [jobs[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(settings))]
+    def scores(data_of) -> list[list[dict[str, float] | None]]:
         return [
             [
-                None if id(j) in diverged else accuracy(run.model, variables[id(j)], *data_of(j))
+                None if id(j) in diverged else evaluate(run.model, variables[id(j)], *data_of(j))
                 for j in row
             ]
             for row in rows
         ]
 
-    val_split_of = lambda j: (splits[j.seed][1].x_train, splits[j.seed][1].y_train)
-    val_acc = [[math.nan if v is None else v for v in row] for row in scores(val_split_of)]
-    chosen = protocol_lib.select(settings, val_acc)
+    val = scores(lambda j: (splits[j.seed][1].x_train, splits[j.seed][1].y_train))
+    val_loss = [[math.inf if v is None else v["loss"] for v in row] for row in val]
+    chosen = protocol_lib.select(settings, val_loss)
     # Only now, after the choice, do the grid models meet the test set.
-    test_acc = scores(lambda j: (run.tasks.b.x_test, run.tasks.b.y_test))
+    test = scores(lambda j: (run.tasks.b.x_test, run.tasks.b.y_test))
+    finite = lambda v: v if v is not None and math.isfinite(v) else None
     record = {
         "fingerprint": key,
         "seeds": seeds,
+        "score": "val_loss",
         "grid": [
-            {"setting": s, "val_acc": v, "test_acc": t}
-            for s, v, t in zip(settings, val_acc, test_acc)
+            {
+                "setting": setting,
+                "val_loss": [finite(v["loss"]) if v else None for v in v_row],
+                "val_acc": [v["acc"] if v else None for v in v_row],
+                "test_acc": [t["acc"] if t else None for t in t_row],
+            }
+            for setting, v_row, t_row in zip(settings, val, test)
         ],
-        "selected": settings[chosen],
+        "selected": settings[chosen.index],
+        "selected_score": finite(chosen.score),
+        "runner_up": None if chosen.runner_up is None else settings[chosen.runner_up],
+        "margin": chosen.margin,
+        "margin_se": None if chosen.margin_se is None else _json_number(chosen.margin_se),
         "selection": protocol_lib.describe(seeds, fraction),
-        # How many predictions each seed's validation accuracy rests on (the report's margin).
         "val_examples": [len(splits[s][1].y_train) for s in seeds],
     }
     outputs.atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
     for done in cell_dir.glob(f"selection-{key[:8]}-jobs_*"):
         shutil.rmtree(done, ignore_errors=True)
     return record
+
+
+def _json_number(value: float) -> float | str:
+    """JSON has no infinity: a margin every seed agrees on exactly is written as "inf"."""
+    return value if math.isfinite(value) else "inf"
