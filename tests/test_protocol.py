@@ -16,7 +16,7 @@ from jaxtl import runner
 from jaxtl.config import ConfigError, apply_overrides
 from jaxtl.defaults import base_config
 from jaxtl.runner import cell as cell_lib
-from jaxtl.runner.protocol import grid, select, val_split
+from jaxtl.runner.protocol import check_protocol, grid, select, val_split
 from jaxtl.runner.sweep import tuned_knobs
 
 # ---- val_split -----------------------------------------------------------------------------------
@@ -281,4 +281,6 @@ def test_selection_and_confirmation_seeds_must_be_disjoint(tiny_config):
     with pytest.raises(
         ConfigError, match=r"seeds \[1000\] are both reported and used for selection"
     ):
-        runner.check_part(tiny_config("seeds=[0,1000]", "protocol.selection_seeds=[1000,1001]"))
+        check_protocol(tiny_config("seeds=[0,1000]", "protocol.selection_seeds=[1000,1001]"))
+    with pytest.raises(ConfigError, match=r"protocol.selection_seeds=\[\] must be distinct ints"):
+        check_protocol(tiny_config("protocol.selection_seeds=[]"))

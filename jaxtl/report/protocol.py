@@ -90,9 +90,16 @@ def grid_values(cell: Cell, field: str) -> dict[str, dict[int, float]]:
     """
     out: dict[str, dict[int, float]] = {}
     for r in cell.runs:
+        seeds = r["protocol"].get("selection_seeds")
         for point in r["protocol"].get("grid", []):
-            if point[field] is not None:
-                out.setdefault(setting_key(point["setting"]), {})[r["seed"]] = float(point[field])
+            values = point.get(field)
+            if seeds is not None:  # the grid ran on the selection seeds, the same for every run
+                pairs = zip(seeds, values if isinstance(values, list) else [])
+            else:
+                pairs = [(r["seed"], values)]
+            for seed, v in pairs:
+                if v is not None:
+                    out.setdefault(setting_key(point["setting"]), {})[seed] = float(v)
     return out
 
 
@@ -119,9 +126,8 @@ def selection_margin(cell: Cell) -> float | None:
 
 def validation_examples(cell: Cell) -> str:
     """Validation examples per seed behind a tuned cell's selection ("5", "3–4"; "–" unknown)."""
-    counts = sorted(
-        {r["protocol"]["val_examples"] for r in cell.runs if r["protocol"].get("val_examples")}
-    )
+    found = [r["protocol"].get("val_examples") for r in cell.runs]
+    counts = sorted({c for v in found if v for c in (v if isinstance(v, list) else [v])})
     if not counts:
         return "–"
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"

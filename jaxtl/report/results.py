@@ -177,8 +177,14 @@ def validate_protocol(protocol: object, source: str) -> dict:
                     "val_acc, test_acc)"
                 )
         _check_setting(point["setting"], source, f"{field}.setting")
-        _check_accuracy(point["val_acc"], source, f"{field}.val_acc", nullable=False)
-        _check_accuracy(point["test_acc"], source, f"{field}.test_acc", nullable=True)
+        # One value per run seed, or (grids on the selection seeds) one list for all of them.
+        per_seed = lambda v: v if isinstance(v, list) else [v]
+        for v in per_seed(point["val_acc"]):
+            _check_accuracy(
+                v, source, f"{field}.val_acc", nullable=isinstance(point["val_acc"], list)
+            )
+        for v in per_seed(point["test_acc"]):
+            _check_accuracy(v, source, f"{field}.test_acc", nullable=True)
     return protocol
 
 

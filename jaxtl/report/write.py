@@ -62,6 +62,7 @@ def _margin_label(cell: Cell) -> str:
     if margin is None:
         return "–"
     counts = [r["protocol"].get("val_examples") for r in cell.runs]
+    counts = [min(c) if isinstance(c, list) else c for c in counts]
     one_prediction = 100.0 / max(counts) / len(cell.runs) if counts and all(counts) else None
     close = one_prediction is not None and 100 * margin <= one_prediction + 1e-9
     return f"{100 * margin:.1f}" + (" †" if close else "")

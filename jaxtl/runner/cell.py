@@ -20,12 +20,12 @@ import numpy as np
 from jaxtl import data as data_lib
 from jaxtl.runner.cell_run import CellRun
 from jaxtl.runner.fingerprints import data_fingerprint, fingerprint, result_fields
-from jaxtl.runner.jobs import accuracy, non_finite, step_costs, write_chunk
+from jaxtl.runner.jobs import non_finite, step_costs, write_chunk
 from jaxtl.runner.pretraining import source_models, source_record
 from jaxtl.runner.search import cell_batch_size, choose_hyperparameters
 from jaxtl.runner.sweep import Cell
 from jaxtl.runner.tasks import build_tasks, init_variables, model_for, slots_for
-from jaxtl.train import TrainRun, declared_options, outputs, phase_steps
+from jaxtl.train import TrainRun, declared_options, evaluate_many, outputs, phase_steps
 from jaxtl.train import checkpoint as ckpt_lib
 from jaxtl.train.transfer import transfer_variables
 
@@ -172,8 +172,9 @@ def run_cell(
     setting = selection["selected"] if selection else {"lr": float(config.train_b.lr)}
     jobs = [run.job(s, setting, run.subsets[s]) for s in todo]
     batch_size = cell_batch_size(run)
-    for trained in _train_final(run, jobs, run_dirs, batch_size):
-        _write_results(run, trained, selection, run_dirs[trained.job.seed], batch_size)
+    trained = _train_final(run, jobs, run_dirs, batch_size)
+    for one, accuracies in zip(trained, _accuracies(run, trained)):
+        _write_results(run, (one, accuracies), selection, run_dirs[one.job.seed], batch_size)
     return [run_dirs[s].read_results() for s in seeds]
 
 
@@ -264,23 +265,32 @@ def _costs(run: CellRun, trained: TrainRun, batch_size: int) -> tuple[dict, list
     return metrics, rows
 
 
-def _accuracies(run: CellRun, trained: TrainRun) -> dict[str, float | None]:
-    """Accuracy on B's test set, retention of A (the fine-tuned body with A's own head, on A's
-    test set) and accuracy on B's shifted (OOD) test set."""
-    model, tasks, variables = run.model, run.tasks, trained.variables
-    out = {
-        "acc_b": accuracy(model, variables, tasks.b.x_test, tasks.b.y_test),
-        "acc_a": None,
-        "acc_ood": accuracy(model, variables, *tasks.ood_b),
-    }
-    source = run.sources[trained.job.seed]
-    if source is not None and run.cell.reinit_from is None and tasks.a is not None:
+def _accuracies(run: CellRun, trained: Sequence[TrainRun]) -> list[dict[str, float | None]]:
+    """Per final run: accuracy on B's test set, retention of A (the fine-tuned body with A's
+    own head, on A's test set) and accuracy on B's shifted (OOD) test set; the runs of a cell
+    are evaluated side by side, a pack's width at a time."""
+    model, tasks = run.model, run.tasks
+    slots = slots_for(run.config, model)
+    variables = [t.variables for t in trained]
+    acc = lambda m, vs, data: [r["acc"] for r in evaluate_many(m, vs, data, slots=slots)]
+    acc_b = acc(model, variables, (tasks.b.x_test, tasks.b.y_test))
+    acc_ood = acc(model, variables, tasks.ood_b)
+    acc_a: list[float | None] = [None] * len(trained)
+    retained = [
+        i
+        for i, t in enumerate(trained)
+        if run.sources[t.job.seed] is not None and run.cell.reinit_from is None
+    ]
+    if tasks.a is not None and retained:
         model_a = model_for(run.config, tasks.a.num_classes)
         head = model.layer_groups[-1]
-        out["acc_a"] = accuracy(
-            model_a, _with_head(variables, source, head), tasks.a.x_test, tasks.a.y_test
-        )
-    return out
+        with_a_head = [
+            _with_head(trained[i].variables, run.sources[trained[i].job.seed], head)
+            for i in retained
+        ]
+        for i, a in zip(retained, acc(model_a, with_a_head, (tasks.a.x_test, tasks.a.y_test))):
+            acc_a[i] = a
+    return [{"acc_b": b, "acc_a": a, "acc_ood": o} for b, a, o in zip(acc_b, acc_a, acc_ood)]
 
 
 def task_record(run: CellRun) -> dict[str, Any]:
@@ -324,15 +334,16 @@ def _keep_weights(run: CellRun, trained: TrainRun, run_dir: outputs.RunDir) -> N
 
 def _write_results(
     run: CellRun,
-    trained: TrainRun,
+    measured: tuple[TrainRun, dict[str, float | None]],
     selection: dict | None,
     run_dir: outputs.RunDir,
     batch_size: int,
 ) -> None:
-    """Evaluates one trained final job, keeps its weights and writes its ``results.json``."""
+    """Keeps one final run's weights and writes its ``results.json`` (``measured``: the trained
+    run and its accuracies)."""
+    trained, accuracies = measured
     seed, cell, config = trained.job.seed, run.cell, run.config
     cost_metrics, phase_rows = _costs(run, trained, batch_size)
-    accuracies = _accuracies(run, trained)
     # A run killed between this record and results.json resumes from its last checkpoint,
     # where nothing is truncated: the record it already logged is the one this state gives.
     if not any(r.get("phase") == "final" for r in run_dir.read_metrics()):

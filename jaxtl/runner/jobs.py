@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from jaxtl.runner.tasks import mesh_for, slots_for
-from jaxtl.train import AdamW, Job, TrainRun, TrainSpec, evaluate, hparams, outputs
+from jaxtl.train import AdamW, Job, TrainRun, TrainSpec, hparams, outputs
 from jaxtl.train import checkpoint as ckpt_lib
 
 
@@ -59,11 +59,6 @@ def checkpoints_in(
         every=config.checkpoint_every or None,
         seconds=config.checkpoint_seconds,
     )
-
-
-def accuracy(model, variables: dict, x: np.ndarray, y: np.ndarray) -> float:
-    """Accuracy of one model on ``(x, y)`` (inference mode, one compiled eval step per model)."""
-    return evaluate(model, variables, x, y)["acc"]
 
 
 def non_finite(record: dict, pack: Sequence[Job]) -> list[tuple[int, float]]:

@@ -17,7 +17,8 @@ from typing import Any
 from jaxtl.runner import protocol as protocol_lib
 from jaxtl.runner.cell_run import CellRun
 from jaxtl.runner.jobs import non_finite
-from jaxtl.train import evaluate, outputs
+from jaxtl.runner.tasks import slots_for
+from jaxtl.train import evaluate_many, outputs
 
 
 def cell_batch_size(run: CellRun) -> int:
@@ -65,23 +66,23 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
         cell_dir / (f"selection-{key[:8]}-jobs_{'_'.join(str(position[id(j)]) for j in pack)}")
     )
     trained = run.train(jobs, cell_batch_size(run), directory, (on_chunk, None))
-    variables = {id(t.job): t.variables for t in trained}
-    rows = [jobs[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(settings))]
+    slots = slots_for(config, run.model)
 
-    def scores(data_of) -> list[list[dict[str, float] | None]]:
-        return [
-            [
-                None if id(j) in diverged else evaluate(run.model, variables[id(j)], *data_of(j))
-                for j in row
-            ]
-            for row in rows
-        ]
+    def scores(shared=None, per_seed=None) -> list[list[dict[str, float] | None]]:
+        """Per setting and seed: loss and accuracy (None if diverged) on data every job shares,
+        or on each seed's own."""
+        done = [t for t in trained if id(t.job) not in diverged]
+        data = shared if shared is not None else [per_seed[t.job.seed] for t in done]
+        measured = evaluate_many(run.model, [t.variables for t in done], data, slots=slots)
+        got = dict(zip((id(t.job) for t in done), measured))
+        rows = [jobs[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(settings))]
+        return [[got.get(id(j)) for j in row] for row in rows]
 
-    val = scores(lambda j: (splits[j.seed][1].x_train, splits[j.seed][1].y_train))
+    val = scores(per_seed={s: (splits[s][1].x_train, splits[s][1].y_train) for s in seeds})
     val_loss = [[math.inf if v is None else v["loss"] for v in row] for row in val]
     chosen = protocol_lib.select(settings, val_loss)
     # Only now, after the choice, do the grid models meet the test set.
-    test = scores(lambda j: (run.tasks.b.x_test, run.tasks.b.y_test))
+    test = scores(shared=(run.tasks.b.x_test, run.tasks.b.y_test))
     finite = lambda v: v if v is not None and math.isfinite(v) else None
     record = {
         "fingerprint": key,

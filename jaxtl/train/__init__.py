@@ -12,7 +12,7 @@ of the engine goes through it.
 from jaxtl.freeze.carry import carry_optimizer_state
 from jaxtl.train.driver import Callbacks, Interrupted, TrainRun, pack_jobs, train, train_jobs
 from jaxtl.train.features import cacheable_groups, compute_features, frozen_prefix
-from jaxtl.train.inference import adabn, eval_batch_size, evaluate
+from jaxtl.train.inference import adabn, eval_batch_size, evaluate, evaluate_many
 from jaxtl.train.optimizers import HPARAM_DEFAULTS, AdamW, FixedTx, hparams
 from jaxtl.train.phase import PROGRAMS, PhaseStep
 from jaxtl.train.schedules import GroupCosineDecay, scale_by_group_decay, scale_by_group_schedule
@@ -80,6 +80,7 @@ __all__ = [
     "declared_options",
     "eval_batch_size",
     "evaluate",
+    "evaluate_many",
     "frozen_groups",
     "frozen_prefix",
     "get_strategy",

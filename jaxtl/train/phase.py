@@ -306,10 +306,15 @@ def _chunk_loop(step: PhaseStep) -> Callable[..., tuple[TrainState, dict]]:
 
 
 def eval_program(
-    model: nn.Module, compute_dtype: str | None, start: int, args: tuple
+    model: nn.Module,
+    compute_dtype: str | None,
+    start: int,
+    args: tuple,
+    slot_axes: tuple[int | None, ...] | None = None,
 ) -> Callable[..., dict]:
     """``(variables, x, y, mask) -> {"loss_sum", "correct", "count"}`` in inference mode,
-    compiled for the shapes of ``args``.
+    compiled for the shapes of ``args``; with ``slot_axes`` vmapped over models side by side
+    (``jax.vmap``'s in_axes: 0 for what each slot has its own of, None for what they share).
 
     Sums (not means) so that padded final batches (``mask`` False) average correctly.
     """
@@ -317,10 +322,8 @@ def eval_program(
     def jitted():
         def eval_step(variables, x, y, mask):
             if compute_dtype is not None:
-                variables = {
-                    **variables,
-                    "params": cast_floating(variables["params"], compute_dtype),
-                }
+                params = cast_floating(variables["params"], compute_dtype)
+                variables = {**variables, "params": params}
                 x = x.astype(compute_dtype)
             logits = model.apply(variables, x, train=False, start=start)
             loss = cross_entropy(logits, y)
@@ -331,9 +334,9 @@ def eval_program(
                 "count": jnp.sum(mask),
             }
 
-        return jax.jit(eval_step)
+        return jax.jit(eval_step if slot_axes is None else jax.vmap(eval_step, in_axes=slot_axes))
 
-    return PROGRAMS.compiled(("eval", model, compute_dtype, start), jitted, args)
+    return PROGRAMS.compiled(("eval", model, compute_dtype, start, slot_axes), jitted, args)
 
 
 def prefix_program(model: nn.Module, stop: int, args: tuple) -> Callable[..., jax.Array]:
