@@ -135,8 +135,8 @@ def file_digests(
       DataError: a path that is not a readable regular file (a FIFO is refused, never read).
 
     Example:
-      >>> file_digests(["data/train.npz"])  # doctest: +SKIP
-      {'/home/me/data/train.npz': '9f86d081884c7d659a2feaa0c55ad015'}
+      >>> file_digests(["/data/train.npz"])  # doctest: +SKIP
+      {'/data/train.npz': '9f86d081884c7d659a2feaa0c55ad015'}
     """
     strict = strict_mode() if strict is None else strict
     cache_file = cache_dir() / _CACHE_FILE

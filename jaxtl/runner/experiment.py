@@ -2,13 +2,17 @@
 
 Before anything trains, every part of the config is checked (one-line errors naming the field);
 the output directory is locked against a second run; SIGINT and SIGTERM stop training at the
-next chunk boundary with a checkpoint saved; XLA's persistent compilation cache is switched on
-so a rerun compiles nothing it compiled before.
+next chunk boundary with a checkpoint saved (and anything else at the next check, see
+:mod:`jaxtl.interrupts`); XLA's persistent compilation cache is switched on so a rerun compiles
+nothing it compiled before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import inspect
+import math
 import os
 import signal
 import socket
@@ -21,29 +25,79 @@ import jax
 import ml_collections
 
 from jaxtl import data as data_lib
-from jaxtl import report
-from jaxtl.config import ConfigError, apply_overrides, load_config
+from jaxtl import interrupts, models, report
+from jaxtl.config import ConfigError, Declared, apply_overrides, load_config
 from jaxtl.defaults import base_config
 from jaxtl.runner.cell import notice, run_cell
 from jaxtl.runner.cells import TUNABLE_EXPERIMENTS, Cell, experiment_cells
 from jaxtl.runner.protocol import check_protocol
 from jaxtl.runner.tasks import Tasks, build_tasks, file_source, model_for, with_file_source
 from jaxtl.suggest import did_you_mean
-from jaxtl.train import Interrupted, get_strategy, outputs
+from jaxtl.train import STRATEGIES, Interrupted, get_strategy, outputs
 from jaxtl.train.sharding import maybe_initialize_distributed
 from jaxtl.train.steps import check_bn_policy
 
 LOCK_FILE = ".jaxtl.lock"
+# What compute_dtype may name: "" computes in float32 like "float32".
+COMPUTE_DTYPES = ("", "float32", "bfloat16", "float16")
+# Seeds are 32-bit, as numpy's and jax's generators are seeded conventionally; jax keys take
+# int64, so every offset the runner adds to a seed (1000 + seed for B's init) stays exact.
+MAX_SEED = 2**32 - 1
+
+
+def declared_keys(config: ml_collections.ConfigDict, group: str) -> Declared | None:
+    """The keys a free-form group of ``config`` accepts beyond those it holds, from the code
+    that reads the group: ``strategy_options.<name>`` and ``protocol.knobs.<name>`` take the
+    strategy's options (its factory's arguments in :data:`jaxtl.train.STRATEGIES`),
+    ``data.options`` the options of ``data.a``'s loader, ``model.options`` the model's.
+
+    Example:
+      >>> declared_keys(base_config(), "strategy_options.lp_ft").names
+      ('lp_fraction', 'ft_lr', 'probe_steps')
+    """
+    parent, _, name = group.rpartition(".")
+    if group in ("strategy_options", "protocol.knobs"):
+        return Declared("strategy", tuple(STRATEGIES), plural="strategies")
+    if parent in ("strategy_options", "protocol.knobs") and name in STRATEGIES:
+        options = tuple(inspect.signature(STRATEGIES[name]).parameters)
+        return Declared("option", options, f"strategy {name!r}")
+    if group == "data.options" and config.data.a:
+        return Declared(
+            "option", data_lib.option_names(config.data.a), f"dataset {config.data.a!r}"
+        )
+    if group == "model.options" and config.model.name in models.names():
+        options = tuple(models.default_options(config.model.name))
+        return Declared("option", options, f"model {config.model.name!r}")
+    return None
+
+
+def load_experiment(path_or_name: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The config ``jaxtl run PATH_OR_NAME --set OVERRIDES`` runs (locked).
+
+    Every option a strategy, the dataset or the model declares can be set, also where the
+    experiment file does not write it (see :func:`declared_keys`).
+
+    Example:
+      >>> config = load_experiment("strategies", ["strategy_options.lp_ft.lp_fraction=0.2"])
+      >>> config.strategy_options.lp_ft.lp_fraction
+      0.2
+    """
+    return apply_overrides(load_config(path_or_name), overrides, declared=declared_keys)
 
 
 class StopSignal:
-    """Set by SIGINT/SIGTERM while an experiment runs; the driver polls it between chunks."""
+    """Whether SIGINT/SIGTERM asked the run to stop; the driver polls it between chunks.
 
-    def __init__(self) -> None:
-        self.signum: int | None = None
+    It reads the record of :mod:`jaxtl.interrupts`, so a signal that arrived while data was
+    loading (and was swallowed where Python could not raise it) stops the run too.
+    """
+
+    @property
+    def signum(self) -> int | None:
+        return interrupts.pending()
 
     def __call__(self) -> bool:
-        return self.signum is not None
+        return interrupts.pending() is not None
 
 
 @contextlib.contextmanager
@@ -54,12 +108,12 @@ def graceful_stop() -> Iterator[StopSignal]:
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in interrupts.SIGNALS}
 
     def handler(signum, frame):
-        if stop.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.signum = signum
+        if stop() and signum == signal.SIGINT:
+            raise interrupts.Stopped(signum)
+        interrupts.record(signum)
 
     for s in previous:
         signal.signal(s, handler)
@@ -80,34 +134,80 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _create_lock(path: Path, text: str) -> bool:
+    """Creates ``path`` holding ``text`` if it does not exist; False if it does.
+
+    The lock never exists half-written: the text goes to a file of this process's own, which
+    is then hard-linked to the lock's name (atomic, and it fails if the name exists). A file
+    system without hard links gets an exclusive create and then the text, and the lock is
+    removed again if writing it fails.
+    """
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        try:
+            tmp.write_text(text)
+        except OSError as e:  # a full disk: the message names the lock, not its draft
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return False
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+            except OSError:
+                path.unlink(missing_ok=True)
+                raise
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _lock_holder(path: Path) -> tuple[int, str] | None:
+    """(pid, host) written in a lock, or None for an empty or garbled lock file."""
+    try:
+        pid, host = path.read_text().split()[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
 @contextlib.contextmanager
 def run_lock(out_dir: Path) -> Iterator[None]:
     """One run per output directory: a second gets one line naming the first (pid and host).
 
-    A lock left by a process that no longer exists (on this host) is taken over with a note.
+    A lock left by a process that no longer exists (on this host), and an empty or garbled lock
+    file (no jaxtl run leaves one: the lock is written whole), are taken over with a note.
     """
     path = out_dir / LOCK_FILE
-    host, pid = socket.gethostname(), os.getpid()
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            other_pid, other_host = path.read_text().split()[:2]
-        except (OSError, ValueError):
-            other_pid, other_host = "0", host
-        if other_host == host and not _pid_alive(int(other_pid)):
+    host = socket.gethostname()
+    mine = f"{os.getpid()} {host}\n"
+    if not _create_lock(path, mine):
+        holder = _lock_holder(path)
+        if holder is None:
+            notice(f"took over an empty or unreadable lock file {path} (no run holds it)")
+        elif holder[1] == host and not _pid_alive(holder[0]):
             notice(
-                f"took over a stale lock of process {other_pid} (no longer running) in {out_dir}"
+                f"took over a stale lock of process {holder[0]} (no longer running) in {out_dir}"
             )
-            path.unlink(missing_ok=True)
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         else:
             raise outputs.OutputDirError(
-                f"another jaxtl run (pid {other_pid} on {other_host}) is writing to {out_dir};"
+                f"another jaxtl run (pid {holder[0]} on {holder[1]}) is writing to {out_dir};"
                 f" wait for it to finish or use another --out (remove {path} if that run is gone)"
-            ) from None
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{pid} {host}\n")
+            )
+        path.unlink(missing_ok=True)
+        if not _create_lock(path, mine):
+            raise outputs.OutputDirError(
+                f"another jaxtl run took the lock of {out_dir} just now; wait for it to finish"
+                " or use another --out"
+            )
     try:
         yield
     finally:
@@ -151,12 +251,14 @@ def run_experiment(
     parts = [with_file_source(part) for part in expand_parts(config)]
     jobs: list[tuple[ml_collections.ConfigDict, Cell]] = []
     for part in parts:
+        check_values(part)
         groups = model_for(part, 2).layer_groups
         cells = experiment_cells(part, groups)
         check_part(part, cells, groups)
         jobs += [(part, cell) for cell in cells]
+        interrupts.raise_if_pending()  # one that landed where it could not be raised
     enable_compilation_cache(config.compilation_cache_dir)
-    with run_lock(out_dir), graceful_stop() as stop:
+    with graceful_stop() as stop, run_lock(out_dir):
         bar = outputs.progress(
             len(jobs),
             desc=f"jaxtl {config.experiment}",
@@ -164,6 +266,8 @@ def run_experiment(
         )
         try:
             for part, cell in jobs:
+                if stop():  # arrived while the last cell evaluated or wrote its results
+                    raise interrupts.Stopped(stop.signum)
                 bar.set_description_str(f"jaxtl {config.experiment}: {cell.id}", refresh=True)
                 run_cell(part, cell, out_dir, stop_requested=stop, show_progress=show_progress)
                 bar.update(1)
@@ -173,7 +277,10 @@ def run_experiment(
             raise
         finally:
             bar.close()
-        return report.write_report(out_dir)
+        written = report.write_report(out_dir)
+        if stop():
+            raise interrupts.Stopped(stop.signum)
+        return written
 
 
 def _positive_int(where: str, value: Any, minimum: int = 1) -> None:
@@ -181,19 +288,74 @@ def _positive_int(where: str, value: Any, minimum: int = 1) -> None:
         raise ConfigError(f"{where}={value!r} must be an int >= {minimum}")
 
 
-def check_part(
-    config: ml_collections.ConfigDict, cells: Sequence[Cell], layer_groups: Sequence[str]
-) -> None:
-    """Fails a sweep on a bad name, option or size before anything trains (one-line errors)."""
-    check_bn_policy(config.bn_policy)
-    check_protocol(config)
+def _non_finite(value: Any, where: str = "") -> tuple[str, float] | None:
+    """The first field (dotted, with list indices) holding a NaN or an infinity, and its value."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where, value)
+    if isinstance(value, (list, tuple)):
+        fields = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+    elif isinstance(value, (ml_collections.ConfigDict, dict)):
+        fields = [(f"{where}.{k}" if where else str(k), v) for k, v in value.items()]
+    else:
+        return None
+    return next((bad for name, v in fields if (bad := _non_finite(v, name))), None)
+
+
+def _sweep_lists(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """The list fields an experiment's cells are the product of, with an example of each."""
+    if config.experiment in TUNABLE_EXPERIMENTS:
+        example = ",".join(repr(s) for s in list(STRATEGIES)[:2])
+        return {"strategies": f'"strategies=[{example}]"', "n_per_class": "n_per_class=[5,20]"}
+    if config.experiment == "surgical":
+        return {"n_per_class": "n_per_class=[5]"}
+    return {}
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+    """One-line errors for values no run can use, before any data is loaded: a NaN or infinite
+    number anywhere (``train_b.lr=1e999``), seeds out of range, an unknown compute dtype, a
+    negative ``data.resize``, an empty list an experiment sweeps over (``strategies=[]``).
+
+    Example:
+      >>> check_values(base_config())  # the defaults: returns None
+    """
+    bad = _non_finite(config.to_dict())
+    if bad is not None:
+        raise ConfigError(
+            f"{bad[0]}={bad[1]} is not a finite number; every number in a config must be finite"
+            " (e.g. train_b.lr=1e-3)"
+        )
     seeds = list(config.seeds)
     if (
         not seeds
         or len(set(seeds)) != len(seeds)
-        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+        or any(
+            isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds
+        )
     ):
-        raise ConfigError(f"seeds={seeds} must be distinct ints >= 0, e.g. [0,1,2,3,4]")
+        raise ConfigError(f"seeds={seeds} must be distinct ints in 0..{MAX_SEED}, e.g. [0,1,2,3,4]")
+    if config.compute_dtype not in COMPUTE_DTYPES:
+        raise ConfigError(
+            f"unknown compute_dtype {config.compute_dtype!r}"
+            f"{did_you_mean(config.compute_dtype, COMPUTE_DTYPES[1:])}; choices: '' (float32),"
+            f" {', '.join(COMPUTE_DTYPES[1:])}"
+        )
+    _positive_int("data.resize", config.data.resize, minimum=0)
+    for name, example in _sweep_lists(config).items():
+        if not list(config[name]):
+            raise ConfigError(
+                f"{name}=[] leaves experiment {config.experiment!r} nothing to run; give at least"
+                f" one, e.g. {example}"
+            )
+
+
+def check_part(
+    config: ml_collections.ConfigDict, cells: Sequence[Cell], layer_groups: Sequence[str]
+) -> None:
+    """Fails a sweep on a bad name, option or size before anything trains (one-line errors)."""
+    check_values(config)
+    check_bn_policy(config.bn_policy)
+    check_protocol(config)
     for name in ("train_a", "train_b"):
         train = config[name]
         _positive_int(f"{name}.steps", train.steps)
@@ -216,7 +378,8 @@ def check_part(
         )
     if not every and not config.checkpoint_seconds > 0:
         raise ConfigError(
-            f"checkpoint_seconds={config.checkpoint_seconds!r} must be > 0 (with checkpoint_every=0)"
+            f"checkpoint_seconds={config.checkpoint_seconds!r} must be > 0 (with"
+            " checkpoint_every=0)"
         )
     if config.experiment in TUNABLE_EXPERIMENTS:  # options a tuned knob replaces are still checked
         for name in config.strategies:
@@ -291,8 +454,8 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
                 name = f"{group}.{key}" if group else key
                 choices = sorted(known.keys())
                 raise ConfigError(
-                    f"experiment {config.get('experiment', '?')!r}: unknown config field {name!r}{did_you_mean(key, choices)};"
-                    f" fields: {', '.join(choices)}"
+                    f"experiment {config.get('experiment', '?')!r}: unknown config field"
+                    f" {name!r}{did_you_mean(key, choices)}; fields: {', '.join(choices)}"
                 )
 
 
@@ -310,6 +473,8 @@ def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]
 def _set(config: ml_collections.ConfigDict, name: str, value: Any) -> None:
     *parents, leaf = name.split(".")
     for p in parents:
+        if p not in config:  # a declared option the part does not write (strategy_options.x.y)
+            config[p] = ml_collections.ConfigDict()
         config = config[p]
     config[leaf] = value
 
@@ -336,7 +501,7 @@ def expand_parts(config: ml_collections.ConfigDict) -> list[ml_collections.Confi
             for key, value in shared.items():
                 _set(part, key, value)
         overrides = list(config.part_overrides.get(name, []))
-        parts.append(apply_overrides(part, overrides))
+        parts.append(apply_overrides(part, overrides, declared=declared_keys))
     if not parts:
         raise ConfigError("a study needs config.parts, e.g. ['strategies', 'yosinski']")
     return parts
