@@ -253,7 +253,7 @@ def test_disk_full_during_a_save_is_one_oserror_and_keeps_the_checkpoints(
             ckpt.save(2, _state(seed=1), force=True)
     assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(tmp_path / "ck"))
     assert capfd.readouterr().err == ""  # orbax's log of it stays off the terminal
-    assert sorted(os.listdir(tmp_path / "ck")) == ["1"]  # the partial save is gone
+    assert sorted(os.listdir(tmp_path / "ck")) == [".jaxtl-checkpoints", "1"]  # no partial save
     step, restored, _ = ckpt.restore_latest(_state(seed=2))
     assert step == 1
     _assert_equal_trees(restored, _state())
@@ -304,3 +304,20 @@ def test_a_checkpoint_directory_removed_during_a_save_is_saved_again(tmp_path, m
     monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "save", removed_while_writing)
     assert ckpt.save(1, _state(), force=True)
     assert calls == [1, 1] and ckpt.all_steps() == [1]
+
+
+def test_a_checkpoint_directory_that_keeps_disappearing_is_one_line(tmp_path, monkeypatch):
+    ckpt = checkpoint.Checkpointer(tmp_path / "ck", keep=2, every=1)
+
+    def removed_while_writing(self, *args, **kwargs):
+        shutil.rmtree(tmp_path / "ck")
+        (tmp_path / "ck" / "1.orbax-checkpoint-tmp").mkdir(parents=True)  # orbax's writers
+        raise ValueError('NOT_FOUND: Error opening "zarr" driver: ...')
+
+    monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "save", removed_while_writing)
+    with pytest.raises(checkpoint.CheckpointDirectoryError) as info:
+        ckpt.save(1, _state(), force=True)
+    assert str(info.value) == (
+        f"checkpoint directory {tmp_path / 'ck'} was removed again while step 1 was being saved;"
+        " stop whatever deletes it and rerun the same command to resume"
+    )

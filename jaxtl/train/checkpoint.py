@@ -44,6 +44,8 @@ _META = "meta"
 _QUARANTINE = "corrupted"
 _VARIABLES = "variables"
 _MODEL_JSON = "model.json"
+# Written by a Checkpointer's first save: its absence later means the directory was removed.
+_MARKER = ".jaxtl-checkpoints"
 
 
 class CheckpointMismatchError(ValueError):
@@ -56,6 +58,10 @@ class CheckpointNotFoundError(ValueError):
 
 class CheckpointCorruptError(ValueError):
     """A model checkpoint exists but cannot be read (a truncated file, a garbled model.json)."""
+
+
+class CheckpointDirectoryError(ValueError):
+    """A run's checkpoint directory keeps disappearing while checkpoints are written."""
 
 
 def is_orbax_noise(unraisable: Any) -> bool:
@@ -235,6 +241,7 @@ class Checkpointer:
         self.seconds = seconds
         self._last_save = time.monotonic()
         self._manager_instance: ocp.CheckpointManager | None = None
+        self._marked = False
 
     @property
     def _manager(self) -> ocp.CheckpointManager:
@@ -319,23 +326,38 @@ class Checkpointer:
             **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta_json)}
         )
         with quiet_orbax():  # failures are raised below as one line; orbax's log is noise
-            if self._manager_instance is not None and not self.directory.is_dir():
+            if self._marked and not (self.directory / _MARKER).exists():
                 self._recreate(step)
             if step in self.all_steps():
                 return False
-            try:
-                saved = self._save(step, args)
-            except Exception as e:  # orbax wraps file errors in many types
-                if disk_error(e, self.directory) is not None:
-                    self._drop_partial_saves()
-                    raise disk_error(e, self.directory) from None
-                if self.directory.is_dir():
-                    raise
-                # The directory went while this step was being written: save it again.
-                self._recreate(step)
-                saved = self._save(step, args)
+            for attempt in range(2):
+                self._mark()
+                try:
+                    saved = self._save(step, args)
+                    break
+                except Exception as e:  # orbax wraps file errors in many types
+                    refused = disk_error(e, self.directory)
+                    if refused is not None:
+                        self._drop_partial_saves()
+                        raise refused from None
+                    # orbax's writers make the folders they miss again (even under the same
+                    # inode number): the marker tells whether the directory was removed.
+                    if (self.directory / _MARKER).exists():
+                        raise
+                    if attempt:
+                        raise CheckpointDirectoryError(
+                            f"checkpoint directory {self.directory} was removed again while"
+                            f" step {step} was being saved; stop whatever deletes it and rerun"
+                            " the same command to resume"
+                        ) from None
+                    self._recreate(step)
         self._last_save = time.monotonic()
         return bool(saved)
+
+    def _mark(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / _MARKER).touch()
+        self._marked = True
 
     def _save(self, step: int, args: ocp.args.Composite) -> bool:
         saved = self._manager.save(step, args=args, force=True)
@@ -349,12 +371,12 @@ class Checkpointer:
             f"checkpoint directory {self.directory} was removed while the run was going;"
             f" recreated it (checkpoints restart at step {step})"
         )
-        self._manager_instance = None  # orbax's manager still lists the removed steps
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._mark()
+        self._drop_partial_saves()  # and orbax's manager, which still lists the removed steps
 
     def _drop_partial_saves(self) -> None:
-        # A save the disk refused leaves orbax's temporary directory; it holds no valid
-        # checkpoint and only takes space the user is about to free.
+        # A save that failed (a full disk, a directory removed under it) leaves orbax's
+        # temporary directory: no valid checkpoint, only space the user may be about to free.
         for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
             shutil.rmtree(tmp, ignore_errors=True)
         self._manager_instance = None
