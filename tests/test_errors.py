@@ -18,6 +18,7 @@ import textwrap
 import threading
 import time
 import types
+import warnings
 from pathlib import Path
 
 import jax
@@ -770,3 +771,49 @@ def test_a_signal_swallowed_by_a_gc_callback_still_stops_the_run(
         "jaxtl: interrupted (SIGTERM); finished runs are kept; rerun the same command to resume\n"
     )
     assert not (tmp_path / "out" / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "variables, message",
+    [
+        (
+            {"params": {"stage1": {"kernel": np.array([0.5, np.nan, np.inf])}}},
+            "params/stage1/kernel holds 2 NaN or infinite value(s) of 3; the checkpoint is damaged",
+        ),
+        (
+            {"batch_stats": {"stem": {"BatchNorm_0": {"var": np.array([1.0, -0.25])}}}},
+            (
+                "BatchNorm variance batch_stats/stem/BatchNorm_0/var has negative values (down"
+                " to -0.25)"
+            ),
+        ),
+    ],
+    ids=["nan-weight", "negative-variance"],
+)
+def test_a_checkpoint_source_with_impossible_numbers_is_one_line(variables, message):
+    # Trained from, every loss would be NaN and the error would blame the learning rate.
+    _one_line_error(
+        ValueError,
+        lambda: experiment.check_source_values("pretrained:r18.safetensors", variables),
+        "source='pretrained:r18.safetensors': " + message,
+        "export or download it again",
+    )
+    experiment.check_source_values("x", {"batch_stats": {"bn": {"mean": -np.ones(2)}}})  # fine
+
+
+def test_unreadable_compilation_cache_entries_are_one_note(capsys, monkeypatch):
+    shown = []
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *args, **kw: shown.append(message))
+    unreadable = "Error reading persistent compilation cache entry for '{}': error: Error -5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with experiment.damaged_cache_entries_noted("/cache/xla"):
+            for name in ("jit_step", "jit_step", "jit_init", "jit__lambda", "jit_stack"):
+                warnings.warn(unreadable.format(name), stacklevel=1)
+            warnings.warn("other", stacklevel=1)  # not about the cache: shown as ever
+    assert [str(m) for m in shown] == ["other"]
+    assert capsys.readouterr().err == (
+        "jaxtl: note: 5 entries of the compilation cache /cache/xla could not be read (damaged:"
+        " jit__lambda, jit_init, jit_stack, ...) and were compiled again; jax does not rewrite"
+        " them, so delete that folder to repair the cache\n"
+    )

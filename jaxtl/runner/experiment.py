@@ -14,20 +14,24 @@ import errno
 import inspect
 import math
 import os
+import re
 import signal
 import socket
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from jaxtl import data as data_lib
 from jaxtl import interrupts, models, report
 from jaxtl.config import ConfigError, Declared, apply_overrides, load_config
 from jaxtl.defaults import base_config
+from jaxtl.freeze import path_str
 from jaxtl.runner.cell import notice, run_cell
 from jaxtl.runner.cells import TUNABLE_EXPERIMENTS, Cell, experiment_cells
 from jaxtl.runner.protocol import check_protocol
@@ -232,6 +236,45 @@ def enable_compilation_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# jax's warning for a cache entry it cannot read (truncated by a crash or a full disk). jax never
+# rewrites such an entry (a key that has a file is not written again), so it warns on every run.
+_UNREADABLE_CACHE_ENTRY = re.compile(
+    r"Error reading persistent compilation cache entry for '([^']+)'"
+)
+
+
+@contextlib.contextmanager
+def damaged_cache_entries_noted(directory: str) -> Iterator[None]:
+    """jax's warnings about unreadable compilation cache entries become one note at the end
+    (the programs were compiled again) saying how to get rid of them; other warnings pass.
+
+    Example:
+      >>> with damaged_cache_entries_noted("~/.cache/jaxtl/xla"):  # doctest: +SKIP
+      ...     run_cells()
+    """
+    show, unreadable = warnings.showwarning, []
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        entry = _UNREADABLE_CACHE_ENTRY.match(str(message))
+        if entry is None:
+            show(message, category, filename, lineno, file, line)
+        else:
+            unreadable.append(entry.group(1))
+
+    warnings.showwarning = showwarning
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
+        if unreadable:
+            notice(
+                f"{len(unreadable)} entries of the compilation cache {directory} could not be"
+                f" read (damaged: {', '.join(sorted(set(unreadable))[:3])}"
+                f"{', ...' if len(set(unreadable)) > 3 else ''}) and were compiled again; jax"
+                " does not rewrite them, so delete that folder to repair the cache"
+            )
+
+
 def run_experiment(
     config: ml_collections.ConfigDict, out_dir: str | Path, *, show_progress: bool | None = None
 ) -> Path:
@@ -258,7 +301,11 @@ def run_experiment(
         jobs += [(part, cell) for cell in cells]
         interrupts.raise_if_pending()  # one that landed where it could not be raised
     enable_compilation_cache(config.compilation_cache_dir)
-    with graceful_stop() as stop, run_lock(out_dir):
+    with (
+        damaged_cache_entries_noted(config.compilation_cache_dir),
+        graceful_stop() as stop,
+        run_lock(out_dir),
+    ):
         bar = outputs.progress(
             len(jobs),
             desc=f"jaxtl {config.experiment}",
@@ -409,12 +456,14 @@ def check_part(
 
 
 def check_file_source(config: ml_collections.ConfigDict, tasks: Tasks) -> None:
-    """A checkpoint source fits the data: a ViT's image size (its position embedding has one
-    entry per patch) and, when A's data is given for retention, the checkpoint's classes.
-    (RGB inputs are checked where the tasks are built, before normalisation.)"""
+    """A checkpoint source is whole and fits the data: finite weights and BatchNorm variances
+    >= 0, a ViT's image size (its position embedding has one entry per patch) and, when A's
+    data is given for retention, the checkpoint's classes. (RGB inputs are checked where the
+    tasks are built, before normalisation.)"""
     source = file_source(config)
     if source is None:
         return
+    check_source_values(config.source, source.variables)
     for name, task in (("B", tasks.b), ("A", tasks.a)):
         shape, side = None if task is None else tuple(task.input_shape), source.input_shape[0]
         if "patch_size" in source.options and shape not in (None, tuple(source.input_shape)):
@@ -429,6 +478,30 @@ def check_file_source(config: ml_collections.ConfigDict, tasks: Tasks) -> None:
             f" classifier has {source.num_classes or 'none'}; retention of A needs A's data in"
             " the checkpoint's label space, or data.a='' to skip it"
         )
+
+
+def check_source_values(spec: str, variables: Any) -> None:
+    """One line for a checkpoint whose numbers no training can start from: a NaN or infinite
+    weight (every loss would be NaN, and the message would blame the learning rate) or a
+    negative BatchNorm variance (its inverse square root is NaN).
+
+    Example:
+      >>> check_source_values("pretrained:r18.safetensors", {"params": {"w": np.ones(2)}})
+    """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+        values, name = np.asarray(leaf), path_str(path)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ConfigError(
+                f"source={spec!r}: {name} holds {int(bad.sum())} NaN or infinite value(s) of"
+                f" {values.size}; the checkpoint is damaged: export or download it again"
+            )
+        if name.startswith("batch_stats/") and name.endswith("/var") and (values < 0).any():
+            raise ConfigError(
+                f"source={spec!r}: BatchNorm variance {name} has negative values (down to"
+                f" {values.min():.3g}); a variance is >= 0, so the checkpoint is damaged: export"
+                " or download it again"
+            )
 
 
 def _shape(shape: Sequence[int]) -> str:
