@@ -18,8 +18,12 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jaxtl import __version__, interrupts
+
+if TYPE_CHECKING:
+    import ml_collections
 
 # Errors that come from what the user typed or pointed at: printed as one line, no traceback.
 # JAXTL_DEBUG=1 re-raises them for a traceback.
@@ -124,7 +128,7 @@ def _check_backend() -> None:
         ) from None
 
 
-def _configured(args: argparse.Namespace):
+def _configured(args: argparse.Namespace) -> ml_collections.ConfigDict:
     with interrupts.held():
         from jaxtl.runner import experiment
     return experiment.load_experiment(args.config, args.set)
@@ -143,7 +147,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_lines(config, prefix: str = "") -> list[str]:
+def _config_lines(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     """``key=value`` per field, in the syntax ``--set`` reads back (an empty group as ``{}``)."""
     import ml_collections
 
@@ -182,8 +186,9 @@ _DATA_SPECS = {
         "class subfolders of images, DIR/<class>/<image> (optional train/ and val/ or test/);"
         " hidden files and folders (.name) are skipped"
     ),
-    "tfds:NAME": "any tensorflow-datasets dataset prepared on disk (or its bare name); never"
-    " downloaded",
+    "tfds:NAME": (
+        "any tensorflow-datasets dataset prepared on disk (or its bare name); never downloaded"
+    ),
     "pretrained:FILE": (
         "source=pretrained:FILE: start B from a torchvision/timm ResNet or ViT checkpoint"
         " (.safetensors or .pth) instead of a model trained on A"

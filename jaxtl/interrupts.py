@@ -61,7 +61,7 @@ def install() -> bool:
     global _previous
     if _previous is not None or threading.current_thread() is not threading.main_thread():
         return False
-    _received.clear()
+    forget()
     _previous = {s: signal.getsignal(s) for s in SIGNALS}
     for s in SIGNALS:
         signal.signal(s, _handler)
@@ -80,6 +80,25 @@ def restore() -> None:
     for s, handler in _previous.items():
         signal.signal(s, handler)
     _previous = None
+    forget()
+
+
+def installed() -> bool:
+    """Whether :func:`install` is in effect (the command runs), so the record is the command's.
+
+    Example:
+      >>> installed()  # doctest: +SKIP
+      False
+    """
+    return _previous is not None
+
+
+def forget() -> None:
+    """Drops the recorded signals: a library caller's stop is over once its run has stopped.
+
+    Example:
+      >>> forget()
+    """
     _received.clear()
 
 

@@ -126,6 +126,8 @@ def graceful_stop() -> Iterator[StopSignal]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if not interrupts.installed():  # called as a library: the next run starts afresh
+            interrupts.forget()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -195,7 +197,9 @@ def run_lock(out_dir: Path) -> Iterator[None]:
     mine = f"{os.getpid()} {host}\n"
     if not _create_lock(path, mine):
         holder = _lock_holder(path)
-        if holder is None:
+        if holder is None and not path.exists():
+            pass  # the run that held it has just finished
+        elif holder is None:
             notice(f"took over an empty or unreadable lock file {path} (no run holds it)")
         elif holder[1] == host and not _pid_alive(holder[0]):
             notice(
