@@ -111,23 +111,6 @@ def _parse_option(text: str) -> tuple[str, object]:
     return key, parse_value(value)
 
 
-def _check_backend() -> None:
-    # JAX_PLATFORMS naming a backend this machine lacks fails at the first jax call, deep in
-    # whatever came first; here it is one line before anything is loaded.
-    with interrupts.held():  # seconds of imports: a signal waits for them (see interrupts.held)
-        import jax
-
-    try:
-        jax.devices()
-    except RuntimeError as e:
-        wanted = os.environ.get("JAX_PLATFORMS", "")
-        detail = str(e).split(" (set JAX_PLATFORMS")[0]
-        raise ValueError(
-            f"JAX_PLATFORMS={wanted!r}: no such backend on this machine ({detail}); unset"
-            " JAX_PLATFORMS to use what is available, or set it to e.g. cpu"
-        ) from None
-
-
 def _configured(args: argparse.Namespace) -> ml_collections.ConfigDict:
     with interrupts.held():
         from jaxtl.runner import experiment
@@ -135,7 +118,6 @@ def _configured(args: argparse.Namespace) -> ml_collections.ConfigDict:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    _check_backend()
     with interrupts.held():
         from jaxtl import runner
 
@@ -232,14 +214,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    _check_backend()
     with interrupts.held():
         import jax
         import jax.numpy as jnp
 
         from jaxtl import freeze, models
+        from jaxtl.train.outputs import check_backend
         from jaxtl.train.strategies import get_strategy
 
+    check_backend()
     model = models.create(
         args.model, args.num_classes, **dict(map(_parse_option, args.model_option))
     )

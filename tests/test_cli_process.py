@@ -56,12 +56,7 @@ def _interrupted(signum: int) -> re.Pattern:
 def test_signals_at_start_up_give_one_line_and_the_signal_exit_status(tmp_path):
     # From the moment the process has its handlers (the console script installs them before
     # importing anything slow), through the imports of jax and the data loading after them.
-    cases = [
-        (signal.SIGTERM, 0.0, True),
-        (signal.SIGINT, 0.0, False),
-        (signal.SIGTERM, 0.4, False),
-        (signal.SIGINT, 1.2, True),
-    ]
+    cases = [(signal.SIGTERM, 0.0, True), (signal.SIGINT, 0.4, False), (signal.SIGTERM, 1.2, False)]
     procs = []
     for i, (signum, delay, console_script) in enumerate(cases):
         argv = _jaxtl("run", "strategies", "--out", str(tmp_path / str(i)), "--set", *TINY,
@@ -84,17 +79,14 @@ def test_signals_at_start_up_give_one_line_and_the_signal_exit_status(tmp_path):
 
 
 def _missing_backends() -> list[str]:
-    have = {d.platform for d in jax.devices()}
-    return [
-        "bogus",
-        *(p for p in ("gpu", "tpu") if p not in have and not (p == "gpu" and "cuda" in have)),
-    ]
+    """'bogus', and 'gpu' where this machine has none (a TPU fails the same way)."""
+    return ["bogus", *(["gpu"] if jax.default_backend() != "gpu" else [])]
 
 
-def test_a_backend_the_machine_lacks_is_one_line():
+def test_a_backend_the_machine_lacks_is_one_line(tmp_path):
     procs = {
         name: subprocess.Popen(
-            _jaxtl("run", "strategies", "--set", *TINY),
+            _jaxtl("run", "strategies", "--out", str(tmp_path / name), "--set", *TINY),
             env=_env(JAX_PLATFORMS=name),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -113,3 +105,4 @@ def test_a_backend_the_machine_lacks_is_one_line():
             "); unset JAX_PLATFORMS to use what is available, or set it to e.g. cpu\n"
         )
         assert stderr.count("\n") == 1, stderr[-3000:]
+        assert not (tmp_path / name).exists()  # nothing was started

@@ -291,6 +291,7 @@ def run_experiment(
       The path of the report.
     """
     maybe_initialize_distributed(config.distributed.to_dict())
+    outputs.check_backend()
     out_dir = Path(out_dir)
     outputs.RunDir(out_dir)  # validates the output directory before any work
     # A checkpoint source decides each part's model before anything is built or fingerprinted.

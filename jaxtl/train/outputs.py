@@ -462,6 +462,31 @@ def _now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+def check_backend() -> None:
+    """Starts JAX's backend, or raises one line when ``JAX_PLATFORMS`` names one this machine
+    lacks (which otherwise fails at the first JAX call, deep in whatever came first).
+
+    In a multi-host run call it after ``jax.distributed.initialize``.
+
+    Raises:
+      ValueError: the backend cannot start.
+
+    Example:
+      >>> check_backend()  # on a machine with the backend: returns None
+    """
+    import jax
+
+    try:
+        jax.devices()
+    except RuntimeError as e:
+        wanted = os.environ.get("JAX_PLATFORMS", "")
+        detail = str(e).split(" (set JAX_PLATFORMS")[0]
+        raise ValueError(
+            f"JAX_PLATFORMS={wanted!r}: no such backend on this machine ({detail}); unset"
+            " JAX_PLATFORMS to use what is available, or set it to e.g. cpu"
+        ) from None
+
+
 def environment_info() -> dict[str, Any]:
     """Describes the software and hardware a run used.
 
