@@ -169,11 +169,7 @@ def _config_file_error(path: Path, error: Exception) -> ConfigError:
             f"{where}: get_config() never returns (maximum recursion depth exceeded); does it"
             " call itself or load its own file?"
         )
-    locked = re.search(
-        r'Key "([^"]+)" does not exist and cannot be added since the config is'
-        r" locked",
-        str(error),
-    )
+    locked = re.search(r'Key "([^"]+)" does not exist and cannot be added', str(error))
     if isinstance(error, AttributeError) and locked:
         return ConfigError(
             f"{where}: cannot add {locked.group(1)!r} to a locked config (load_config returns"
@@ -286,7 +282,7 @@ class Declared:
 
 # Which keys the free-form group at a dotted path (e.g. "strategy_options.lp_ft") accepts, for a
 # config as it stands; None for a group whose keys are only those already in the config.
-DeclaredKeys = Callable[[ml_collections.ConfigDict, str], "Declared | None"]
+DeclaredKeys = Callable[[ml_collections.ConfigDict, str], Declared | None]
 
 
 def _unknown_field(key: str, prefix: str, parent: ml_collections.ConfigDict) -> ConfigError:

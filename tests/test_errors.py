@@ -801,19 +801,42 @@ def test_a_checkpoint_source_with_impossible_numbers_is_one_line(variables, mess
     experiment.check_source_values("x", {"batch_stats": {"bn": {"mean": -np.ones(2)}}})  # fine
 
 
-def test_unreadable_compilation_cache_entries_are_one_note(capsys, monkeypatch):
+def test_compilation_cache_warnings_are_one_note_each(capsys, monkeypatch):
     shown = []
     monkeypatch.setattr(warnings, "showwarning", lambda message, *args, **kw: shown.append(message))
-    unreadable = "Error reading persistent compilation cache entry for '{}': error: Error -5"
+    jax_says = "Error {} persistent compilation cache entry for '{}': {}"
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        with experiment.damaged_cache_entries_noted("/cache/xla"):
+        with experiment.compilation_cache_noted("/cache/xla"):
             for name in ("jit_step", "jit_step", "jit_init", "jit__lambda", "jit_stack"):
-                warnings.warn(unreadable.format(name), stacklevel=1)
+                warnings.warn(jax_says.format("reading", name, "error: Error -5"), stacklevel=1)
+            for name in ("jit_eval", "jit_init"):
+                message = "OSError: [Errno 28] No space left on device"
+                warnings.warn(jax_says.format("writing", name, message), stacklevel=1)
             warnings.warn("other", stacklevel=1)  # not about the cache: shown as ever
     assert [str(m) for m in shown] == ["other"]
-    assert capsys.readouterr().err == (
-        "jaxtl: note: 5 entries of the compilation cache /cache/xla could not be read (damaged:"
-        " jit__lambda, jit_init, jit_stack, ...) and were compiled again; jax does not rewrite"
-        " them, so delete that folder to repair the cache\n"
-    )
+    assert capsys.readouterr().err.splitlines() == [
+        (
+            "jaxtl: note: 5 entries of the compilation cache /cache/xla could not be read (damaged:"
+            " jit__lambda, jit_init, jit_stack, ...) and were compiled again; jax does not rewrite"
+            " them, so delete that folder to repair the cache"
+        ),
+        (
+            "jaxtl: note: 2 compiled programs (jit_eval, jit_init) could not be written to the"
+            " compilation cache /cache/xla (OSError: [Errno 28] No space left on device); a rerun"
+            " compiles them again"
+        ),
+    ]
+
+
+def test_a_run_that_fails_on_a_full_disk_says_so_once(capsys):
+    jax_says = "Error writing persistent compilation cache entry for 'jit_step': OSError: ..."
+    with (
+        pytest.raises(OSError),
+        warnings.catch_warnings(),
+        experiment.compilation_cache_noted("/cache/xla"),
+    ):
+        warnings.simplefilter("always")
+        warnings.warn(jax_says, stacklevel=1)
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.jsonl")
+    assert capsys.readouterr().err == ""  # the command's error line says it

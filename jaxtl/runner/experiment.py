@@ -240,42 +240,58 @@ def enable_compilation_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-# jax's warning for a cache entry it cannot read (truncated by a crash or a full disk). jax never
-# rewrites such an entry (a key that has a file is not written again), so it warns on every run.
-_UNREADABLE_CACHE_ENTRY = re.compile(
-    r"Error reading persistent compilation cache entry for '([^']+)'"
+# jax's warnings for a cache entry it cannot read (truncated by a crash or a full disk; jax never
+# rewrites an entry whose key has a file, so it warns on every run) or cannot write.
+_CACHE_ENTRY_ERROR = re.compile(
+    r"Error (reading|writing) persistent compilation cache entry for '([^']+)': (.*)", re.DOTALL
 )
 
 
 @contextlib.contextmanager
-def damaged_cache_entries_noted(directory: str) -> Iterator[None]:
-    """jax's warnings about unreadable compilation cache entries become one note at the end
-    (the programs were compiled again) saying how to get rid of them; other warnings pass.
+def compilation_cache_noted(directory: str) -> Iterator[None]:
+    """jax's warnings about compilation cache entries it could not read or write (one per
+    program) become one note each at the end, saying what it means; other warnings pass.
+
+    A run that fails says why itself (a full disk): then the entries not written go unmentioned.
 
     Example:
-      >>> with damaged_cache_entries_noted("~/.cache/jaxtl/xla"):  # doctest: +SKIP
+      >>> with compilation_cache_noted("~/.cache/jaxtl/xla"):  # doctest: +SKIP
       ...     run_cells()
     """
-    show, unreadable = warnings.showwarning, []
+    show, failed = warnings.showwarning, {"reading": [], "writing": []}
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
-        entry = _UNREADABLE_CACHE_ENTRY.match(str(message))
+        entry = _CACHE_ENTRY_ERROR.match(str(message))
         if entry is None:
             show(message, category, filename, lineno, file, line)
         else:
-            unreadable.append(entry.group(1))
+            failed[entry.group(1)].append((entry.group(2), entry.group(3).splitlines()[0]))
+
+    def names(entries: list[tuple[str, str]]) -> str:
+        unique = sorted({name for name, _ in entries})
+        return ", ".join(unique[:3]) + (", ..." if len(unique) > 3 else "")
 
     warnings.showwarning = showwarning
+    run_failed = False
     try:
         yield
+    except BaseException:
+        run_failed = True
+        raise
     finally:
         warnings.showwarning = show
+        unreadable, unwritten = failed["reading"], failed["writing"]
         if unreadable:
             notice(
                 f"{len(unreadable)} entries of the compilation cache {directory} could not be"
-                f" read (damaged: {', '.join(sorted(set(unreadable))[:3])}"
-                f"{', ...' if len(set(unreadable)) > 3 else ''}) and were compiled again; jax"
-                " does not rewrite them, so delete that folder to repair the cache"
+                f" read (damaged: {names(unreadable)}) and were compiled again; jax does not"
+                " rewrite them, so delete that folder to repair the cache"
+            )
+        if unwritten and not run_failed:
+            notice(
+                f"{len(unwritten)} compiled programs ({names(unwritten)}) could not be written"
+                f" to the compilation cache {directory} ({unwritten[0][1]}); a rerun compiles"
+                " them again"
             )
 
 
@@ -307,7 +323,7 @@ def run_experiment(
         interrupts.raise_if_pending()  # one that landed where it could not be raised
     enable_compilation_cache(config.compilation_cache_dir)
     with (
-        damaged_cache_entries_noted(config.compilation_cache_dir),
+        compilation_cache_noted(config.compilation_cache_dir),
         graceful_stop() as stop,
         run_lock(out_dir),
     ):
