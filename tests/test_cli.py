@@ -127,7 +127,10 @@ def test_dataset_options_follow_the_dataset(capsys):
         ),
         (
             "data.options.max_translation=20",  # mnist5k's loader has no such option
-            "unknown option 'max_translation' for dataset 'mnist5k'; valid options: seed, test_fraction",
+            (
+                "unknown option 'max_translation' for dataset 'mnist5k'; valid options: seed,"
+                " test_fraction"
+            ),
         ),
         (
             "model.options.widht=3",
@@ -169,7 +172,10 @@ CONFIG_FILES = {
     ),
     "recurses.py": ("def get_config():\n    return get_config()\n", 2, "never returns"),
     "loads_itself.py": (
-        "from jaxtl.config import load_config\n\ndef get_config():\n    return load_config(__file__)\n",
+        (
+            "from jaxtl.config import load_config\n\n"
+            "def get_config():\n    return load_config(__file__)\n"
+        ),
         4,
         "never returns (maximum recursion depth exceeded); does it call itself or load its own",
     ),

@@ -37,7 +37,7 @@ import numpy as np
 
 from jaxtl.data import sources
 from jaxtl.data.dataset import DataError, Dataset
-from jaxtl.data.folder import image_files
+from jaxtl.data.folder import image_files, is_hidden
 
 CACHE_ENV = "JAXTL_CACHE_DIR"
 # "strict": hash every file's contents on every run, never trusting (size, mtime, inode).
@@ -173,8 +173,8 @@ def _tree_files(root: str) -> list[str]:
         raise DataError(f"data folder {root} does not exist")
     files = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        files += [os.path.join(dirpath, f) for f in sorted(filenames) if not is_hidden(f)]
     return files
 
 

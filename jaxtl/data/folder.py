@@ -7,8 +7,8 @@ transform does. Classes are the sorted subfolder names; files are read in sorted
 arrays are a function of the folder alone (and of ``seed`` for a split made here).
 
 Hidden files and folders (names starting with ".") are skipped, as Keras's and most other image
-folder readers do: ``.DS_Store``, ``.ipynb_checkpoints/``, an editor's ``.x.png.swp`` or a
-``.trash/`` are never examples or classes. :func:`image_files` lists exactly what is read, and
+folder readers do: ``.DS_Store``, macOS's ``._photo.png`` resource forks, ``.ipynb_checkpoints/``
+or a ``.trash/`` are never examples or classes. :func:`image_files` lists exactly what is read, and
 the data fingerprint (:mod:`jaxtl.data.fingerprints`) hashes that list, so an image that trains
 is an image that keys the caches. Only regular files are read (a FIFO or a device named
 ``x.png`` is refused, never waited on), and an image larger than :data:`MAX_PIXELS` is refused
