@@ -2,6 +2,7 @@
 
 jaxtl run study --out runs/study               # the embedded offline study
 jaxtl run strategies --set seeds=[0,1] n_per_class=[5]
+jaxtl config strategies --set seeds=[0,1]      # the config `jaxtl run` would run, not run
 jaxtl report runs/study
 jaxtl list
 jaxtl summary --model resnet18 --strategy freeze_first_k --option k=3
@@ -11,19 +12,38 @@ jaxtl bench --json bench.json
 from __future__ import annotations
 
 import argparse
-import contextlib
+import errno
 import os
 import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from jaxtl.config import parse_value
+from jaxtl import __version__, interrupts
+
+if TYPE_CHECKING:
+    import ml_collections
 
 # Errors that come from what the user typed or pointed at: printed as one line, no traceback.
 # JAXTL_DEBUG=1 re-raises them for a traceback.
 _USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError)
+# What the machine refused, whatever jaxtl was writing, and what to do about it. Every file
+# jaxtl keeps is written atomically or truncated back on failure, so a rerun continues.
+_KEPT = "rerun the same command: finished runs and saved checkpoints are kept"
+_DISK_ERRNOS = {
+    errno.ENOSPC: ("no space left on device", f"free some space and {_KEPT}"),
+    errno.EDQUOT: ("disk quota exceeded", f"free some space and {_KEPT}"),
+    errno.EROFS: ("read-only file system", "write somewhere else (--out DIR)"),
+}
+
+
+def _started_as_command() -> bool:
+    # The console script and `python -m jaxtl.cli`: their process is the command's own, so its
+    # signal handlers go in before anything slow is imported. A program that imports jaxtl.cli
+    # keeps its handlers until it calls main().
+    argv = getattr(sys, "argv", None) or [""]
+    return __name__ == "__main__" or Path(argv[0]).stem == "jaxtl"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -34,46 +54,31 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (*_USER_ERRORS, NonFiniteLossError)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived outside training (while loading, checking or writing the report)."""
-
-    signum = signal.SIGTERM
-
-
-@contextlib.contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    # SIGTERM's default kills the process without a word; as an exception it reaches the
-    # handler in main(), and the run lock is released on the way out. Training replaces this
-    # with its own handler (a checkpoint first: jaxtl.runner.experiment.graceful_stop).
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _drop_closed_loop_noise() -> None:
-    # After a failed checkpoint read, tensorstore calls back into event loops orbax already
-    # closed; the tracebacks reach sys.unraisablehook after jaxtl has printed its one line, up
-    # to interpreter exit, so the command drops them for the rest of the process (once).
+def _drop_unraisable_noise() -> None:
+    # Two kinds of exception reach sys.unraisablehook after or instead of jaxtl's one line, so
+    # the command drops them for the rest of the process (installed once):
+    # - orbax cleaning up after a failed checkpoint read, up to interpreter exit
+    #   (jaxtl.train.checkpoint.is_orbax_noise; none before that module is loaded);
+    # - a signal's Stopped raised where Python cannot propagate it (XLA's garbage-collector
+    #   callback): the signal stays recorded and is raised at the runner's next check.
     previous = sys.unraisablehook
-    if getattr(previous, "jaxtl_drops_closed_loop_noise", False):
+    if getattr(previous, "jaxtl_drops_noise", False):
         return
 
     def hook(unraisable) -> None:
-        exc = unraisable.exc_value
-        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+        if isinstance(unraisable.exc_value, interrupts.Stopped):
+            return
+        checkpoint = sys.modules.get("jaxtl.train.checkpoint")
+        if checkpoint is None or not checkpoint.is_orbax_noise(unraisable):
             previous(unraisable)
 
-    hook.jaxtl_drops_closed_loop_noise = True
+    hook.jaxtl_drops_noise = True
     sys.unraisablehook = hook
+
+
+if _started_as_command():
+    interrupts.install()
+    _drop_unraisable_noise()
 
 
 def interrupted_message(err: KeyboardInterrupt) -> str:
@@ -98,19 +103,25 @@ def interrupted_message(err: KeyboardInterrupt) -> str:
 
 
 def _parse_option(text: str) -> tuple[str, object]:
+    from jaxtl.config import parse_value
+
     if "=" not in text:
         raise ValueError(f"option {text!r} is not of the form name=value, e.g. k=2")
     key, value = text.split("=", 1)
     return key, parse_value(value)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from jaxtl import runner
-    from jaxtl.config import apply_overrides, load_config
+def _configured(args: argparse.Namespace) -> ml_collections.ConfigDict:
+    with interrupts.held():
+        from jaxtl.runner import experiment
+    return experiment.load_experiment(args.config, args.set)
 
-    config = load_config(args.config)
-    if args.set:
-        config = apply_overrides(config, args.set)
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    with interrupts.held():
+        from jaxtl import runner
+
+    config = _configured(args)
     name = Path(args.config).stem
     out = Path(args.out) if args.out else Path("runs") / name
     report = runner.run_experiment(config, out, show_progress=None)
@@ -118,22 +129,74 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_lines(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """``key=value`` per field, in the syntax ``--set`` reads back (an empty group as ``{}``)."""
+    import ml_collections
+
+    lines = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict) and len(value):
+            lines += _config_lines(value, f"{prefix}{key}.")
+        else:
+            shown = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+            lines.append(f"{prefix}{key}={shown!r}")
+    return lines
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from jaxtl.runner.experiment import check_fields, check_values
+
+    config = _configured(args)
+    check_fields(config)  # what can be checked without data (that is `jaxtl run`'s part)
+    check_values(config)
+    print(*_config_lines(config), sep="\n")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
-    from jaxtl import report
+    with interrupts.held():
+        from jaxtl import report
 
     print(f"report: {report.write_report(args.dir, args.out)}")
     return 0
 
 
+# `jaxtl list datasets`: what else names data, beside the loaders' own names.
+_DATA_SPECS = {
+    "npz:PATH": "your own arrays: x and y (optional x_test, y_test) in an .npz file",
+    "folder:DIR": (
+        "class subfolders of images, DIR/<class>/<image> (optional train/ and val/ or test/);"
+        " hidden files and folders (.name) are skipped"
+    ),
+    "tfds:NAME": (
+        "any tensorflow-datasets dataset prepared on disk (or its bare name); never downloaded"
+    ),
+    "pretrained:FILE": (
+        "source=pretrained:FILE: start B from a torchvision/timm ResNet or ViT checkpoint"
+        " (.safetensors or .pth) instead of a model trained on A"
+    ),
+}
+
+
+def _dataset_lines() -> list[str]:
+    from jaxtl import data
+
+    named = {name: data.describe(name) for name in data.names() if name != "npz"}
+    rows = {**named, **_DATA_SPECS}
+    width = max(map(len, rows))
+    return [f"  {name:<{width}}  {text}" for name, text in rows.items()]
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
-    from jaxtl import data, models
-    from jaxtl.config import experiment_names
-    from jaxtl.train.strategies import STRATEGIES
+    with interrupts.held():
+        from jaxtl import data, models
+        from jaxtl.config import experiment_names
+        from jaxtl.train.strategies import STRATEGIES
 
     sections = {
         "experiments": experiment_names(),
         "strategies": list(STRATEGIES),
-        "datasets": [*data.names(), "tfds:<name> (any tensorflow-datasets name)"],
+        "datasets": None,  # one line each, saying what it is
         "models": list(models.names()),
         "shifts": sorted(data.SHIFTS),
         "bn policies": ["frozen", "train", "adabn"],
@@ -142,17 +205,24 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for name in wanted:
         if name not in sections:
             raise ValueError(f"unknown list {name!r}; choices: {', '.join(sections)}")
-        print(f"{name}: {', '.join(sections[name])}")
+    for name in wanted:
+        if sections[name] is None:
+            print(f"{name}:", *_dataset_lines(), sep="\n")
+        else:
+            print(f"{name}: {', '.join(sections[name])}")
     return 0
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    import jax
-    import jax.numpy as jnp
+    with interrupts.held():
+        import jax
+        import jax.numpy as jnp
 
-    from jaxtl import freeze, models
-    from jaxtl.train.strategies import get_strategy
+        from jaxtl import freeze, models
+        from jaxtl.train.outputs import check_backend
+        from jaxtl.train.strategies import get_strategy
 
+    check_backend()
     model = models.create(
         args.model, args.num_classes, **dict(map(_parse_option, args.model_option))
     )
@@ -175,6 +245,8 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _parse_rule(text: str) -> tuple[str, object]:
+    from jaxtl.config import parse_value
+
     pattern, _, setting = text.rpartition("=")
     if not pattern:
         raise ValueError(f"rule {text!r} is not PATTERN=SETTING, e.g. 'head/.*={{}}' or '.*=None'")
@@ -187,22 +259,42 @@ def _cmd_bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
     return bench.main(list(rest))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxtl", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="run an experiment (name in experiments/ or a .py config)")
-    run.add_argument("config", help="experiment name (see `jaxtl list`) or path to a config file")
-    run.add_argument(
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "config", help="experiment name (see `jaxtl list`) or path to a config file"
+    )
+    parser.add_argument(
         "--set",
         nargs="+",
         action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="override config fields, e.g. --set seeds=[0,1] train_b.steps=200",
+        help="override config fields, e.g. --set seeds=[0,1] train_b.steps=200"
+        " strategy_options.lp_ft.lp_fraction=0.2",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``jaxtl`` (argparse), subcommands included.
+
+    Example:
+      >>> build_parser().parse_args(["config", "strategies", "--set", "seeds=[0]"]).set
+      ['seeds=[0]']
+    """
+    parser = argparse.ArgumentParser(prog="jaxtl", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"jaxtl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an experiment (name in experiments/ or a .py config)")
+    _add_config_arguments(run)
     run.add_argument("--out", help="output directory (default: runs/<config name>)")
     run.set_defaults(handler=_cmd_run)
+
+    config = sub.add_parser(
+        "config", help="print the config `jaxtl run CONFIG --set ...` would run, without running"
+    )
+    _add_config_arguments(config)
+    config.set_defaults(handler=_cmd_config)
 
     report = sub.add_parser("report", help="write report.md from a directory of results")
     report.add_argument("dir")
@@ -246,19 +338,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def disk_error_message(err: OSError) -> str | None:
+    """The one line for an OSError the machine raised while jaxtl wrote (a full disk, a
+    read-only place), or None for any other OSError.
+
+    Example:
+      >>> disk_error_message(OSError(errno.ENOSPC, "No space left on device", "/runs/x/m.jsonl"))
+      'cannot write /runs/x/m.jsonl: no space left on device; free some space and rerun the ...'
+    """
+    if err.errno not in _DISK_ERRNOS:
+        return None
+    what, fix = _DISK_ERRNOS[err.errno]
+    where = f"cannot write {err.filename}" if err.filename else "cannot write"
+    return f"{where}: {what}; {fix}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``jaxtl`` console script; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if argv[:1] == ["bench"]:
-        args, rest = parser.parse_args(argv[:1]), argv[1:]
-        call = lambda: args.handler(args, rest)
-    else:
-        args = parser.parse_args(argv)
-        call = lambda: args.handler(args)
-    _drop_closed_loop_noise()
+    """Entry point of the ``jaxtl`` console script; returns the exit status.
+
+    Example:
+      >>> main(["list", "strategies"])  # doctest: +SKIP
+      strategies: scratch, linear_probe, ...
+      0
+    """
+    installed = interrupts.install()  # a no-op in the command's own process: done at import
+    _drop_unraisable_noise()
     try:
-        with _sigterm_stops():
+        argv = list(sys.argv[1:] if argv is None else argv)
+        parser = build_parser()
+        if argv[:1] == ["bench"]:
+            args, rest = parser.parse_args(argv[:1]), argv[1:]
+            call = lambda: args.handler(args, rest)
+        else:
+            args = parser.parse_args(argv)
+            call = lambda: args.handler(args)
+        with interrupts.armed():
             return call()
     except _user_errors() as err:
         if os.environ.get("JAXTL_DEBUG"):
@@ -266,11 +380,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"jaxtl: error: {message}", file=sys.stderr)
         return 2
+    except OSError as err:
+        message = disk_error_message(err)
+        if message is None or os.environ.get("JAXTL_DEBUG"):
+            raise
+        print(f"jaxtl: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as err:
         # Interrupted (training stopped at a chunk boundary, checkpoint saved) carries the step,
-        # the checkpoint directory and the signal; a second Ctrl-C or Terminated carry less.
+        # the checkpoint directory and the signal; a second Ctrl-C or Stopped carry less.
         print(interrupted_message(err), file=sys.stderr)
         return 128 + (getattr(err, "signum", None) or signal.SIGINT)
+    finally:
+        if installed or _started_as_command():
+            interrupts.restore()
 
 
 if __name__ == "__main__":

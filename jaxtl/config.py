@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import hashlib
 import importlib.resources
 import importlib.util
+import inspect
 import json
 import os
+import re
 import sys
-from collections.abc import Mapping, Sequence
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +118,27 @@ def load_config(
         # A typo in the file is the user's to fix: where it is, not Python's import machinery.
         code = f": {e.text.strip()}" if e.text and e.text.strip() else ""
         raise ConfigError(f"{path}, line {e.lineno}: {e.msg}{code}") from None
+    except ConfigError:
+        raise  # a config the file loads is wrong: that one's own line
+    except Exception as e:  # noqa: BLE001 - whatever the user's file raises is one line
+        raise _config_file_error(path, e) from None
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
         raise ConfigError(
             f"{path} has no get_config(); a config file must define get_config() -> ConfigDict"
         )
-    config = get_config()
+    required = _required_parameters(get_config)
+    if required:
+        raise ConfigError(
+            f"{path}: get_config({', '.join(required)}) takes arguments; jaxtl calls get_config()"
+            f" without any: give {', '.join(required)} a default value"
+        )
+    try:
+        config = get_config()
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - likewise
+        raise _config_file_error(path, e) from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(
             f"{path}: get_config() returned {type(config).__name__}, "
@@ -127,6 +146,37 @@ def load_config(
         )
     config.lock()
     return config
+
+
+def _required_parameters(function: Any) -> list[str]:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C function: let the call decide
+        return []
+    return [
+        p.name
+        for p in parameters
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+def _config_file_error(path: Path, error: Exception) -> ConfigError:
+    """One line for an exception a config file raised: the file's line that led to it."""
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if f.filename == str(path)]
+    where = f"{path}, line {lines[-1]}" if lines else str(path)
+    if isinstance(error, RecursionError):
+        return ConfigError(
+            f"{where}: get_config() never returns (maximum recursion depth exceeded); does it"
+            " call itself or load its own file?"
+        )
+    locked = re.search(r'Key "([^"]+)" does not exist and cannot be added', str(error))
+    if isinstance(error, AttributeError) and locked:
+        return ConfigError(
+            f"{where}: cannot add {locked.group(1)!r} to a locked config (load_config returns"
+            " one locked against typos); add fields inside `with config.unlocked():`"
+        )
+    message = " ".join(str(error).split()) or "(no message)"
+    return ConfigError(f"{where}: {type(error).__name__}: {message}")
 
 
 def parse_value(text: str) -> Any:
@@ -200,7 +250,53 @@ def _coerce(name: str, text: str, field_type: type, current: Any = None) -> Any:
     raise ConfigError(expects)
 
 
-def _set_override(config: ml_collections.ConfigDict, override: str) -> None:
+@dataclasses.dataclass(frozen=True)
+class Declared:
+    """The keys a free-form config group accepts, as the code that reads the group declares them
+    (a strategy's options, a dataset loader's, a model's).
+
+    Attributes:
+      noun: what one key is, e.g. "option".
+      names: the valid keys.
+      owner: whose keys they are, e.g. "strategy 'lp_ft'" ("" when nobody's in particular).
+      plural: the noun's plural in messages ("" = noun + "s").
+
+    Example:
+      >>> Declared("option", ("k",), "strategy 'freeze_first_k'").error("j").args[0]
+      "unknown option 'j' for strategy 'freeze_first_k'; valid options: k"
+    """
+
+    noun: str
+    names: tuple[str, ...]
+    owner: str = ""
+    plural: str = ""
+
+    def error(self, key: str) -> ConfigError:
+        """The one-line error for a key that is not declared (with the closest one)."""
+        owner = f" for {self.owner}" if self.owner else ""
+        return ConfigError(
+            f"unknown {self.noun} {key!r}{owner}{did_you_mean(key, self.names)};"
+            f" valid {self.plural or self.noun + 's'}: {', '.join(self.names) or 'none'}"
+        )
+
+
+# Which keys the free-form group at a dotted path (e.g. "strategy_options.lp_ft") accepts, for a
+# config as it stands; None for a group whose keys are only those already in the config.
+DeclaredKeys = Callable[[ml_collections.ConfigDict, str], Declared | None]
+
+
+def _unknown_field(key: str, prefix: str, parent: ml_collections.ConfigDict) -> ConfigError:
+    fields = [f"{prefix}.{k}" if prefix else k for k in sorted(parent.keys())]
+    if not fields:
+        return ConfigError(f"unknown config field '{key}': '{prefix}' has no fields to set")
+    return ConfigError(
+        f"unknown config field '{key}'{did_you_mean(key, fields)}; fields: {', '.join(fields)}"
+    )
+
+
+def _set_override(
+    config: ml_collections.ConfigDict, override: str, declared: DeclaredKeys | None
+) -> None:
     if "=" not in override:
         raise ConfigError(
             f"malformed override {override!r}; expected KEY=VALUE, e.g. steps=1000 or optim.lr=1e-3"
@@ -215,13 +311,19 @@ def _set_override(config: ml_collections.ConfigDict, override: str) -> None:
     parent = config
     for depth, part in enumerate(parts):
         prefix = ".".join(parts[:depth])
+        last = depth == len(parts) - 1
         if part not in parent:
-            fields = [f"{prefix}.{k}" if prefix else k for k in sorted(parent.keys())]
-            raise ConfigError(
-                f"unknown config field '{key}'{did_you_mean(key, fields)};"
-                f" fields: {', '.join(fields)}"
-            )
-        if depth == len(parts) - 1:
+            keys = declared(config, prefix) if declared is not None else None
+            if keys is None:
+                raise _unknown_field(key, prefix, parent)
+            if part not in keys.names:
+                raise keys.error(part)
+            # Declared but not written in the experiment: a value, or a group of its own
+            # (strategy_options.l2_sp when the experiment sets no option of l2_sp).
+            parent[part] = parse_value(text) if last else ml_collections.ConfigDict()
+            if last:
+                return
+        if last:
             break
         child = parent[part]
         if not isinstance(child, ml_collections.ConfigDict):
@@ -233,31 +335,44 @@ def _set_override(config: ml_collections.ConfigDict, override: str) -> None:
     name = parts[-1]
     field_type = parent.get_type(name)
     if issubclass(field_type, ml_collections.ConfigDict):
+        if parse_value(text) == parent[name].to_dict():
+            return  # the group as it is (a line of `jaxtl config`, read back)
         fields = ", ".join(f"{key}.{k}" for k in sorted(parent[name].keys()))
-        raise ConfigError(f"config field '{key}' is a group; set its fields instead: {fields}")
+        raise ConfigError(
+            f"config field '{key}' is a group; set its fields instead: {fields}"
+            if fields
+            else f"config field '{key}' is a group; set its fields one by one, {key}.NAME=VALUE"
+        )
     parent[name] = _coerce(key, text, field_type, parent[name])
 
 
 def apply_overrides(
-    config: ml_collections.ConfigDict, overrides: Sequence[str]
+    config: ml_collections.ConfigDict,
+    overrides: Sequence[str],
+    *,
+    declared: DeclaredKeys | None = None,
 ) -> ml_collections.ConfigDict:
     """Returns a locked copy of `config` with `KEY=VALUE` overrides applied in order.
 
     Values are parsed with `ast.literal_eval` (falling back to the raw string) and
     checked against the field's current type: an int is accepted for a float field,
-    a list for a tuple field; `None` is accepted for any field.
+    a list for a tuple field; `None` is accepted for any field. A key the config does not
+    hold is accepted where ``declared`` says its group takes it (a strategy's option under
+    ``strategy_options.<name>``, ...), as the literal given.
 
     Args:
       config: the base config (not modified).
       overrides: strings like "steps=1000", "optim.lr=1e-3", "seeds=[0,1,2]",
         "strategy=lp_ft".
+      declared: the keys free-form groups accept (see
+        :func:`jaxtl.runner.experiment.declared_keys`); None = only the keys already there.
 
     Returns:
       A new, locked ConfigDict.
 
     Raises:
       ConfigError: malformed override, unknown field (with the closest match and the
-        valid fields), or a value of the wrong type.
+        valid fields or options), or a value of the wrong type.
 
     Example:
       >>> config = apply_overrides(load_config("strategies"), ["train_b.steps=200", "seeds=[0,1]"])
@@ -267,7 +382,7 @@ def apply_overrides(
     result = copy.deepcopy(config)
     with result.unlocked():
         for override in overrides:
-            _set_override(result, override)
+            _set_override(result, override, declared)
     result.lock()
     return result
 

@@ -100,6 +100,23 @@ def test_a_label_typo_never_grows_the_class_count(tmp_path):
     assert "'y_test': label 15 at index 1 is outside the 10 classes 0..9" in message
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+@pytest.mark.parametrize("label", [2**32 + 1, 2**31, 2**31 - 1])
+def test_a_huge_label_is_named_never_wrapped_or_allocated(tmp_path, dtype, label):
+    x, y = digits_like()
+    y = y.astype(dtype)
+    y[7] = label
+    np.savez(tmp_path / "huge.npz", x=x, y=y)
+    message = load_error(tmp_path / "huge.npz")
+    assert message == (
+        f"npz {tmp_path / 'huge.npz'}: 'y': label {label} at index 7 is outside the valid range"
+        " 0..39 (classes are inferred from the labels and each needs one of the 40 examples of"
+        " 'y'; pass num_classes=... to declare them); 1 of 40 labels are out of range"
+    )
+    declared = load_error(tmp_path / "huge.npz", num_classes=10)
+    assert f"'y': label {label} at index 7 is outside the 10 classes 0..9" in declared
+
+
 def test_empty_declared_class_and_negative_labels(tmp_path):
     x, y = digits_like()
     np.savez(tmp_path / "ten.npz", x=x, y=y)

@@ -5,14 +5,21 @@ status 2, no traceback) and the Python API (one-line ``ValueError`` subclasses).
 config fails before anything trains.
 """
 
+import errno
+import gc
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import types
+import warnings
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -20,7 +27,10 @@ import pytest
 from conftest import run_on_cpu_devices
 
 from jaxtl import cli, models, runner
+from jaxtl.data import dataset as dataset_lib
+from jaxtl.runner import experiment
 from jaxtl.train import checkpoint as ckpt_lib
+from jaxtl.train import outputs
 from jaxtl.train.transfer import TransferError, transfer_variables
 
 TINY = "@TINY"  # expands to the tiny run's --set overrides (conftest.TINY_OVERRIDES)
@@ -129,11 +139,16 @@ CLI_CASES = [
         id="npz-without-y",
     ),
     pytest.param(
+        _run("data.a=npz:@TMP/huge_label.npz"),
+        ["huge_label.npz: 'y': label 4294967297 at index 3 is outside the valid range 0..39"],
+        id="npz-label-beyond-32-bits",
+    ),
+    pytest.param(
         _run("checkpoint_every=15"),
         ["checkpoint_every=15 must be a multiple of steps_per_call=10", "e.g. 20"],
         id="checkpoint-every-not-multiple",
     ),
-    # -- numbers that can never train, checked before anything trains (issue 14, 7b/7c) --------
+    # -- numbers that can never train, checked before anything trains ----------------------------
     pytest.param(
         _run("train_b.batch_size=0"),
         ["train_b.batch_size=0 must be an int >= 1"],
@@ -146,7 +161,9 @@ CLI_CASES = [
     ),
     pytest.param(_run("train_b.lr=-1.0"), ["train_b.lr=-1.0 must be > 0"], id="negative-lr"),
     pytest.param(
-        _run("seeds=[0,0]"), ["seeds=[0, 0] must be distinct ints >= 0"], id="repeated-seed"
+        _run("seeds=[0,0]"),
+        ["seeds=[0, 0] must be distinct ints in 0..4294967295"],
+        id="repeated-seed",
     ),
     pytest.param(
         _run("train_b.steps=-5"), ["train_b.steps=-5 must be an int >= 1"], id="negative-steps"
@@ -156,6 +173,54 @@ CLI_CASES = [
     ),
     pytest.param(
         _run("checkpoint_keep=0"), ["checkpoint_keep=0 must be an int >= 1"], id="keep-zero"
+    ),
+    pytest.param(
+        _run("train_b.lr=1e999"),
+        ["train_b.lr=inf is not a finite number; every number in a config must be finite"],
+        id="infinite-lr",
+    ),
+    pytest.param(
+        _run("protocol.name=tuned", "protocol.lr_factors=[1.0, 1e400]"),
+        ["protocol.lr_factors[1]=inf is not a finite number"],
+        id="infinite-lr-factor",
+    ),
+    pytest.param(
+        _run("seeds=[18446744073709551617]"),
+        ["seeds=[18446744073709551617] must be distinct ints in 0..4294967295"],
+        id="seed-beyond-64-bits",
+    ),
+    pytest.param(
+        _run("seeds=[0, -1]"),
+        ["seeds=[0, -1] must be distinct ints in 0..4294967295"],
+        id="negative-seed",
+    ),
+    pytest.param(
+        _run("compute_dtype=float8"),
+        ["unknown compute_dtype 'float8' (did you mean 'float32'?)", "'' (float32), float32,"],
+        id="unknown-compute-dtype",
+    ),
+    pytest.param(
+        _run("strategies=[]"),
+        ["strategies=[] leaves experiment 'strategies' nothing to run; give at least one"],
+        id="no-strategies",
+    ),
+    pytest.param(
+        ["run", "surgical", "--out", "@OUT", "--set", TINY, "n_per_class=[]"],
+        ["n_per_class=[] leaves experiment 'surgical' nothing to run"],
+        id="no-data-size",
+    ),
+    pytest.param(
+        _run("data.resize=-1"), ["data.resize=-1 must be an int >= 0"], id="negative-resize"
+    ),
+    pytest.param(
+        _run("strategy_options.lp_ft.lp_frac=0.2"),
+        ["unknown option 'lp_frac' for strategy 'lp_ft' (did you mean 'lp_fraction'?)"],
+        id="unknown-strategy-option-set",
+    ),
+    pytest.param(
+        _run("data.a=mnist1d", "data.options.max_translaton=20"),
+        ["unknown option 'max_translaton' for dataset 'mnist1d' (did you mean 'max_translation'"],
+        id="unknown-dataset-option",
     ),
     pytest.param(
         ["run", "yosinski", "--out", "@OUT", "--set", TINY, "yosinski.depths=[5]"],
@@ -234,6 +299,9 @@ def bad_inputs(tmp_path_factory):
     (tmp / "bad_results" / "runs" / "cell").mkdir(parents=True)
     (tmp / "bad_results" / "runs" / "cell" / "results.json").write_text('{"experiment": ')
     np.savez(tmp / "no_y.npz", x=np.zeros((10, 4, 4), np.float32))
+    labels = np.arange(40, dtype=np.int64) % 10
+    labels[3] = 2**32 + 1  # wrapped to class 1 by an int32 cast
+    np.savez(tmp / "huge_label.npz", x=np.zeros((40, 4, 4), np.float32), y=labels)
     (tmp / "no_get_config.py").write_text("CONFIG = {}\n")
     (tmp / "syntax_error.py").write_text(
         "from jaxtl.runner import base_config\n\ndef get_config():\n"
@@ -393,7 +461,7 @@ def test_batch_size_not_divisible_by_device_count():
     assert lines == ["batch_size=5 does not split over the mesh's 2 devices; use a multiple of 2"]
 
 
-# ---- a finished run's cache, damaged; a second run into one directory (issue 14, 7/7b) -------
+# ---- a finished run's cache, damaged; a second run into one directory ------------------------
 
 
 @pytest.fixture(scope="module")
@@ -452,6 +520,11 @@ def test_damaged_cached_source_model_is_retrained_with_one_note(
         assert text in err, err
     assert (source.parent / ".damaged-seed_0").is_dir()  # set aside, not deleted
     assert _results_of(out) == want
+
+
+def _steps(out):
+    (path,) = out.glob("runs/*/seed_0/metrics.jsonl")
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()]
 
 
 def _results_of(out):
@@ -537,3 +610,228 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, tiny_overrides, ca
         f"jaxtl: note: took over a stale lock of process {pid} (no longer running) in {out}"
     ]
     assert not (out / ".jaxtl.lock").exists()
+
+
+@pytest.mark.parametrize("content", ["", "garbled\n", "12 \n"], ids=["empty", "garbled", "no-host"])
+def test_an_unreadable_lock_file_is_taken_over_with_a_note(tmp_path, capsys, content):
+    lock = tmp_path / ".jaxtl.lock"
+    lock.write_text(content)  # what an older jaxtl left when the disk filled up
+    with experiment.run_lock(tmp_path):
+        assert lock.read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+    assert capsys.readouterr().err == (
+        f"jaxtl: note: took over an empty or unreadable lock file {lock} (no run holds it)\n"
+    )
+    assert os.listdir(tmp_path) == []
+
+
+def _disk_full_for(monkeypatch, name_start):
+    """``Path.write_text`` of files whose names start with ``name_start`` fails: disk full."""
+    real = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self.name.startswith(name_start):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def test_a_full_disk_at_start_is_one_line_and_leaves_no_lock(
+    tiny_overrides, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.delenv("JAXTL_DEBUG", raising=False)
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        _disk_full_for(m, ".jaxtl.lock")
+        argv = ["run", "strategies", "--out", str(out), "--set", *tiny_overrides]
+        assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"jaxtl: error: cannot write {out / '.jaxtl.lock'}: no space left on device; free some"
+        " space and rerun the same command: finished runs and saved checkpoints are kept\n"
+    )
+    assert not any(p.name.startswith(".jaxtl.lock") for p in out.iterdir())
+    with experiment.run_lock(out):  # the next run is not blocked
+        pass
+    assert capsys.readouterr().err == ""
+
+
+def test_a_lock_on_a_file_system_without_hard_links_is_still_exclusive(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(experiment.os, "link", no_links)
+    with experiment.run_lock(tmp_path):
+        assert (tmp_path / ".jaxtl.lock").read_text().split()[0] == str(os.getpid())
+        with (
+            pytest.raises(outputs.OutputDirError, match="another jaxtl run"),
+            experiment.run_lock(tmp_path),
+        ):
+            pass
+    assert os.listdir(tmp_path) == []
+
+
+class _FullAfter(types.SimpleNamespace):
+    """``os`` for jaxtl.train.outputs whose ``write`` refuses (ENOSPC, after half the bytes)
+    once ``left`` writes have gone through."""
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def write(self, fd, data):
+        self.left -= 1
+        if self.left >= 0:
+            return os.write(fd, data)
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_during_training_is_one_line_and_the_rerun_is_identical(
+    finished_run, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.delenv("JAXTL_DEBUG", raising=False)
+    done, argv = finished_run
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    shutil.rmtree(out / "runs")  # the source model is cached: only B's run writes
+    argv = [a if a != str(done) else str(out) for a in argv]
+    with monkeypatch.context() as m:
+        m.setattr(outputs, "os", _FullAfter(left=1))  # B's first metrics record, not its second
+        assert cli.main(argv) == 2
+    (metrics,) = out.glob("runs/*/seed_0/metrics.jsonl")
+    assert capsys.readouterr().err == (
+        f"jaxtl: error: cannot write {metrics}: no space left on device; free some space and"
+        " rerun the same command: finished runs and saved checkpoints are kept\n"
+    )
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [10]
+    assert cli.main(argv) == 0  # space freed
+    assert _results_of(out) == _results_of(done)
+    assert _steps(out) == _steps(done) == [10, 20, 20]
+
+
+def test_report_into_a_read_only_place_is_one_line(finished_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("JAXTL_DEBUG", raising=False)
+    done, _ = finished_run
+    real_open = open
+
+    def read_only_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and str(file).startswith(str(tmp_path)):
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", read_only_open)
+    assert cli.main(["report", str(done), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"jaxtl: error: cannot write {tmp_path / 'report'}/") and err.endswith(
+        ": read-only file system; write somewhere else (--out DIR)\n"
+    ), err
+
+
+def test_an_image_size_beyond_memory_is_one_line(tiny_overrides, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("JAXTL_DEBUG", raising=False)
+    monkeypatch.setattr(dataset_lib, "memory_bytes", lambda: 64 * 2**30)
+    argv = ["run", "strategies", "--out", str(tmp_path), "--set", *tiny_overrides]
+    assert cli.main([*argv, "data.resize=4096"]) == 2
+    assert capsys.readouterr().err == (
+        "jaxtl: error: resizing to 4096x4096: 4000 examples of 4096x4096x1 as float32 need"
+        " 251.7 GiB, more than half of this machine's 64.0 GiB of memory; choose a smaller size"
+        " (data.resize)\n"
+    )
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_swallowed_by_a_gc_callback_still_stops_the_run(
+    tiny_overrides, tmp_path, capsys, monkeypatch
+):
+    # XLA's garbage-collector callback is one place a handler's exception cannot propagate
+    # from: Python prints "Exception ignored in ..." and goes on. The signal must still stop
+    # the command, and nothing but jaxtl's line may reach the terminal.
+    check_part = experiment.check_part
+
+    def check_part_then_sigterm_inside_gc(*args, **kwargs):
+        check_part(*args, **kwargs)
+
+        def callback(phase, info):
+            gc.callbacks.remove(callback)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+            for _ in range(1000):  # the handler runs at one of these bytecodes
+                pass
+
+        gc.callbacks.append(callback)
+        gc.collect()
+
+    monkeypatch.setattr(experiment, "check_part", check_part_then_sigterm_inside_gc)
+    argv = ["run", "strategies", "--out", str(tmp_path / "out"), "--set", *tiny_overrides]
+    assert cli.main(argv) == 143
+    assert capsys.readouterr().err == (
+        "jaxtl: interrupted (SIGTERM); finished runs are kept; rerun the same command to resume\n"
+    )
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "variables, message",
+    [
+        (
+            {"params": {"stage1": {"kernel": np.array([0.5, np.nan, np.inf])}}},
+            "params/stage1/kernel holds 2 NaN or infinite value(s) of 3; the checkpoint is damaged",
+        ),
+        (
+            {"batch_stats": {"stem": {"BatchNorm_0": {"var": np.array([1.0, -0.25])}}}},
+            (
+                "BatchNorm variance batch_stats/stem/BatchNorm_0/var has negative values (down"
+                " to -0.25)"
+            ),
+        ),
+    ],
+    ids=["nan-weight", "negative-variance"],
+)
+def test_a_checkpoint_source_with_impossible_numbers_is_one_line(variables, message):
+    # Trained from, every loss would be NaN and the error would blame the learning rate.
+    _one_line_error(
+        ValueError,
+        lambda: experiment.check_source_values("pretrained:r18.safetensors", variables),
+        "source='pretrained:r18.safetensors': " + message,
+        "export or download it again",
+    )
+    experiment.check_source_values("x", {"batch_stats": {"bn": {"mean": -np.ones(2)}}})  # fine
+
+
+def test_compilation_cache_warnings_are_one_note_each(capsys, monkeypatch):
+    shown = []
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *args, **kw: shown.append(message))
+    jax_says = "Error {} persistent compilation cache entry for '{}': {}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with experiment.compilation_cache_noted("/cache/xla"):
+            for name in ("jit_step", "jit_step", "jit_init", "jit__lambda", "jit_stack"):
+                warnings.warn(jax_says.format("reading", name, "error: Error -5"), stacklevel=1)
+            for name in ("jit_eval", "jit_init"):
+                message = "OSError: [Errno 28] No space left on device"
+                warnings.warn(jax_says.format("writing", name, message), stacklevel=1)
+            warnings.warn("other", stacklevel=1)  # not about the cache: shown as ever
+    assert [str(m) for m in shown] == ["other"]
+    assert capsys.readouterr().err.splitlines() == [
+        (
+            "jaxtl: note: 5 entries of the compilation cache /cache/xla could not be read (damaged:"
+            " jit__lambda, jit_init, jit_stack, ...) and were compiled again; jax does not rewrite"
+            " them, so delete that folder to repair the cache"
+        ),
+        (
+            "jaxtl: note: 2 compiled programs (jit_eval, jit_init) could not be written to the"
+            " compilation cache /cache/xla (OSError: [Errno 28] No space left on device); a rerun"
+            " compiles them again"
+        ),
+    ]
+
+
+def test_a_run_that_fails_on_a_full_disk_says_so_once(capsys):
+    jax_says = "Error writing persistent compilation cache entry for 'jit_step': OSError: ..."
+    with (
+        pytest.raises(OSError),
+        warnings.catch_warnings(),
+        experiment.compilation_cache_noted("/cache/xla"),
+    ):
+        warnings.simplefilter("always")
+        warnings.warn(jax_says, stacklevel=1)
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.jsonl")
+    assert capsys.readouterr().err == ""  # the command's error line says it

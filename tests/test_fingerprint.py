@@ -1,5 +1,6 @@
-"""Data fingerprints: a changed file changes the fingerprint, a touched one does not, and an
-unchanged file is never read again (size + mtime + inode fast path)."""
+"""Data fingerprints: a changed file changes the fingerprint, a touched one does not, an
+unchanged file is never read again (size + mtime + inode fast path) unless the strict mode asks,
+and a folder's fingerprint covers exactly the images its loader reads."""
 
 import json
 import os
@@ -7,9 +8,11 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxtl import data
 from jaxtl.data import fingerprints as fingerprint_lib
+from jaxtl.data.folder import image_files
 
 DAY_NS = 86_400 * 10**9
 
@@ -72,6 +75,26 @@ def test_fast_path_does_not_read_an_unchanged_file(tmp_path, monkeypatch, cache_
     assert data.fingerprint(f"npz:{path}") == first
 
 
+def test_the_fast_paths_blind_spot_and_the_strict_mode_that_closes_it(
+    tmp_path, monkeypatch, hash_calls
+):
+    path = tmp_path / "train.npz"
+    old = time.time_ns() - DAY_NS
+    write_npz(path, np.arange(10) % 2, old)
+    first = data.fingerprint(f"npz:{path}")
+    write_npz(path, np.arange(10) % 3, old)  # other bytes, same size, mtime set back
+    assert data.fingerprint(f"npz:{path}") == first  # the documented trade-off
+    monkeypatch.setenv("JAXTL_FINGERPRINT", "strict")
+    strict = data.fingerprint(f"npz:{path}")
+    assert strict != first and len(hash_calls) == 2
+    assert data.fingerprint(f"npz:{path}") == strict and len(hash_calls) == 3  # read every time
+    monkeypatch.setenv("JAXTL_FINGERPRINT", "paranoid")
+    with pytest.raises(
+        data.DataError, match="JAXTL_FINGERPRINT='paranoid' .* choices: fast, strict"
+    ):
+        data.fingerprint(f"npz:{path}")
+
+
 def test_a_just_written_file_is_hashed_every_time(tmp_path, hash_calls, cache_dir):
     # Within the same mtime tick a same-size rewrite would look unchanged, so recent files are
     # never served from the cache.
@@ -110,6 +133,24 @@ def test_folder_fingerprint_follows_files_and_their_names(tmp_path):
     (root / "bees" / "2.png").rename(root / "ants" / "3.png")  # same bytes, other class
     assert data.fingerprint(f"folder:{root}") not in (first, added)
     assert data.data_files(f"folder:{root}")[0] == str(root / "ants" / "1.png")
+
+
+def test_folder_fingerprint_covers_exactly_what_the_loader_reads(tmp_path):
+    root = tmp_path / "images"
+    for cls in ("ants", "bees"):
+        (root / cls).mkdir(parents=True)
+        Image.new("RGB", (4, 4), (200, 0, 0)).save(root / cls / "0.png")
+    (root / "ants" / ".sub").mkdir()
+    hidden = [root / "ants" / ".x.png", root / "ants" / ".sub" / "1.png"]
+    for path in hidden:
+        Image.new("RGB", (4, 4), (0, 200, 0)).save(path)
+    assert data.data_files(f"folder:{root}") == image_files(root)
+    first = data.fingerprint(f"folder:{root}")
+    for path in hidden:  # edited, and never read by the loader: the same data
+        Image.new("RGB", (4, 4), (0, 0, 200)).save(path)
+        assert data.fingerprint(f"folder:{root}") == first
+    Image.new("RGB", (4, 4), (0, 0, 200)).save(root / "bees" / "0.png")
+    assert data.fingerprint(f"folder:{root}") != first
 
 
 def test_fashion_mnist_idx_files_are_fingerprinted(tmp_path):
@@ -165,5 +206,5 @@ def test_unknown_and_missing_specs_raise_the_load_errors(tmp_path):
         data.fingerprint("mnist5")
     with pytest.raises(data.DataError, match=r"npz: file .*missing.npz does not exist"):
         data.fingerprint(f"npz:{tmp_path / 'missing.npz'}")
-    with pytest.raises(data.DataError, match=r"data folder .*nowhere does not exist"):
+    with pytest.raises(data.DataError, match=r"folder: directory .*nowhere does not exist"):
         data.fingerprint(f"folder:{tmp_path / 'nowhere'}")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import struct
+import threading
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from jaxtl import data
-from jaxtl.data.folder import IMAGENET_STATS, load_folder
+from jaxtl.data import dataset as dataset_lib
+from jaxtl.data.folder import IMAGENET_STATS, image_files, load_folder
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -85,3 +91,88 @@ def test_folder_errors_are_one_line(tmp_path):
         load_folder(tmp_path / "s", normalize="imagnet")
     with pytest.raises(data.DataError, match="got unknown option"):
         data.load(f"folder:{tmp_path}/s", sizes=4)
+
+
+def test_hidden_files_and_folders_are_never_read(tmp_path):
+    for cls in ("ants", "bees"):
+        write_png(tmp_path / cls / "0.png", RED)
+    write_png(tmp_path / "ants" / ".x.png", GREEN)  # an editor's or a sync tool's copy
+    write_png(tmp_path / "bees" / ".sub" / "1.png", GREEN)
+    write_png(tmp_path / ".ipynb_checkpoints" / "0.png", BLUE)  # not a class
+    ds = load_folder(tmp_path, size=4, test_fraction=0.5)
+    assert ds.class_names == ("ants", "bees")
+    assert len(ds.y_train) + len(ds.y_test) == 2
+    assert not np.any(ds.x_train[..., 1]) and not np.any(ds.x_test[..., 1])  # no green pixel
+    assert image_files(tmp_path) == [
+        str(tmp_path / "ants" / "0.png"),
+        str(tmp_path / "bees" / "0.png"),
+    ]
+
+
+def _finishes(fn, seconds=30):
+    """Runs ``fn`` in a thread: (finished within ``seconds``, the exception it raised)."""
+    raised = []
+
+    def run():
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            raised.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive(), raised[0] if raised else None
+
+
+def test_a_fifo_named_like_an_image_is_refused_not_waited_on(tmp_path):
+    write_png(tmp_path / "ants" / "0.png", RED)
+    write_png(tmp_path / "bees" / "0.png", GREEN)
+    os.mkfifo(tmp_path / "bees" / "1.png")
+    for fn in (
+        lambda: load_folder(tmp_path, size=4),
+        lambda: data.fingerprint(f"folder:{tmp_path}"),
+    ):
+        finished, error = _finishes(fn)
+        assert finished, "blocked on the FIFO"
+        assert isinstance(error, data.DataError) and "\n" not in str(error)
+        assert "bees/1.png is not a regular file" in str(error)
+
+
+def _png_header(width, height):
+    """A PNG whose header promises width x height 1-bit pixels (its data is a few bytes)."""
+    chunk = lambda kind, body: (
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    )
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00"))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("width, height", [(10_000, 9_000), (40_000, 40_000)])
+def test_decompression_bombs_are_refused_before_decoding(tmp_path, width, height):
+    # 90 MP is above jaxtl's limit and below Pillow's own error; 1.6 GP is above both.
+    write_png(tmp_path / "ants" / "0.png", RED)
+    (tmp_path / "bees").mkdir()
+    (tmp_path / "bees" / "bomb.png").write_bytes(_png_header(width, height))
+    with pytest.raises(data.DataError) as info:
+        load_folder(tmp_path, size=4)
+    message = str(info.value)
+    assert "bees/bomb.png" in message and "89,478,485" in message and "\n" not in message
+    assert "decompression bomb" in message
+
+
+def test_sizes_that_cannot_fit_in_memory_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(dataset_lib, "memory_bytes", lambda: 8 * 2**30)
+    write_png(tmp_path / "ants" / "0.png", RED)
+    write_png(tmp_path / "bees" / "0.png", GREEN)
+    with pytest.raises(
+        data.DataError, match=r"0.png resized to 66666x40000 need 7\.5 GiB, more than half"
+    ):
+        load_folder(tmp_path, size=4, resize=40_000)
+    with pytest.raises(data.DataError, match=r"resizing to 4096x4096: 5000 examples of"):
+        data.resize(np.zeros((5000, 28, 28, 1), np.float32), 4096)

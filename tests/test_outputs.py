@@ -1,6 +1,8 @@
 """Tests for jaxtl.train.outputs: run directory contract, errors, environment, progress."""
 
+import errno
 import json
+import os
 import sys
 import types
 
@@ -166,3 +168,80 @@ def test_tensorboard_mirrors_numeric_metrics(tmp_path, monkeypatch):
     run.append_metrics({"step": 3, "phase": "ft", "loss": 0.25, "acc_b": 0.5})
     run.close()
     assert scalars == [("ft/loss", 0.25, 3), ("ft/acc_b", 0.5, 3)]
+
+
+class DiskFullOs(types.SimpleNamespace):
+    """Stands in for ``os`` in jaxtl.train.outputs: its ``write`` stores half the bytes and then
+    raises ENOSPC (once ``armed``), as a disk that fills up in the middle of a write does."""
+
+    def __init__(self):
+        super().__init__(armed=False)
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def write(self, fd, data):
+        if not self.armed:
+            return os.write(fd, data)
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.fixture
+def disk_full(monkeypatch):
+    fake = DiskFullOs()
+    monkeypatch.setattr(outputs, "os", fake)
+    return fake
+
+
+def test_a_refused_append_leaves_no_half_line_and_names_the_file(tmp_path, disk_full):
+    run = outputs.RunDir(tmp_path / "run")
+    run.append_metrics({"step": 10, "loss": 0.5})
+    before = run.metrics_path.read_bytes()
+    disk_full.armed = True
+    with pytest.raises(OSError) as info:
+        run.append_metrics({"step": 20, "loss": 0.25})
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(run.metrics_path))
+    assert run.metrics_path.read_bytes() == before
+    disk_full.armed = False  # space freed: the next record follows the last whole one
+    run.append_metrics({"step": 20, "loss": 0.25})
+    assert [r["step"] for r in run.read_metrics()] == [10, 20]
+
+
+def test_a_refused_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+    path.write_text('{"old": 1}')
+    real_open = open
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode:
+            handle.write = lambda text: (_ for _ in ()).throw(
+                OSError(errno.ENOSPC, "No space left on device")
+            )
+        return handle
+
+    monkeypatch.setattr("builtins.open", full_disk_open)
+    with pytest.raises(OSError) as info:
+        outputs.atomic_write_text(path, '{"new": 2}')
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(path))
+    monkeypatch.undo()
+    assert path.read_text() == '{"old": 1}' and sorted(os.listdir(tmp_path)) == ["results.json"]
+
+
+def test_stale_reason_tells_a_damaged_file_from_changed_settings(tmp_path):
+    path = tmp_path / "results.json"
+    assert outputs.stale_reason(path, "k1") is None and outputs.read_results_or_none(path) is None
+    path.write_text(json.dumps({"fingerprint": "k1"}))
+    assert outputs.stale_reason(path, "k1") is None
+    assert outputs.stale_reason(path, "k2") == "its settings, data or code changed since it ran"
+    path.write_text('{"fingerprint": "k1", "metr')
+    assert outputs.read_results_or_none(path) is None
+    assert outputs.stale_reason(path, "k1") == (
+        "its results.json is unreadable (not valid JSON: Unterminated string starting at,"
+        " line 1 column 23)"
+    )
+    path.write_text("[1, 2]")
+    assert outputs.stale_reason(path, "k1") == (
+        "its results.json is unreadable (a JSON list, not an object)"
+    )

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from jaxtl import cli, runner
+from jaxtl.runner import experiment
 from jaxtl.train import driver as driver_lib
 from jaxtl.train.outputs import NonFiniteLossError
 
@@ -443,3 +444,12 @@ def test_sigterm_before_training_is_one_line_and_143(tiny_overrides, tmp_path, c
         "jaxtl: interrupted (SIGTERM); finished runs are kept; rerun the same command to resume\n"
     )
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_stop_asked_of_a_library_run_does_not_stop_the_next():
+    # run_experiment called from Python (a notebook): Ctrl-C stops that run only.
+    with experiment.graceful_stop() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        assert stop() and stop.signum == signal.SIGTERM
+    with experiment.graceful_stop() as stop:
+        assert not stop() and stop.signum is None

@@ -1,4 +1,4 @@
-"""What a user sees while jaxtl works and reads afterwards (issue 14, item 8): a run-level bar
+"""What a user sees while jaxtl works and reads afterwards: a run-level bar
 naming the cell it is on, a bar and a metrics.jsonl for source training, ratios printed with
 the digits they need.
 """

@@ -36,6 +36,7 @@ from jaxtl.data.pipeline import (
 )
 from jaxtl.data.shifts import SHIFTS, apply_shift, describe_shift, resize, shift_array
 from jaxtl.data.sources import (
+    describe,
     load,
     load_digits,
     load_fashion_mnist,
@@ -44,6 +45,7 @@ from jaxtl.data.sources import (
     load_npz,
     load_tfds,
     names,
+    option_names,
     tfds_names,
 )
 from jaxtl.data.tasks import (
@@ -72,6 +74,7 @@ __all__ = [
     "data_files",
     "data_mesh",
     "data_sharding",
+    "describe",
     "describe_shift",
     "device_dataset",
     "device_put_sharded_batch",
@@ -91,6 +94,7 @@ __all__ = [
     "normalization_stats",
     "normalize",
     "ood_split",
+    "option_names",
     "permute_labels",
     "process_slice",
     "read_idx",

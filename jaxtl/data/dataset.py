@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -70,6 +71,40 @@ def check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
             f"{where}: label {int(y[i])} at index {i} is outside the {num_classes} classes "
             f"0..{num_classes - 1}; {int(bad.sum())} of {len(y)} labels are out of range"
         )
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes, or None where the OS does not say.
+
+    Example:
+      >>> memory_bytes() > 0  # doctest: +SKIP
+      True
+    """
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(nbytes: int, what: str, fix: str) -> None:
+    """Raises a DataError before an array of ``nbytes`` is allocated that would take more than
+    half of this machine's memory (the data is copied again on its way to the model).
+
+    Args:
+      nbytes: the size of the array about to be made.
+      what: what it holds, e.g. "5000 images of 4096x4096x1 as float32".
+      fix: what to change, e.g. "choose a smaller data.resize".
+
+    Example:
+      >>> check_fits_in_memory(1024, "a few pixels", "")  # fits: returns None
+    """
+    total = memory_bytes()
+    if total is None or nbytes <= total // 2:
+        return
+    gib = lambda n: f"{n / 2**30:.1f} GiB"
+    raise DataError(
+        f"{what} need {gib(nbytes)}, more than half of this machine's {gib(total)} of memory; {fix}"
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

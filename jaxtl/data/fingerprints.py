@@ -4,12 +4,20 @@ Cache keys of trained models and run directories hold the config, and a config h
 ``npz:data.npz`` but not what the file contains. `fingerprint` closes that gap: for file-backed
 specs (``npz:PATH``, Fashion-MNIST's IDX files, a prepared TFDS directory, ``folder:PATH``) it
 hashes the files' contents; for generated or packaged sets (mnist5k, digits, mnist1d) it hashes
-the generator's identity (package and version) and the options.
+the generator's identity (package and version) and the options. For ``folder:PATH`` the files
+are exactly those the loader reads (:func:`jaxtl.data.folder.image_files`: hidden files and
+folders are skipped by both).
 
 Hashing a large file on every run would be slow, so each file's content hash is cached in
 ``$JAXTL_CACHE_DIR/fingerprints.json`` (default ``~/.cache/jaxtl``), keyed by its path and
 checked against (size, mtime_ns, inode): a file whose stat is unchanged is not read again, one
 whose stat changed is hashed again (a touch costs one re-hash, never a wrong answer).
+
+The trade-off of that fast path: a file rewritten in place to the same size, on the same inode,
+whose modification time is then set back to the old value (``touch -r``, ``rsync --times`` or a
+tool that restores timestamps) keeps its old hash, and the caches keyed by it serve results of
+the old contents. ``JAXTL_FINGERPRINT=strict`` (or ``strict=True``) reads and hashes every file
+on every run instead: always right, at the cost of reading the data once more per run.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterable
@@ -28,8 +37,11 @@ import numpy as np
 
 from jaxtl.data import sources
 from jaxtl.data.dataset import DataError, Dataset
+from jaxtl.data.folder import image_files, is_hidden
 
 CACHE_ENV = "JAXTL_CACHE_DIR"
+# "strict": hash every file's contents on every run, never trusting (size, mtime, inode).
+MODE_ENV = "JAXTL_FINGERPRINT"
 _CACHE_FILE = "fingerprints.json"
 _CACHE_VERSION = 1
 _CHUNK = 1 << 20
@@ -93,24 +105,42 @@ def _write_cache(path: Path, updates: dict[str, list]) -> None:
         pass  # a read-only or full cache folder costs a re-hash next time, never a wrong hash
 
 
-def file_digests(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
+def strict_mode() -> bool:
+    """Whether ``JAXTL_FINGERPRINT=strict`` asks for every file to be hashed on every run.
+
+    Example:
+      >>> strict_mode()  # doctest: +SKIP
+      False
+    """
+    mode = os.environ.get(MODE_ENV, "")
+    if mode not in ("", "strict", "fast"):
+        raise DataError(f"{MODE_ENV}={mode!r} is not a fingerprint mode; choices: fast, strict")
+    return mode == "strict"
+
+
+def file_digests(
+    paths: Iterable[str | os.PathLike], *, strict: bool | None = None
+) -> dict[str, str]:
     """Content hash of each file, served from the stat-keyed cache when the file is unchanged.
 
     Args:
       paths: files to hash.
+      strict: hash every file's contents, ignoring the cache (see the module's note on the
+        fast path); None = :func:`strict_mode`.
 
     Returns:
       {absolute path: content hash}, in the order given.
 
     Raises:
-      DataError: a path that is not a readable file.
+      DataError: a path that is not a readable regular file (a FIFO is refused, never read).
 
     Example:
-      >>> file_digests(["data/train.npz"])  # doctest: +SKIP
-      {'/home/me/data/train.npz': '9f86d081884c7d659a2feaa0c55ad015'}
+      >>> file_digests(["/data/train.npz"])  # doctest: +SKIP
+      {'/data/train.npz': '9f86d081884c7d659a2feaa0c55ad015'}
     """
+    strict = strict_mode() if strict is None else strict
     cache_file = cache_dir() / _CACHE_FILE
-    cache = _read_cache(cache_file)
+    cache = {} if strict else _read_cache(cache_file)
     digests, updates = {}, {}
     now = time.time_ns()
     for path in paths:
@@ -119,6 +149,8 @@ def file_digests(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
             st = os.stat(path)
         except OSError as e:
             raise DataError(f"data file {path} cannot be read: {e.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"data file {path} is not a regular file; data is read from files only")
         stat_key = [st.st_size, st.st_mtime_ns, st.st_ino]
         entry = cache.get(path)
         if isinstance(entry, list) and len(entry) == 4 and entry[:3] == stat_key:
@@ -141,8 +173,8 @@ def _tree_files(root: str) -> list[str]:
         raise DataError(f"data folder {root} does not exist")
     files = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        files += [os.path.join(dirpath, f) for f in sorted(filenames) if not is_hidden(f)]
     return files
 
 
@@ -181,7 +213,7 @@ def data_files(spec: str, **options: Any) -> list[str] | None:
             return None  # `load` names the missing file
         return [os.path.abspath(path)]
     if spec.startswith("folder:"):
-        return [os.path.abspath(p) for p in _tree_files(spec[len("folder:") :])] or None
+        return [os.path.abspath(p) for p in image_files(spec[len("folder:") :])]
     if spec == "fashion_mnist":
         data_dir = options.get("data_dir")
         idx = sources._find_idx_files(data_dir or sources.FASHION_MNIST_DIR)

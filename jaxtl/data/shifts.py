@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import scipy.ndimage
 
-from jaxtl.data.dataset import DataError, Dataset
+from jaxtl.data.dataset import DataError, Dataset, check_fits_in_memory
 from jaxtl.suggest import did_you_mean
 
 _TRAIN_STREAM, _TEST_STREAM = 0, 1
@@ -52,15 +53,30 @@ def resize(x: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     if x.ndim == 3:
         if not isinstance(size, (int, np.integer)) or size < 1:
             raise DataError(f"resize of signals needs an int length >= 1, got size={size!r}")
+        _check_resized_memory(x, (int(size),))
         weights = _interpolation_matrix(x.shape[1], int(size))
         return np.einsum("ol,nlc->noc", weights, x).astype(np.float32)
     height, width = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
     if height < 1 or width < 1:
         raise DataError(f"resize needs sizes >= 1, got size={size!r}")
+    _check_resized_memory(x, (int(height), int(width)))
     rows = _interpolation_matrix(x.shape[1], int(height))
     cols = _interpolation_matrix(x.shape[2], int(width))
     x = np.einsum("oh,nhwc->nowc", rows, x)
     return np.einsum("pw,nowc->nopc", cols, x).astype(np.float32)
+
+
+def _check_resized_memory(x: np.ndarray, shape: tuple[int, ...]) -> None:
+    """A resize whose result cannot fit in memory fails in one line instead of a MemoryError."""
+    example = (*shape, x.shape[-1])
+    # The result, and the half-resized array on the way (rows first, then columns).
+    nbytes = 4 * len(x) * (math.prod(example) + shape[0] * math.prod(x.shape[2:]))
+    check_fits_in_memory(
+        nbytes,
+        f"resizing to {'x'.join(map(str, shape))}: {len(x)} examples of"
+        f" {'x'.join(map(str, example))} as float32",
+        "choose a smaller size (data.resize)",
+    )
 
 
 def _spatial_axes(x: np.ndarray) -> tuple[int, ...]:

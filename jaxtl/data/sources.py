@@ -350,14 +350,12 @@ def load_npz(
                 f"or (N, L); got shape {x.shape}"
             )
         check_finite(x, f"npz {path}: 'x{split}'")
-        if y.min() < 0:
-            i = int(np.argmax(y < 0))
-            raise DataError(
-                f"npz {path}: 'y{split}': label {int(y[i])} at index {i} is negative; labels "
-                f"are class ids 0, 1, ..."
-            )
+    declared = _npz_declared_classes(path, num_classes, class_names)
+    for split in splits:
+        _check_label_range(path, split, arrays["y" + split], declared, len(arrays["y"]))
+    # In range, so the cast to the Dataset's int32 keeps every value.
     ys = {split: arrays["y" + split].astype(np.int32) for split in splits}
-    num_classes = _npz_num_classes(path, ys, num_classes, class_names)
+    num_classes = _npz_num_classes(path, ys, declared)
     xs = {split: _npz_inputs(arrays["x" + split], f"npz {path}: 'x{split}'") for split in splits}
     class_names = tuple(class_names) if class_names else tuple(str(c) for c in range(num_classes))
     if len(splits) == 1:
@@ -401,28 +399,53 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _npz_num_classes(
-    path: str,
-    ys: dict[str, np.ndarray],
-    num_classes: int | None,
-    class_names: Sequence[str] | None,
-) -> int:
-    """The declared class count (num_classes, else len(class_names)), else max label + 1.
-
-    Labels outside the declared classes, and classes without a training example, are errors:
-    a typo such as a 12 among ten digit classes must not silently add classes 10..12.
-    """
+def _npz_declared_classes(
+    path: str, num_classes: int | None, class_names: Sequence[str] | None
+) -> int | None:
+    """The declared class count (num_classes, else len(class_names)), or None to infer it."""
     declared = num_classes if num_classes is not None else len(class_names or ()) or None
+    if declared is not None and (
+        isinstance(declared, bool) or not isinstance(declared, (int, np.integer)) or declared < 1
+    ):
+        raise DataError(f"npz {path}: num_classes must be a positive int, got {declared!r}")
+    return None if declared is None else int(declared)
+
+
+def _check_label_range(
+    path: str, split: str, y: np.ndarray, declared: int | None, n_train: int
+) -> None:
+    """The one range check of npz labels, in the file's own integer type (before any cast).
+
+    Valid labels are 0..C-1 with C the declared class count; undeclared, C is at most the
+    number of training examples (every class needs one), so a stray 2**32+1 is named here
+    instead of wrapping to a small class id or asking for billions of empty classes.
+    """
+    where = f"npz {path}: 'y{split}'"
+    if y.size and y.min() < 0:
+        i = int(np.argmax(y < 0))
+        raise DataError(
+            f"{where}: label {int(y[i])} at index {i} is negative; labels are class ids 0, 1, ..."
+        )
     if declared is not None:
-        if (
-            isinstance(declared, bool)
-            or not isinstance(declared, (int, np.integer))
-            or declared < 1
-        ):
-            raise DataError(f"npz {path}: num_classes must be a positive int, got {declared!r}")
-        for split, y in ys.items():
-            check_labels(y, int(declared), f"npz {path}: 'y{split}'")
-        count = int(declared)
+        check_labels(y, declared, where)
+        return
+    bad = y >= n_train
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{where}: label {int(y[i])} at index {i} is outside the valid range 0..{n_train - 1}"
+            f" (classes are inferred from the labels and each needs one of the {n_train}"
+            f" examples of 'y'; pass num_classes=... to declare them); {int(bad.sum())} of"
+            f" {len(y)} labels are out of range"
+        )
+
+
+def _npz_num_classes(path: str, ys: dict[str, np.ndarray], declared: int | None) -> int:
+    """The declared class count, else max label + 1; a class without a training example is an
+    error: a typo such as a 12 among ten digit classes must not silently add classes 10..12.
+    """
+    if declared is not None:
+        count = declared
         source = f"{count} classes declared"
     else:
         count = int(max(y.max() for y in ys.values())) + 1
@@ -624,15 +647,46 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(_LOADERS))
 
 
+def _loader(name: str) -> Callable[..., Dataset]:
+    """The loader behind a dataset name, without loading anything (TFDS for other names)."""
+    for prefix, loader in (("tfds:", load_tfds), ("npz:", load_npz), ("folder:", load_folder)):
+        if name.startswith(prefix):
+            return loader
+    return _LOADERS.get(name, load_tfds)
+
+
+def option_names(name: str) -> tuple[str, ...]:
+    """The options `load` takes for a dataset name (its loader's keyword-only arguments).
+
+    An unknown name gets TFDS's (``load`` names the unknown dataset when it is loaded).
+
+    Example:
+      >>> option_names("mnist5k")
+      ('seed', 'test_fraction')
+    """
+    return tuple(
+        p.name
+        for p in inspect.signature(_loader(name)).parameters.values()
+        if p.kind == inspect.Parameter.KEYWORD_ONLY
+    )
+
+
+def describe(name: str) -> str:
+    """One line saying what a dataset of `names()` is: its loader's summary.
+
+    Example:
+      >>> describe("digits")
+      "scikit-learn's 1,797 handwritten digits, 8x8x1, pixel counts 0..16 scaled to [0, 1]"
+    """
+    summary = inspect.getdoc(_loader(name)).splitlines()[0]
+    return summary.replace("``", "").rstrip(".")
+
+
 def _call(
     loader: Callable[..., Dataset], label: str, args: tuple, options: dict[str, Any]
 ) -> Dataset:
     """Calls a loader, turning unknown options into a DataError that lists the valid ones."""
-    valid = [
-        p.name
-        for p in inspect.signature(loader).parameters.values()
-        if p.kind == inspect.Parameter.KEYWORD_ONLY
-    ]
+    valid = option_names(label)
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise DataError(

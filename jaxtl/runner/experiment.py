@@ -2,49 +2,107 @@
 
 Before anything trains, every part of the config is checked (one-line errors naming the field);
 the output directory is locked against a second run; SIGINT and SIGTERM stop training at the
-next chunk boundary with a checkpoint saved; XLA's persistent compilation cache is switched on
-so a rerun compiles nothing it compiled before.
+next chunk boundary with a checkpoint saved (and anything else at the next check, see
+:mod:`jaxtl.interrupts`); XLA's persistent compilation cache is switched on so a rerun compiles
+nothing it compiled before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import inspect
+import math
 import os
+import re
 import signal
 import socket
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from jaxtl import data as data_lib
-from jaxtl import report
-from jaxtl.config import ConfigError, apply_overrides, load_config
+from jaxtl import interrupts, models, report
+from jaxtl.config import ConfigError, Declared, apply_overrides, load_config
 from jaxtl.defaults import base_config
+from jaxtl.freeze import path_str
 from jaxtl.runner.cell import run_cell
 from jaxtl.runner.protocol import check_protocol
 from jaxtl.runner.sweep import TUNABLE_EXPERIMENTS, Cell, experiment_cells
 from jaxtl.runner.tasks import Tasks, build_tasks, file_source, model_for, with_file_source
 from jaxtl.suggest import did_you_mean
-from jaxtl.train import Interrupted, get_strategy, outputs
+from jaxtl.train import STRATEGIES, Interrupted, get_strategy, outputs
 from jaxtl.train.outputs import notice
 from jaxtl.train.sharding import maybe_initialize_distributed
 from jaxtl.train.steps import check_bn_policy
 
 LOCK_FILE = ".jaxtl.lock"
+# What compute_dtype may name: "" computes in float32 like "float32".
+COMPUTE_DTYPES = ("", "float32", "bfloat16", "float16")
+# Seeds are 32-bit, as numpy's and jax's generators are seeded conventionally; jax keys take
+# int64, so every offset the runner adds to a seed (1000 + seed for B's init) stays exact.
+MAX_SEED = 2**32 - 1
+
+
+def declared_keys(config: ml_collections.ConfigDict, group: str) -> Declared | None:
+    """The keys a free-form group of ``config`` accepts beyond those it holds, from the code
+    that reads the group: ``strategy_options.<name>`` and ``protocol.knobs.<name>`` take the
+    strategy's options (its factory's arguments in :data:`jaxtl.train.STRATEGIES`),
+    ``data.options`` the options of ``data.a``'s loader, ``model.options`` the model's.
+
+    Example:
+      >>> declared_keys(base_config(), "strategy_options.lp_ft").names
+      ('lp_fraction', 'ft_lr', 'probe_steps')
+    """
+    parent, _, name = group.rpartition(".")
+    if group in ("strategy_options", "protocol.knobs"):
+        return Declared("strategy", tuple(STRATEGIES), plural="strategies")
+    if parent in ("strategy_options", "protocol.knobs") and name in STRATEGIES:
+        options = tuple(inspect.signature(STRATEGIES[name]).parameters)
+        return Declared("option", options, f"strategy {name!r}")
+    if group == "data.options" and config.data.a:
+        return Declared(
+            "option", data_lib.option_names(config.data.a), f"dataset {config.data.a!r}"
+        )
+    if group == "model.options" and config.model.name in models.names():
+        options = tuple(models.default_options(config.model.name))
+        return Declared("option", options, f"model {config.model.name!r}")
+    return None
+
+
+def load_experiment(path_or_name: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The config ``jaxtl run PATH_OR_NAME --set OVERRIDES`` runs (locked).
+
+    Every option a strategy, the dataset or the model declares can be set, also where the
+    experiment file does not write it (see :func:`declared_keys`).
+
+    Example:
+      >>> config = load_experiment("strategies", ["strategy_options.lp_ft.lp_fraction=0.2"])
+      >>> config.strategy_options.lp_ft.lp_fraction
+      0.2
+    """
+    return apply_overrides(load_config(path_or_name), overrides, declared=declared_keys)
 
 
 class StopSignal:
-    """Set by SIGINT/SIGTERM while an experiment runs; the driver polls it between chunks."""
+    """Whether SIGINT/SIGTERM asked the run to stop; the driver polls it between chunks.
 
-    def __init__(self) -> None:
-        self.signum: int | None = None
+    It reads the record of :mod:`jaxtl.interrupts`, so a signal that arrived while data was
+    loading (and was swallowed where Python could not raise it) stops the run too.
+    """
+
+    @property
+    def signum(self) -> int | None:
+        return interrupts.pending()
 
     def __call__(self) -> bool:
-        return self.signum is not None
+        return interrupts.pending() is not None
 
 
 @contextlib.contextmanager
@@ -55,12 +113,12 @@ def graceful_stop() -> Iterator[StopSignal]:
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in interrupts.SIGNALS}
 
     def handler(signum, frame):
-        if stop.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.signum = signum
+        if stop() and signum == signal.SIGINT:
+            raise interrupts.Stopped(signum)
+        interrupts.record(signum)
 
     for s in previous:
         signal.signal(s, handler)
@@ -69,6 +127,8 @@ def graceful_stop() -> Iterator[StopSignal]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if not interrupts.installed():  # called as a library: the next run starts afresh
+            interrupts.forget()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -81,34 +141,82 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _create_lock(path: Path, text: str) -> bool:
+    """Creates ``path`` holding ``text`` if it does not exist; False if it does.
+
+    The lock never exists half-written: the text goes to a file of this process's own, which
+    is then hard-linked to the lock's name (atomic, and it fails if the name exists). A file
+    system without hard links gets an exclusive create and then the text, and the lock is
+    removed again if writing it fails.
+    """
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        try:
+            tmp.write_text(text)
+        except OSError as e:  # a full disk: the message names the lock, not its draft
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return False
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+            except OSError:
+                path.unlink(missing_ok=True)
+                raise
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _lock_holder(path: Path) -> tuple[int, str] | None:
+    """(pid, host) written in a lock, or None for an empty or garbled lock file."""
+    try:
+        pid, host = path.read_text().split()[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
 @contextlib.contextmanager
 def run_lock(out_dir: Path) -> Iterator[None]:
     """One run per output directory: a second gets one line naming the first (pid and host).
 
-    A lock left by a process that no longer exists (on this host) is taken over with a note.
+    A lock left by a process that no longer exists (on this host), and an empty or garbled lock
+    file (no jaxtl run leaves one: the lock is written whole), are taken over with a note.
     """
     path = out_dir / LOCK_FILE
-    host, pid = socket.gethostname(), os.getpid()
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            other_pid, other_host = path.read_text().split()[:2]
-        except (OSError, ValueError):
-            other_pid, other_host = "0", host
-        if other_host == host and not _pid_alive(int(other_pid)):
+    host = socket.gethostname()
+    mine = f"{os.getpid()} {host}\n"
+    if not _create_lock(path, mine):
+        holder = _lock_holder(path)
+        if holder is None and not path.exists():
+            pass  # the run that held it has just finished
+        elif holder is None:
+            notice(f"took over an empty or unreadable lock file {path} (no run holds it)")
+        elif holder[1] == host and not _pid_alive(holder[0]):
             notice(
-                f"took over a stale lock of process {other_pid} (no longer running) in {out_dir}"
+                f"took over a stale lock of process {holder[0]} (no longer running) in {out_dir}"
             )
-            path.unlink(missing_ok=True)
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         else:
             raise outputs.OutputDirError(
-                f"another jaxtl run (pid {other_pid} on {other_host}) is writing to {out_dir};"
+                f"another jaxtl run (pid {holder[0]} on {holder[1]}) is writing to {out_dir};"
                 f" wait for it to finish or use another --out (remove {path} if that run is gone)"
-            ) from None
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{pid} {host}\n")
+            )
+        path.unlink(missing_ok=True)
+        if not _create_lock(path, mine):
+            raise outputs.OutputDirError(
+                f"another jaxtl run took the lock of {out_dir} just now; wait for it to finish"
+                " or use another --out"
+            )
     try:
         yield
     finally:
@@ -133,6 +241,61 @@ def enable_compilation_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# jax's warnings for a cache entry it cannot read (truncated by a crash or a full disk; jax never
+# rewrites an entry whose key has a file, so it warns on every run) or cannot write.
+_CACHE_ENTRY_ERROR = re.compile(
+    r"Error (reading|writing) persistent compilation cache entry for '([^']+)': (.*)", re.DOTALL
+)
+
+
+@contextlib.contextmanager
+def compilation_cache_noted(directory: str) -> Iterator[None]:
+    """jax's warnings about compilation cache entries it could not read or write (one per
+    program) become one note each at the end, saying what it means; other warnings pass.
+
+    A run that fails says why itself (a full disk): then the entries not written go unmentioned.
+
+    Example:
+      >>> with compilation_cache_noted("~/.cache/jaxtl/xla"):  # doctest: +SKIP
+      ...     run_cells()
+    """
+    show, failed = warnings.showwarning, {"reading": [], "writing": []}
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        entry = _CACHE_ENTRY_ERROR.match(str(message))
+        if entry is None:
+            show(message, category, filename, lineno, file, line)
+        else:
+            failed[entry.group(1)].append((entry.group(2), entry.group(3).splitlines()[0]))
+
+    def names(entries: list[tuple[str, str]]) -> str:
+        unique = sorted({name for name, _ in entries})
+        return ", ".join(unique[:3]) + (", ..." if len(unique) > 3 else "")
+
+    warnings.showwarning = showwarning
+    run_failed = False
+    try:
+        yield
+    except BaseException:
+        run_failed = True
+        raise
+    finally:
+        warnings.showwarning = show
+        unreadable, unwritten = failed["reading"], failed["writing"]
+        if unreadable:
+            notice(
+                f"{len(unreadable)} entries of the compilation cache {directory} could not be"
+                f" read (damaged: {names(unreadable)}) and were compiled again; jax does not"
+                " rewrite them, so delete that folder to repair the cache"
+            )
+        if unwritten and not run_failed:
+            notice(
+                f"{len(unwritten)} compiled programs ({names(unwritten)}) could not be written"
+                f" to the compilation cache {directory} ({unwritten[0][1]}); a rerun compiles"
+                " them again"
+            )
+
+
 def run_experiment(
     config: ml_collections.ConfigDict, out_dir: str | Path, *, show_progress: bool | None = None
 ) -> Path:
@@ -145,6 +308,7 @@ def run_experiment(
       The path of the report.
     """
     maybe_initialize_distributed(config.distributed.to_dict())
+    outputs.check_backend()
     out_dir = Path(out_dir)
     outputs.RunDir(out_dir)  # validates the output directory before any work
     # A checkpoint source decides each part's model before anything is built or fingerprinted.
@@ -152,12 +316,18 @@ def run_experiment(
     parts = [with_file_source(part) for part in expand_parts(config)]
     jobs: list[tuple[ml_collections.ConfigDict, Cell]] = []
     for part in parts:
+        check_values(part)
         groups = model_for(part, 2).layer_groups
         cells = experiment_cells(part, groups)
         check_part(part, cells, groups)
         jobs += [(part, cell) for cell in cells]
+        interrupts.raise_if_pending()  # one that landed where it could not be raised
     enable_compilation_cache(config.compilation_cache_dir)
-    with run_lock(out_dir), graceful_stop() as stop:
+    with (
+        compilation_cache_noted(config.compilation_cache_dir),
+        graceful_stop() as stop,
+        run_lock(out_dir),
+    ):
         bar = outputs.progress(
             len(jobs),
             desc=f"jaxtl {config.experiment}",
@@ -165,6 +335,8 @@ def run_experiment(
         )
         try:
             for part, cell in jobs:
+                if stop():  # arrived while the last cell evaluated or wrote its results
+                    raise interrupts.Stopped(stop.signum)
                 bar.set_description_str(f"jaxtl {config.experiment}: {cell.id}", refresh=True)
                 run_cell(part, cell, out_dir, stop_requested=stop, show_progress=show_progress)
                 bar.update(1)
@@ -174,7 +346,10 @@ def run_experiment(
             raise
         finally:
             bar.close()
-        return report.write_report(out_dir)
+        written = report.write_report(out_dir)
+        if stop():
+            raise interrupts.Stopped(stop.signum)
+        return written
 
 
 def _positive_int(where: str, value: Any, minimum: int = 1) -> None:
@@ -182,19 +357,74 @@ def _positive_int(where: str, value: Any, minimum: int = 1) -> None:
         raise ConfigError(f"{where}={value!r} must be an int >= {minimum}")
 
 
-def check_part(
-    config: ml_collections.ConfigDict, cells: Sequence[Cell], layer_groups: Sequence[str]
-) -> None:
-    """Fails a sweep on a bad name, option or size before anything trains (one-line errors)."""
-    check_bn_policy(config.bn_policy)
-    check_protocol(config)
+def _non_finite(value: Any, where: str = "") -> tuple[str, float] | None:
+    """The first field (dotted, with list indices) holding a NaN or an infinity, and its value."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where, value)
+    if isinstance(value, (list, tuple)):
+        fields = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+    elif isinstance(value, (ml_collections.ConfigDict, dict)):
+        fields = [(f"{where}.{k}" if where else str(k), v) for k, v in value.items()]
+    else:
+        return None
+    return next((bad for name, v in fields if (bad := _non_finite(v, name))), None)
+
+
+def _sweep_lists(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """The list fields an experiment's cells are the product of, with an example of each."""
+    if config.experiment in TUNABLE_EXPERIMENTS:
+        example = ",".join(repr(s) for s in list(STRATEGIES)[:2])
+        return {"strategies": f'"strategies=[{example}]"', "n_per_class": "n_per_class=[5,20]"}
+    if config.experiment == "surgical":
+        return {"n_per_class": "n_per_class=[5]"}
+    return {}
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+    """One-line errors for values no run can use, before any data is loaded: a NaN or infinite
+    number anywhere (``train_b.lr=1e999``), seeds out of range, an unknown compute dtype, a
+    negative ``data.resize``, an empty list an experiment sweeps over (``strategies=[]``).
+
+    Example:
+      >>> check_values(base_config())  # the defaults: returns None
+    """
+    bad = _non_finite(config.to_dict())
+    if bad is not None:
+        raise ConfigError(
+            f"{bad[0]}={bad[1]} is not a finite number; every number in a config must be finite"
+            " (e.g. train_b.lr=1e-3)"
+        )
     seeds = list(config.seeds)
     if (
         not seeds
         or len(set(seeds)) != len(seeds)
-        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+        or any(
+            isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds
+        )
     ):
-        raise ConfigError(f"seeds={seeds} must be distinct ints >= 0, e.g. [0,1,2,3,4]")
+        raise ConfigError(f"seeds={seeds} must be distinct ints in 0..{MAX_SEED}, e.g. [0,1,2,3,4]")
+    if config.compute_dtype not in COMPUTE_DTYPES:
+        raise ConfigError(
+            f"unknown compute_dtype {config.compute_dtype!r}"
+            f"{did_you_mean(config.compute_dtype, COMPUTE_DTYPES[1:])}; choices: '' (float32),"
+            f" {', '.join(COMPUTE_DTYPES[1:])}"
+        )
+    _positive_int("data.resize", config.data.resize, minimum=0)
+    for name, example in _sweep_lists(config).items():
+        if not list(config[name]):
+            raise ConfigError(
+                f"{name}=[] leaves experiment {config.experiment!r} nothing to run; give at least"
+                f" one, e.g. {example}"
+            )
+
+
+def check_part(
+    config: ml_collections.ConfigDict, cells: Sequence[Cell], layer_groups: Sequence[str]
+) -> None:
+    """Fails a sweep on a bad name, option or size before anything trains (one-line errors)."""
+    check_values(config)
+    check_bn_policy(config.bn_policy)
+    check_protocol(config)
     for name in ("train_a", "train_b"):
         train = config[name]
         _positive_int(f"{name}.steps", train.steps)
@@ -217,7 +447,8 @@ def check_part(
         )
     if not every and not config.checkpoint_seconds > 0:
         raise ConfigError(
-            f"checkpoint_seconds={config.checkpoint_seconds!r} must be > 0 (with checkpoint_every=0)"
+            f"checkpoint_seconds={config.checkpoint_seconds!r} must be > 0 (with"
+            " checkpoint_every=0)"
         )
     if config.experiment in TUNABLE_EXPERIMENTS:  # options a tuned knob replaces are still checked
         for name in config.strategies:
@@ -247,12 +478,14 @@ def check_part(
 
 
 def check_file_source(config: ml_collections.ConfigDict, tasks: Tasks) -> None:
-    """A checkpoint source fits the data: a ViT's image size (its position embedding has one
-    entry per patch) and, when A's data is given for retention, the checkpoint's classes.
-    (RGB inputs are checked where the tasks are built, before normalisation.)"""
+    """A checkpoint source is whole and fits the data: finite weights and BatchNorm variances
+    >= 0, a ViT's image size (its position embedding has one entry per patch) and, when A's
+    data is given for retention, the checkpoint's classes. (RGB inputs are checked where the
+    tasks are built, before normalisation.)"""
     source = file_source(config)
     if source is None:
         return
+    check_source_values(config.source, source.variables)
     for name, task in (("B", tasks.b), ("A", tasks.a)):
         shape, side = None if task is None else tuple(task.input_shape), source.input_shape[0]
         if "patch_size" in source.options and shape not in (None, tuple(source.input_shape)):
@@ -267,6 +500,30 @@ def check_file_source(config: ml_collections.ConfigDict, tasks: Tasks) -> None:
             f" classifier has {source.num_classes or 'none'}; retention of A needs A's data in"
             " the checkpoint's label space, or data.a='' to skip it"
         )
+
+
+def check_source_values(spec: str, variables: Any) -> None:
+    """One line for a checkpoint whose numbers no training can start from: a NaN or infinite
+    weight (every loss would be NaN, and the message would blame the learning rate) or a
+    negative BatchNorm variance (its inverse square root is NaN).
+
+    Example:
+      >>> check_source_values("pretrained:r18.safetensors", {"params": {"w": np.ones(2)}})
+    """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+        values, name = np.asarray(leaf), path_str(path)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ConfigError(
+                f"source={spec!r}: {name} holds {int(bad.sum())} NaN or infinite value(s) of"
+                f" {values.size}; the checkpoint is damaged: export or download it again"
+            )
+        if name.startswith("batch_stats/") and name.endswith("/var") and (values < 0).any():
+            raise ConfigError(
+                f"source={spec!r}: BatchNorm variance {name} has negative values (down to"
+                f" {values.min():.3g}); a variance is >= 0, so the checkpoint is damaged: export"
+                " or download it again"
+            )
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -292,8 +549,8 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
                 name = f"{group}.{key}" if group else key
                 choices = sorted(known.keys())
                 raise ConfigError(
-                    f"experiment {config.get('experiment', '?')!r}: unknown config field {name!r}{did_you_mean(key, choices)};"
-                    f" fields: {', '.join(choices)}"
+                    f"experiment {config.get('experiment', '?')!r}: unknown config field"
+                    f" {name!r}{did_you_mean(key, choices)}; fields: {', '.join(choices)}"
                 )
 
 
@@ -311,6 +568,8 @@ def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]
 def _set(config: ml_collections.ConfigDict, name: str, value: Any) -> None:
     *parents, leaf = name.split(".")
     for p in parents:
+        if p not in config:  # a declared option the part does not write (strategy_options.x.y)
+            config[p] = ml_collections.ConfigDict()
         config = config[p]
     config[leaf] = value
 
@@ -337,7 +596,7 @@ def expand_parts(config: ml_collections.ConfigDict) -> list[ml_collections.Confi
             for key, value in shared.items():
                 _set(part, key, value)
         overrides = list(config.part_overrides.get(name, []))
-        parts.append(apply_overrides(part, overrides))
+        parts.append(apply_overrides(part, overrides, declared=declared_keys))
     if not parts:
         raise ConfigError("a study needs config.parts, e.g. ['strategies', 'yosinski']")
     return parts

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 import time
 import warnings
@@ -30,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxtl.freeze import path_str
-from jaxtl.train.outputs import atomic_write_text, json_default
+from jaxtl.train.outputs import atomic_write_text, json_default, notice
 
 PyTree = Any
 
@@ -41,6 +44,8 @@ _META = "meta"
 _QUARANTINE = "corrupted"
 _VARIABLES = "variables"
 _MODEL_JSON = "model.json"
+# Written by a Checkpointer's first save: its absence later means the directory was removed.
+_MARKER = ".jaxtl-checkpoints"
 
 
 class CheckpointMismatchError(ValueError):
@@ -55,15 +60,30 @@ class CheckpointCorruptError(ValueError):
     """A model checkpoint exists but cannot be read (a truncated file, a garbled model.json)."""
 
 
-def _is_closed_loop_noise(unraisable: Any) -> bool:
-    # tensorstore calls back into an asyncio loop orbax already closed when a read fails.
+class CheckpointDirectoryError(ValueError):
+    """A run's checkpoint directory keeps disappearing while checkpoints are written."""
+
+
+def is_orbax_noise(unraisable: Any) -> bool:
+    """Whether an exception Python could not raise (``sys.unraisablehook``) is orbax cleaning
+    up after a failed read that jaxtl has already reported in its own line.
+
+    When a read fails, tensorstore calls back into an asyncio loop orbax already closed, and
+    the coroutines orbax abandoned are finalised later, each with a traceback.
+
+    Example:
+      >>> sys.unraisablehook = lambda u: None if is_orbax_noise(u) else print(u)  # doctest: +SKIP
+    """
     exc = unraisable.exc_value
-    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
 @contextlib.contextmanager
 def quiet_orbax() -> Iterator[None]:
-    """Keeps orbax's logging (absl) and its closed-event-loop tracebacks off the terminal.
+    """Keeps orbax's logging (absl) and its clean-up tracebacks off the terminal.
 
     Used where jaxtl handles the failure itself (a one-line error, a skipped checkpoint):
     the library's own account of it would only bury jaxtl's line. Other unraisable
@@ -77,7 +97,7 @@ def quiet_orbax() -> Iterator[None]:
     level, previous_hook = absl.level, sys.unraisablehook
 
     def hook(unraisable: Any) -> None:
-        if not _is_closed_loop_noise(unraisable):
+        if not is_orbax_noise(unraisable):
             previous_hook(unraisable)
 
     absl.setLevel(logging.CRITICAL)
@@ -151,6 +171,35 @@ def _as_json(meta: Mapping[str, Any], what: str) -> dict[str, Any]:
         ) from None
 
 
+# Disk errors come from tensorstore as text in a ValueError ("... No space left on device
+# [os_error_code='28']"), from Python as an OSError with an errno.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def disk_error(error: BaseException, path: str | os.PathLike) -> OSError | None:
+    """The OSError (naming ``path``) behind a failed write that the disk refused (full, over
+    quota, read-only), or None when ``error`` is something else.
+
+    Example:
+      >>> disk_error(ValueError("... No space left on device [os_error_code='28']"), "/ckpt").errno
+      28
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_ERRNOS:
+            code = seen.errno
+            break
+        match = _OS_ERROR_CODE.search(str(seen))
+        if match and int(match.group(1)) in _DISK_ERRNOS:
+            code = int(match.group(1))
+            break
+        seen = seen.__cause__ or seen.__context__
+    else:
+        return None
+    return OSError(code, os.strerror(code), os.fspath(path))
+
+
 class Checkpointer:
     """Keeps the last `keep` checkpoints of a run, saving every `every` steps.
 
@@ -192,6 +241,7 @@ class Checkpointer:
         self.seconds = seconds
         self._last_save = time.monotonic()
         self._manager_instance: ocp.CheckpointManager | None = None
+        self._marked = False
 
     @property
     def _manager(self) -> ocp.CheckpointManager:
@@ -270,18 +320,66 @@ class Checkpointer:
           True
         """
         meta_json = _as_json(meta or {}, "checkpoint meta")
-        if not (force or self.due(step)) or step in self.all_steps():
+        if not (force or self.due(step)):
             return False
-        saved = self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta_json)}
-            ),
-            force=True,
+        args = ocp.args.Composite(
+            **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta_json)}
         )
-        self._manager.wait_until_finished()
+        with quiet_orbax():  # failures are raised below as one line; orbax's log is noise
+            if self._marked and not (self.directory / _MARKER).exists():
+                self._recreate(step)
+            if step in self.all_steps():
+                return False
+            for attempt in range(2):
+                self._mark()
+                try:
+                    saved = self._save(step, args)
+                    break
+                except Exception as e:  # orbax wraps file errors in many types
+                    refused = disk_error(e, self.directory)
+                    if refused is not None:
+                        self._drop_partial_saves()
+                        raise refused from None
+                    # orbax's writers make the folders they miss again (even under the same
+                    # inode number): the marker tells whether the directory was removed.
+                    if (self.directory / _MARKER).exists():
+                        raise
+                    if attempt:
+                        raise CheckpointDirectoryError(
+                            f"checkpoint directory {self.directory} was removed again while"
+                            f" step {step} was being saved; stop whatever deletes it and rerun"
+                            " the same command to resume"
+                        ) from None
+                    self._recreate(step)
         self._last_save = time.monotonic()
         return bool(saved)
+
+    def _mark(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / _MARKER).touch()
+        self._marked = True
+
+    def _save(self, step: int, args: ocp.args.Composite) -> bool:
+        saved = self._manager.save(step, args=args, force=True)
+        self._manager.wait_until_finished()
+        return saved
+
+    def _recreate(self, step: int) -> None:
+        """A checkpoint directory removed while the run goes on is made again, with a note:
+        the run keeps its state in memory and saves from here on."""
+        notice(
+            f"checkpoint directory {self.directory} was removed while the run was going;"
+            f" recreated it (checkpoints restart at step {step})"
+        )
+        self._mark()
+        self._drop_partial_saves()  # and orbax's manager, which still lists the removed steps
+
+    def _drop_partial_saves(self) -> None:
+        # A save that failed (a full disk, a directory removed under it) leaves orbax's
+        # temporary directory: no valid checkpoint, only space the user may be about to free.
+        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._manager_instance = None
 
     def restore_latest(self, abstract_state: PyTree) -> tuple[int, PyTree, dict[str, Any]] | None:
         """Restores the newest readable checkpoint into the structure of `abstract_state`.
@@ -438,10 +536,20 @@ def save_variables(
         )
     path.mkdir(parents=True, exist_ok=True)
     (path / _MODEL_JSON).unlink(missing_ok=True)
-    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
-        checkpointer.save(
-            path / _VARIABLES, args=ocp.args.StandardSave(dict(variables)), force=True
-        )
+    try:
+        with quiet_orbax(), ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+            checkpointer.save(
+                path / _VARIABLES, args=ocp.args.StandardSave(dict(variables)), force=True
+            )
+    except Exception as e:  # orbax wraps file errors in many types
+        refused = disk_error(e, path)
+        if refused is None:
+            raise
+        # Without model.json the directory is no checkpoint: the next run trains it again.
+        shutil.rmtree(path / _VARIABLES, ignore_errors=True)
+        for tmp in path.glob(f"{_VARIABLES}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise refused from None
     atomic_write_text(path / _MODEL_JSON, json.dumps(meta_json, indent=2, sort_keys=True) + "\n")
     return path
 

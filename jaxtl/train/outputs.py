@@ -1,9 +1,12 @@
 """The run directory contract: metrics.jsonl, results.json, environment, progress.
 
 A run directory holds `metrics.jsonl` (one JSON object per logged step, each line
-fsync'ed) and `results.json` (written once, atomically, when the run finishes); the
-schema is in the project spec ("Run outputs / results schema"). Checkpoints go to
-`RunDir.checkpoint_dir`.
+fsync'ed) and `results.json` (written once, atomically, when the run finishes; required keys
+in `REQUIRED_RESULT_KEYS`). Checkpoints go to `RunDir.checkpoint_dir`.
+
+A write the disk refuses (full, over quota) leaves every file as it was before the write began
+(a partly appended line is cut off again, a temporary file removed) and raises the OSError with
+the file's name, which the command prints as one line: a rerun continues where it stopped.
 """
 
 from __future__ import annotations
@@ -135,16 +138,31 @@ def notice(message: str) -> None:
     print(f"jaxtl: note: {message}", file=sys.stderr)
 
 
+def _append_line(path: str | os.PathLike, line: str) -> None:
+    """Appends ``line`` and fsyncs it; on any failure the file is cut back to where it was, so
+    no half line is ever left behind for the next append to glue onto."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        data = line.encode()
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        except OSError as e:
+            os.ftruncate(fd, start)
+            raise OSError(e.errno, e.strerror, os.fspath(path)) from None
+    finally:
+        os.close(fd)
+
+
 def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
     """Appends one JSON record to a ``.jsonl`` file and fsyncs it (metrics outside a RunDir).
 
     Example:
       >>> append_jsonl("/tmp/source.metrics.jsonl", {"step": 50, "loss": 0.4})
     """
-    with open(path, "a") as f:
-        f.write(_dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    _append_line(path, _dumps(record) + "\n")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -154,16 +172,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
       path: destination file.
       text: content.
 
+    Raises:
+      OSError: naming `path` when the disk refuses the write (the old file is untouched).
+
     Example:
       >>> atomic_write_text("/tmp/x.json", "{}")
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, os.fspath(path)) from None
 
 
 def json_default(value: Any) -> Any:
@@ -269,10 +294,7 @@ class RunDir:
                 f"got {record.get('step')!r} in {dict(record)}"
             )
         line = _dumps(record) + "\n"
-        with open(self.metrics_path, "a") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        _append_line(self.metrics_path, line)
         if self._tensorboard is not None:
             phase = record.get("phase")
             for key, value in json.loads(line).items():
@@ -393,8 +415,76 @@ class RunDir:
             self._tensorboard = None
 
 
+def read_results_or_none(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A results.json as a dict, or None when it is missing, unreadable or not a JSON object.
+
+    Example:
+      >>> read_results_or_none("/runs/x/runs/cell/seed_0/results.json")  # doctest: +SKIP
+      {'experiment': 'strategies', ...}
+    """
+    try:
+        results = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return results if isinstance(results, dict) else None
+
+
+def stale_reason(path: str | os.PathLike, fingerprint: str) -> str | None:
+    """Why a finished run's results.json cannot be served for ``fingerprint`` (a phrase for the
+    note that moves the run aside), or None when it can, or when there is no results.json.
+
+    A damaged file is said to be damaged: the settings, data and code may well be unchanged.
+
+    Example:
+      >>> stale_reason(run.results_path, key)  # doctest: +SKIP
+      'its results.json is unreadable (not valid JSON: Expecting value, line 1 column 1)'
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        return f"its results.json is unreadable ({getattr(e, 'strerror', None) or e})"
+    try:
+        results = json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f"line {e.lineno} column {e.colno}"
+        return f"its results.json is unreadable (not valid JSON: {e.msg}, {where})"
+    if not isinstance(results, dict):
+        return f"its results.json is unreadable (a JSON {type(results).__name__}, not an object)"
+    if results.get("fingerprint") == fingerprint:
+        return None
+    return "its settings, data or code changed since it ran"
+
+
 def _now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def check_backend() -> None:
+    """Starts JAX's backend, or raises one line when ``JAX_PLATFORMS`` names one this machine
+    lacks (which otherwise fails at the first JAX call, deep in whatever came first).
+
+    In a multi-host run call it after ``jax.distributed.initialize``.
+
+    Raises:
+      ValueError: the backend cannot start.
+
+    Example:
+      >>> check_backend()  # on a machine with the backend: returns None
+    """
+    import jax
+
+    try:
+        jax.devices()
+    except RuntimeError as e:
+        wanted = os.environ.get("JAX_PLATFORMS", "")
+        detail = str(e).split(" (set JAX_PLATFORMS")[0]
+        raise ValueError(
+            f"JAX_PLATFORMS={wanted!r}: no such backend on this machine ({detail}); unset"
+            " JAX_PLATFORMS to use what is available, or set it to e.g. cpu"
+        ) from None
 
 
 def environment_info() -> dict[str, Any]:
