@@ -1,5 +1,5 @@
 """Results -> report: ``report.md`` with plots, tables and an Answer section computed from the runs,
-and ``results.csv`` with one row per run.
+``results.csv`` with one row per run, and the comparison of two runs' primary claims.
 
 Reads ``results.json`` files only (the schema is in ``jaxtl.report.results``); imports nothing
 from the rest of jaxtl.
@@ -8,9 +8,12 @@ Example:
   >>> from jaxtl import report
   >>> path = report.write_report("out/sweep")  # doctest: +SKIP
   >>> rows = report.load("out/sweep")  # doctest: +SKIP
+  >>> report.write_comparison(report.compare_studies("out/a", "out/b"), "out/b/comparison.md")
+  ... # doctest: +SKIP
 """
 
 from jaxtl.report.collect import Runs, collect_runs
+from jaxtl.report.replication import Comparison, compare_studies, write_comparison
 from jaxtl.report.results import ResultsError, drop_duplicate_runs, load_results, validate_record
 from jaxtl.report.rows import load
 from jaxtl.report.stats import (
@@ -31,12 +34,14 @@ from jaxtl.report.stats import (
 from jaxtl.report.write import write_report
 
 __all__ = [
+    "Comparison",
     "Contrast",
     "Difference",
     "ResultsError",
     "Runs",
     "Summary",
     "collect_runs",
+    "compare_studies",
     "contrast",
     "contrast_mde",
     "drop_duplicate_runs",
@@ -51,5 +56,6 @@ __all__ = [
     "validate_record",
     "verdict",
     "welch_difference",
+    "write_comparison",
     "write_report",
 ]
