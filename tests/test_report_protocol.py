@@ -7,11 +7,9 @@ from __future__ import annotations
 import copy
 import math
 
-import numpy as np
 import pytest
 from report_records import (
     SEED_EFFECT,
-    SEEDS,
     SELECTION,
     SELECTION_SEEDS,
     cell,
@@ -23,7 +21,13 @@ from report_records import (
 from jaxtl.report import ResultsError, load_results, validate_record, write_report
 from jaxtl.report.answer import answer_section
 from jaxtl.report.cells import group_cells
-from jaxtl.report.protocol import lr_curve, robustness, selection_block
+from jaxtl.report.protocol import (
+    lr_curve,
+    margin_se,
+    robustness,
+    selection_block,
+    selection_score,
+)
 
 PARAMS = {"dataset_a": "a", "dataset_b": "b", "model": "cnn", "n_per_class": 5}
 
@@ -220,5 +224,6 @@ def test_a_tuned_block_as_the_runner_writes_it_is_accepted():
         margin_se="inf",
     )
     kept = validate_record(record("strategies", "full_ft", 0, PARAMS, 0.8, block), "r.json")
-    assert kept["protocol"]["selection_seeds"] == list(SELECTION_SEEDS)
-    assert np.isclose(kept["metrics"]["acc_b"], 0.8) and kept["seed"] in SEEDS
+    assert kept["protocol"] == block and block["selection_seeds"] == list(SELECTION_SEEDS)
+    (c,) = group_cells([kept])
+    assert margin_se(c) == math.inf and selection_score(c) is None
