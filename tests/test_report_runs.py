@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from report_records import tuned_block
 
 from jaxtl import report
 from jaxtl.report import ResultsError, collect_runs, load, load_results, write_report
@@ -227,14 +228,11 @@ def csv_records() -> list[dict]:
             0,
             0.75,
             options={"lp_fraction": 0.2},
-            protocol={
-                "name": "tuned",
-                "selected": {"lr": 0.003, "ft_lr": 0.1},
-                "selection": "mean validation accuracy",
-                "grid": [
-                    {"setting": {"lr": 0.003, "ft_lr": 0.1}, "val_acc": 0.7, "test_acc": None}
-                ],
-            },
+            protocol=tuned_block(
+                {"lr": 0.003, "ft_lr": 0.1},
+                [({"lr": 0.003, "ft_lr": 0.1}, [0.5, 0.6], [0.7, None])],
+                seeds=(1000, 1001),
+            ),
         )
     ]
     freeze = run("freeze_first_k", 0, 0.7)

@@ -102,7 +102,7 @@ def test_summary_and_results_come_first(tutorial):
     assert headings[:3] == ["## Summary", "## Results", "## What was run"]
     summary = section(tutorial, "## Summary")
     assert (
-        "- **What ran**: 2 runs of 2 strategies (full_ft, linear_probe), 1 seed (0), "
+        "- **What ran**: 2 runs of 2 strategies (full_ft, linear_probe), 1 reported seed (0), "
         "fixed hyperparameters." in summary
     )
     assert (
@@ -141,12 +141,12 @@ def test_input_size_is_the_runs_and_a_is_named(tutorial):
 
 
 def test_literature_lists_measured_effects_only_and_the_rule_is_stated_once(tutorial):
-    literature = section(tutorial, "## Literature check")
+    literature = section(tutorial, "## Literature check (exploratory)")
     rows = [line for line in literature.splitlines() if line.startswith("| ")][1:]
     assert len(rows) == 1 and rows[0].startswith("| FT < LP out of distribution")
     assert "not measured in this run" not in tutorial
     assert "10 of the 11 published effects need cells these runs do not have" in literature
-    assert tutorial.count("Rule: differences are paired by seed") == 1
+    assert tutorial.count("Differences are paired by seed") == 1
     assert "decided by the rule stated under Answer" in literature
 
 

@@ -1,4 +1,5 @@
-"""jaxtl.report.stats against scipy on fixed arrays: paired t, sign-flip permutation, Welch, Holm."""
+"""jaxtl.report.stats against scipy on fixed arrays: paired t, sign-flip permutation, Welch, Holm,
+and the minimum detectable effect against textbook values and a simulation."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from scipy import stats
 
 from jaxtl.report.stats import (
     contrast,
+    contrast_mde,
     decide,
+    detectable_effect,
     holm,
     is_fragile,
+    minimum_detectable_effect,
     paired_t,
     sign_flip_p,
     welch_contrast,
@@ -125,3 +129,62 @@ def test_decision_rule_and_fragility():
     assert decide(worse, 0.001) == "worse"
     close = contrast([per_seed([0.805, 0.806, 0.807]), per_seed([0.8, 0.8, 0.8])])
     assert decide(close, 0.001) == "better" and is_fragile(close, 0.001)  # CI end < 1 pp from 0
+
+
+# ---- minimum detectable effect ------------------------------------------------------------------
+
+# G*Power 3.1, "t tests - Means: Difference from constant (one sample case)" (the paired t),
+# two-tailed, alpha 0.05, power 0.80: the effect size d_z each sample size detects.
+GPOWER_DZ = {10: 0.9960, 20: 0.6604, 30: 0.5292}
+
+
+@pytest.mark.parametrize("n, d_z", sorted(GPOWER_DZ.items()))
+def test_mde_matches_the_textbook_paired_t_effect_sizes(n, d_z):
+    assert minimum_detectable_effect(1.0, n) == pytest.approx(d_z, abs=5e-5)
+    # In the units of the differences: d_z times their standard deviation.
+    assert minimum_detectable_effect(0.031, n) == pytest.approx(0.031 * d_z, rel=1e-4)
+
+
+def test_mde_has_the_stated_power_in_a_simulation():
+    n, sd, alpha = 20, 0.03, 0.05 / 12
+    mde = minimum_detectable_effect(sd, n, alpha)
+    rng = np.random.default_rng(0)
+    critical = stats.t.ppf(1 - alpha / 2, n - 1)
+
+    def power(shift: float) -> float:
+        d = rng.normal(shift, sd, size=(200_000, n))
+        t = d.mean(axis=1) / (d.std(axis=1, ddof=1) / math.sqrt(n))
+        return float(np.mean(np.abs(t) > critical))
+
+    # 200,000 draws: the simulated power's standard error is about 0.001.
+    assert power(mde) == pytest.approx(0.80, abs=0.005)
+    assert power(0.9 * mde) < 0.74 and power(1.1 * mde) > 0.85
+
+
+def test_mde_approaches_the_normal_formula_with_many_seeds():
+    n, alpha = 5000, 0.01
+    normal = (stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(0.8)) / math.sqrt(n)
+    assert minimum_detectable_effect(1.0, n, alpha) == pytest.approx(normal, rel=2e-3)
+
+
+def test_mde_grows_with_the_family_and_shrinks_with_seeds():
+    assert minimum_detectable_effect(1.0, 20, 0.05 / 27) > minimum_detectable_effect(1.0, 20)
+    assert minimum_detectable_effect(1.0, 20) < minimum_detectable_effect(1.0, 5)
+    # Holm's strictest level for 27 claims with 5 seeds: about 4 standard deviations.
+    assert minimum_detectable_effect(1.0, 5, 0.05 / 27) == pytest.approx(4.08, abs=0.01)
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        minimum_detectable_effect(1.0, 1)
+
+
+def test_contrast_mde_uses_the_observed_sd_of_the_per_seed_differences():
+    x = {s: float(v) for s, v in enumerate(X)}
+    y = {s: float(v) for s, v in enumerate(Y)}
+    d = X - Y
+    expected = minimum_detectable_effect(float(d.std(ddof=1)), 5, 0.05 / 3)
+    assert contrast_mde(contrast([x, y]), 0.05 / 3) == pytest.approx(expected, rel=1e-9)
+    # Welch: its own standard error and degrees of freedom.
+    w = contrast([{0: 0.9, 1: 0.91, 2: 0.93}, {3: 0.8, 4: 0.83, 5: 0.81}])
+    assert contrast_mde(w) == pytest.approx(detectable_effect(w.se, w.df), rel=1e-12)
+    assert math.isnan(contrast_mde(contrast([{0: 0.9}, {0: 0.7}])))
+    # No spread between seeds: any nonzero difference is detected.
+    assert contrast_mde(contrast([{0: 0.75, 1: 0.5}, {0: 0.5, 1: 0.25}])) == 0.0

@@ -1,291 +1,139 @@
-"""The "Answer" section: Q1-Q3 for every transfer problem, computed from the numbers.
+"""The "Answer" section: Q1-Q3, each with its declared family of primary claims, per problem.
 
-One subsection per problem (experiment, dataset pair, model, shift) found in any experiment.
-Every comparison is a paired claim (``jaxtl.report.claims``); the whole Answer is one Holm family.
+The claims and their families are built in ``jaxtl.report.families`` (Holm within each
+question's family); how a claim is worded is ``jaxtl.report.wording``. Everything outside the
+three families (cost notes, where model families disagree) is labelled exploratory.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-from jaxtl.report.cells import (
-    FROZEN_STRATEGIES,
-    Cell,
-    labeller,
-    size_label,
-    size_of,
-    size_order,
-    summarize,
+from jaxtl.report.cells import FROZEN_STRATEGIES, Cell, labeller, size_label, size_of, summarize
+from jaxtl.report.claims import Claim, DecisionTest, highest_mean, problem_label, without_model
+from jaxtl.report.families import (
+    QUESTIONS,
+    YOSINSKI,
+    answer_claims,
+    family_counts,
+    is_yosinski,
+    problems,
+    yosinski_name,
 )
-from jaxtl.report.claims import (
-    Claim,
-    DecisionTest,
-    adjust_family,
-    best,
-    difference_claim,
-    family_size,
-    per_seed,
-    problem_label,
-    problem_of,
-    rule_text,
-    without_model,
+from jaxtl.report.stats import ALPHA, POWER
+from jaxtl.report.wording import (
+    METRIC_NAMES,
+    claim_clause,
+    cost_phrase,
+    detectable,
+    evidence,
+    flops_phrase,
+    marks,
+    picked_note,
+    pp,
+    ratio_phrase,
+    short_outcome,
 )
-from jaxtl.report.stats import Contrast, contrast
 
-YOSINSKI = ("baseB", "AnB", "AnB+", "BnB", "BnB+")
-SELECTION_NOTE = (
-    "The best frozen strategy (and the best one that trains everything) is picked by mean "
-    "accuracy on B before testing, which favours it slightly. Cost notes (FLOPs, wall time) are "
-    "descriptive: a wall-time difference is called supported when its uncorrected paired 95% CI "
-    "excludes 0."
-)
-METRIC_NAMES = {"acc_b": "accuracy on B", "acc_a": "accuracy on A", "acc_ood": "OOD accuracy on B"}
-
-
-# ---- wording -------------------------------------------------------------------------------------
-
-
-def _pp(value: float) -> str:
-    return f"{100 * value:+.2f} pp"
+__all__ = [
+    "YOSINSKI",
+    "answer_claims",
+    "answer_section",
+    "evidence",
+    "is_yosinski",
+    "marks",
+    "problems",
+    "ratio_phrase",
+    "rule_lines",
+]
 
 
-def _ci(c: Contrast, sign: int = 1) -> str:
-    """The 95% CI of ``sign * c`` (sign -1 when the sentence states y − x instead of x − y)."""
-    lo, hi = sorted((sign * c.low, sign * c.high))
-    return f"95% CI {100 * lo:+.2f} to {100 * hi:+.2f} pp"
+# ---- the rule -----------------------------------------------------------------------------------
 
 
-def _p(p: float) -> str:
-    if math.isnan(p) or p == 0.0:
-        return "nan" if math.isnan(p) else "0"
-    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
+def _tested(m: int) -> str:
+    return f"{m} tested claim{'s' * (m != 1)}"
 
 
-def _design(c: Contrast) -> str:
-    if c.method == "paired":
-        shared = "" if len(set(c.sizes)) == 1 and c.sizes[0] == c.n else " shared"
-        return f"paired over {c.n}{shared} seeds"
-    return "Welch, unpaired: the cells share < 2 seeds, n=" + " vs ".join(map(str, c.sizes))
-
-
-def evidence(claim: Claim, sign: int = 1) -> str:
-    """ "(paired over 5 seeds: 95% CI ...; t p=0.001, Holm p=0.004; sign-flip p=0.062)"."""
-    c = claim.test
-    if c.method == "insufficient":
-        return f"(n={' vs '.join(map(str, c.sizes))} seeds: not enough for a test)"
-    parts = [_ci(c, sign), f"p={_p(c.p)}, Holm p={_p(claim.p_adjusted)}"]
-    if c.method == "paired":
-        parts.append(f"sign-flip p={_p(c.sign_flip_p)}")
-    return f"({_design(c)}: " + "; ".join(parts) + ")"
-
-
-def marks(claim: Claim) -> str:
-    """ " — *fragile*, *robust*": the marks of a supported claim ("" otherwise)."""
-    found = (["*fragile*"] if claim.fragile else []) + (
-        [f"*{claim.robust}*"] if claim.robust else []
-    )
-    return " — " + ", ".join(found) if found else ""
-
-
-def claim_clause(claim: Claim | None, what: str | None = None) -> str:
-    """One clause stating how x compares with y, worded by the claim's decision.
-
-    Example:
-      >>> claim_clause(claim)  # doctest: +SKIP
-      'lp is better than ft on accuracy on B by 10.00 pp (paired over 3 seeds: 95% CI ...)'
-    """
-    if claim is None:
-        return f"{what or 'the metric'} was not measured for both sides"
-    what = what or METRIC_NAMES.get(claim.metric, claim.metric)
-    x, y, c = claim.x, claim.y, claim.test
-    decision = claim.decision
-    if decision == "better":
-        return f"{x} is better than {y} on {what} by {100 * c.estimate:.2f} pp {evidence(claim)}{marks(claim)}"
-    if decision == "worse":
-        return (
-            f"{x} is worse than {y} on {what} by {-100 * c.estimate:.2f} pp "
-            f"{evidence(claim, sign=-1)}{marks(claim)}"
-        )
-    if decision == "not supported":
-        return (
-            f"{x} and {y} are indistinguishable on {what} ({x} − {y} = {_pp(c.estimate)}, "
-            f"{evidence(claim)[1:-1]}): the data does not support a claim"
-        )
-    return (
-        f"{x} − {y} = {_pp(c.estimate)} on {what} with n={' vs '.join(map(str, c.sizes))} "
-        "seeds (< 2 paired or on a side): not enough seeds for a claim"
-    )
-
-
-def ratio_phrase(ratio: float, what: str, note: str = "") -> str:
-    """Cost of x relative to y, worded by direction.
-
-    Numbers carry the digits they need: a small ratio keeps two significant digits and the
-    percentage never rounds to 100% unless it is exactly that.
-
-    Example:
-      >>> ratio_phrase(0.25, "training FLOPs"), ratio_phrase(1.2, "wall time", "supported")
-      ('75% less training FLOPs (0.25×)', '20% more wall time (1.20×, supported)')
-      >>> ratio_phrase(0.0019, "training FLOPs")
-      '99.8% less training FLOPs (0.0019×)'
-    """
-    note = f", {note}" if note else ""
-    if not math.isfinite(ratio):
-        return f"an incomparable amount of {what} (a reference total of 0{note})"
-    if abs(ratio - 1.0) < 0.005:
-        return f"the same {what} (1.00×{note})"
-    more_or_less = "less" if ratio < 1 else "more"
-    percent = 100 * abs(1 - ratio)  # >= 0.5 here
-    digits = 0
-    while digits < 2 and 0 < ratio < 0.01 and round(percent, digits) == 100:
-        digits += 1
-    share = f"{percent:.{digits}f}%" if round(percent, digits) != 100 or ratio <= 0 else ">99.99%"
-    times = f"{ratio:.2g}" if 0 < ratio < 0.1 else f"{ratio:.2f}"
-    return f"{share} {more_or_less} {what} ({times}×{note})"
-
-
-def _ratio(x: float, y: float) -> float:
-    return x / y if y else math.nan
-
-
-def cost_phrase(x: Cell, y: Cell) -> str:
-    """ "75% less training FLOPs (0.25×) and 75% less wall time (0.25×, supported)"."""
-    flops = _ratio(summarize(x, "train_flops").mean, summarize(y, "train_flops").mean)
-    time = contrast([per_seed(x, "wall_time_s"), per_seed(y, "wall_time_s")])
-    if time.method == "insufficient":
-        note = "too few seeds to tell noise"
-    elif time.low > 0 or time.high < 0:
-        note = "supported"
-    else:
-        note = "within run-to-run noise"
-    time_ratio = _ratio(summarize(x, "wall_time_s").mean, summarize(y, "wall_time_s").mean)
-    return (
-        f"{ratio_phrase(flops, 'training FLOPs')} and {ratio_phrase(time_ratio, 'wall time', note)}"
-    )
-
-
-# ---- claims per problem --------------------------------------------------------------------------
-
-
-def _slots(cells: list[Cell]) -> list[tuple[str, list[Cell]]]:
-    """(label, cells) per data size in size order."""
-    sizes = sorted({size_of(c) for c in cells}, key=size_order)
-    return [(size_label(s), [c for c in cells if size_of(c) == s]) for s in sizes]
-
-
-def _strategy_claims(problem: tuple, cells: list[Cell]) -> list[Claim]:
-    label = labeller(cells)
-    out = []
-    for slot, here in _slots(cells):
-        frozen = best(c for c in here if c.strategy in FROZEN_STRATEGIES)
-        full = best(c for c in here if c.strategy == "full_ft")
-        scratch = best(c for c in here if c.strategy == "scratch")
-        trains_all = best(c for c in here if c.strategy not in FROZEN_STRATEGIES)
-        pairs = [
-            ("Q1", "best frozen vs full_ft", "acc_b", frozen, full),
-            ("Q1", "best frozen vs full_ft", "acc_a", frozen, full),
-            ("Q2", "full_ft vs scratch", "acc_b", full, scratch),
-            ("Q3", "best frozen vs best trains-everything", "acc_b", frozen, trains_all),
-        ]
-        for question, role, metric, x, y in pairs:
-            if x is not None and y is not None:
-                claim = difference_claim(
-                    problem, question, role, slot, metric, x, y, label(x), label(y)
-                )
-                out += [claim] if claim is not None else []
-    return out
-
-
-def _depth(cell: Cell) -> int:
-    return int(cell.params["depth"])
-
-
-def _yosinski_name(cell: Cell) -> str:
-    return cell.strategy if cell.strategy == "baseB" else f"{cell.strategy} n={_depth(cell)}"
-
-
-def _yosinski_claims(problem: tuple, cells: list[Cell]) -> list[Claim]:
-    base = best(c for c in cells if c.strategy == "baseB")
-    out = []
-    for depth in sorted({_depth(c) for c in cells if c.strategy != "baseB"}):
-        at = {c.strategy: c for c in cells if c.strategy != "baseB" and _depth(c) == depth}
-        slot = f"n={depth}"
-        pairs = [
-            ("Q1", "AnB vs AnB+", "acc_b", at.get("AnB"), at.get("AnB+")),
-            ("Q2", "AnB+ vs baseB", "acc_b", at.get("AnB+"), base),
-        ]
-        for question, role, metric, x, y in pairs:
-            if x is not None and y is not None:
-                claim = difference_claim(
-                    problem,
-                    question,
-                    role,
-                    slot,
-                    metric,
-                    x,
-                    y,
-                    _yosinski_name(x),
-                    _yosinski_name(y),
-                )
-                out += [claim] if claim is not None else []
-    frozen = best(c for c in cells if c.strategy == "AnB")
-    trains_all = best(c for c in cells if c.strategy in ("AnB+", "baseB"))
-    if frozen is not None and trains_all is not None:
-        claim = difference_claim(
-            problem,
-            "Q3",
-            "best AnB vs best of AnB+/baseB",
-            "best depth",
-            "acc_b",
-            frozen,
-            trains_all,
-            _yosinski_name(frozen),
-            _yosinski_name(trains_all),
-        )
-        out += [claim] if claim is not None else []
-    return out
-
-
-def problems(cells: Sequence[Cell]) -> dict[tuple, list[Cell]]:
-    """Cells per problem, problems sorted by their key.
-
-    Example:
-      >>> [problem_label(p) for p in problems(cells)]  # doctest: +SKIP
-      ['cross_domain: mnist → usps (cnn)', 'strategies: mnist5k → mnist5k (mlp)']
-    """
-    grouped: dict[tuple, list[Cell]] = {}
-    for cell in cells:
-        grouped.setdefault(problem_of(cell), []).append(cell)
-    return dict(sorted(grouped.items()))
-
-
-def is_yosinski(cells: Sequence[Cell]) -> bool:
-    return any(c.strategy in YOSINSKI and "depth" in c.params for c in cells)
-
-
-def answer_claims(cells: Sequence[Cell], test: DecisionTest = "t") -> list[Claim]:
-    """Every Q1-Q3 claim of every problem, Holm-adjusted as one family.
+def rule_lines(test: DecisionTest, counts: dict[str, tuple[int, int]]) -> list[str]:
+    """The decision rule: the declared families and their sizes, support, the minimum
+    detectable effect, how "best" is picked, the marks, and what is exploratory.
 
     Args:
-      cells: cells of every experiment.
       test: which p-value decides ("t" or "sign_flip").
-
-    Returns:
-      The adjusted claims, by problem, then question and slot.
+      counts: ``families.family_counts`` of the Answer's claims.
 
     Example:
-      >>> [c.decision for c in answer_claims(cells)]  # doctest: +SKIP
-      ['worse', 'better', 'not supported']
+      >>> rule_lines("t", {"Q1": (1, 4), "Q2": (0, 2), "Q3": (0, 2)})[0]
+      'How claims are decided:'
     """
-    claims: list[Claim] = []
-    for problem, mine in problems(cells).items():
-        build = _yosinski_claims if is_yosinski(mine) else _strategy_claims
-        claims += build(problem, mine)
-    return adjust_family(claims, test)
+    families = "; ".join(
+        f"**{q.key}**: {q.family} — {_tested(counts.get(q.key, (0, 0))[1])}" for q in QUESTIONS
+    )
+    decider = (
+        "the paired t-test p"
+        if test == "t"
+        else "the exact sign-flip p (the paired t-test p when cells are unpaired)"
+    )
+    sign_flip = (
+        "The exact sign-flip permutation p (all 2^n sign patterns of the per-seed differences) "
+        "is shown as a distribution-free check; it cannot fall below 2/2^n, so it does not decide."
+        if test == "t"
+        else "With n seeds the exact sign-flip p cannot fall below 2/2^n (0.0625 at 5 seeds)."
+    )
+    return [
+        "How claims are decided:",
+        "",
+        (
+            "- **Declared families.** The primary claims form one family per question, fixed by "
+            f"which cells are present before any number is read: {families}. Holm runs within "
+            "each family."
+        ),
+        (
+            f"- **Supported** when {decider}, Holm-adjusted within its family, is below {ALPHA:g} "
+            "and the 95% CI excludes 0. Differences are paired by seed (every strategy of a seed "
+            "shares its few-shot subset, source model and head initialisation): the mean per-seed "
+            "difference with its 95% paired t interval. Cells that share fewer than 2 seeds fall "
+            "back to Welch's unpaired interval and say so; with fewer than 2 seeds no claim is "
+            f"made. {sign_flip}"
+        ),
+        (
+            "- **Not supported means not shown, not absent.** A claim that is not supported "
+            "states its minimum detectable effect: the smallest true difference its two-sided "
+            "paired t test (its n seeds, the observed SD of its per-seed differences) would "
+            "detect with "
+            f"{100 * POWER:.0f}% power at α/m, {ALPHA:g} over its family's size m (Holm's first "
+            "and strictest step: a p below it is supported whatever the family's other p-values), "
+            "from the noncentral t distribution."
+        ),
+        (
+            '- **"Best"** (the best frozen strategy, the best one that trains everything, the '
+            "best depth) is the candidate with the lowest validation cross-entropy pooled over the "
+            "selection seeds: chosen without the reported (confirmation) seeds or the test set, so "
+            "the claim about it is tested on data the choice never saw. Where there is no "
+            "validation loss (fixed protocol) the highest mean test accuracy picks; the claim says "
+            "so, and that choice favours the picked side."
+        ),
+        (
+            f"- **Marks.** A supported claim is *fragile* when its adjusted p is above "
+            f"{ALPHA / 2:g} (within a factor 2 of {ALPHA:g}) or the end of its CI nearer 0 is "
+            "within 1 pp of 0. Under the tuned protocol it is *robust* when its direction holds at "
+            "every grid point (each grid setting of one side against the other side's selected "
+            "setting: test accuracy of the grid models, trained on the 80% splits of the selection "
+            "seeds, mean over the selection seeds, paired by selection seed, which both cells "
+            "share) and *setting-dependent* otherwise."
+        ),
+        (
+            "- **Exploratory**: everything outside the three families — compute and wall-time "
+            "notes (a wall-time difference is called supported when its uncorrected paired 95% CI "
+            "excludes 0), where model families disagree, and the Literature check — belongs to no "
+            "declared family; read it as leads, not findings. pp = percentage points."
+        ),
+        "",
+    ]
 
 
-# ---- rendering -----------------------------------------------------------------------------------
+# ---- per question -------------------------------------------------------------------------------
 
 
 def _of(claims: list[Claim], question: str, metric: str = "acc_b") -> list[Claim]:
@@ -297,7 +145,8 @@ def _slot_list(claims: list[Claim]) -> str:
 
 
 def q1_lines(claims: list[Claim], yosinski: bool) -> list[str]:
-    """Q1: does the best frozen strategy beat full fine-tuning, and what does it save?"""
+    """Q1 for one problem: does the best frozen strategy beat full fine-tuning, on B and on A,
+    and what does it save?"""
     main = _of(claims, "Q1")
     if not main:
         if yosinski:
@@ -317,15 +166,16 @@ def q1_lines(claims: list[Claim], yosinski: bool) -> list[str]:
     for c in main:
         x, y = c.cells
         lines.append(
-            f"- **{c.slot}**: {claim_clause(c)}. Compute vs {c.y}: {c.x} used "
-            f"{cost_phrase(x, y)}. Retention: "
-            f"{claim_clause(retention.get(c.slot), 'accuracy on A')}."
+            f"- **{c.slot}**: {claim_clause(c)}{picked_note(c)}. Retention: "
+            f"{claim_clause(retention.get(c.slot), 'accuracy on A')}. Compute vs {c.y} "
+            f"(exploratory): {c.x} used {cost_phrase(x, y)}."
         )
     return lines + [""]
 
 
 def q2_lines(claims: list[Claim], yosinski: bool) -> list[str]:
-    """Q2: does pre-training on A then fine-tuning everything beat training on B alone?"""
+    """Q2 for one problem: does pre-training on A then fine-tuning everything beat training on
+    B alone?"""
     main = _of(claims, "Q2")
     if not main:
         what = (
@@ -334,78 +184,75 @@ def q2_lines(claims: list[Claim], yosinski: bool) -> list[str]:
             else "data size has both full_ft and scratch"
         )
         return [f"No {what}, so Q2 cannot be answered here.", ""]
-    prefix = {"better": "transfer counts", "worse": "negative transfer"}
+    prefix = {
+        "better": "transfer counts: ",
+        "worse": "negative transfer: ",
+        "not supported": "transfer ",
+    }
     lines = [
-        f"- **{c.slot}**: {prefix.get(c.decision, 'does not count as transfer')}: "
-        f"{claim_clause(c)}."
+        f"- **{c.slot}**: {prefix.get(c.decision, '')}{claim_clause(c)}{picked_note(c)}."
         for c in main
     ]
     counts = [c for c in main if c.decision == "better"]
-    pair = f"{main[0].role.replace(' vs ', ' > ')}"
+    untested = [c for c in main if c.decision == "not enough seeds"]
+    rest = [c for c in main if c not in counts and c not in untested]
+    pair = main[0].role.replace(" vs ", " > ")
+    where = "copied depth" if yosinski else "data size"
     if counts:
-        rest = [c for c in main if c not in counts]
-        lines.append(
-            f"- Transfer ({pair}, supported) at: {_slot_list(counts)}; "
-            f"not at: {_slot_list(rest) or 'none'}."
+        summary = (
+            f"Transfer ({pair}, supported) at: {_slot_list(counts)}; "
+            f"not supported at: {_slot_list(rest) or 'none'}"
         )
     else:
-        where = "copied depth" if yosinski else "data size"
-        lines.append(
-            f"- {pair.replace(' > ', ' never beats ')} with support, "
-            f"so no {where} shows transfer learning."
-        )
+        summary = f"{pair} is supported at no {where}"
+        if rest:
+            summary += "; each line above states the smallest gain this run could have detected"
+    if untested:
+        summary += f"; too few seeds for a test at: {_slot_list(untested)}"
+    lines.append(f"- {summary}.")
     return lines + [""]
 
 
+def _q3_text(c: Claim, flops: str) -> str:
+    t = c.test
+    if c.decision == "better":
+        return (
+            f"freezing is needed for the best accuracy: {c.x} beats {c.y} by "
+            f"{100 * t.estimate:.2f} pp {evidence(c)}{marks(c)} and uses {flops}"
+        )
+    if c.decision == "worse":
+        return (
+            f"freezing is not needed: {c.y} is better by {-100 * t.estimate:.2f} pp "
+            f"{evidence(c, sign=-1)}{marks(c)}; freezing ({c.x}) costs that accuracy "
+            f"while using {flops}"
+        )
+    if c.decision == "not supported":
+        return (
+            f"not supported either way: {c.x} − {c.y} = {pp(t.estimate)} on B "
+            f"{evidence(c)}; {detectable(c)}; {c.x} uses {flops}"
+        )
+    return f"undecided (not enough seeds): {c.x} − {c.y} = {pp(t.estimate)}; {c.x} uses {flops}"
+
+
 def q3_lines(claims: list[Claim], cells: list[Cell], yosinski: bool) -> list[str]:
-    """Q3: where is freezing needed for the best accuracy, and at what cost?"""
+    """Q3 for one problem: where is freezing needed for the best accuracy, and at what cost?"""
     main = _of(claims, "Q3")
     if not main:
         return ["No data size has both a frozen strategy and one that trains everything.", ""]
-    label = _yosinski_name if yosinski else labeller(cells)
-    lines = [
-        "Best strategy that keeps something frozen vs the best one that trains everything at the "
-        + (
-            "end (AnB+ at any depth, baseB), by mean accuracy on B."
-            if yosinski
-            else "end (full_ft, lp_ft, gradual_unfreeze, ..., scratch), by mean accuracy on B."
-        ),
-        "",
-    ]
+    label = yosinski_name if yosinski else labeller(cells)
+    lines = []
     for c in main:
         x, y = c.cells
-        flops = ratio_phrase(
-            _ratio(summarize(x, "train_flops").mean, summarize(y, "train_flops").mean),
-            "training FLOPs",
-        )
-        t = c.test
-        if c.decision == "better":
-            text = (
-                f"freezing is needed for the best accuracy: {c.x} beats {c.y} by "
-                f"{100 * t.estimate:.2f} pp {evidence(c)}{marks(c)} and uses {flops}"
-            )
-        elif c.decision == "worse":
-            text = (
-                f"freezing is not needed: {c.y} is better by {-100 * t.estimate:.2f} pp "
-                f"{evidence(c, sign=-1)}{marks(c)}; freezing ({c.x}) costs that accuracy "
-                f"while using {flops}"
-            )
-        elif c.decision == "not supported":
-            text = (
-                f"freezing is optional: {c.x} and {c.y} are indistinguishable on B "
-                f"({_pp(t.estimate)}, {evidence(c)[1:-1]}), and {c.x} uses {flops}"
-            )
-        else:
-            text = f"undecided (not enough seeds): {c.x} − {c.y} = {_pp(t.estimate)}; {c.x} uses {flops}"
         here = (
             [cell for cell in cells if cell.strategy in ("AnB", "AnB+", "baseB")]
             if yosinski
             else [cell for cell in cells if size_label(size_of(cell)) == c.slot]
         )
-        top = best(here)
+        top = highest_mean(here)
         lines.append(
-            f"- **{c.slot}**: {text}. Highest mean accuracy on B: "
-            f"{label(top)} ({100 * summarize(top, 'acc_b').mean:.2f}%)."
+            f"- **{c.slot}**: {_q3_text(c, flops_phrase(x, y))}{picked_note(c)}. Highest mean "
+            f"test accuracy on B (descriptive): {label(top)} "
+            f"({100 * summarize(top, 'acc_b').mean:.2f}%)."
         )
     by = {
         k: [c for c in main if c.decision == k]
@@ -414,9 +261,9 @@ def q3_lines(claims: list[Claim], cells: list[Cell], yosinski: bool) -> list[str
     summary = [
         f"freezing is needed for the best accuracy at {_slot_list(by['better'])}"
         if by["better"]
-        else "freezing was not shown to be needed for the best accuracy anywhere",
+        else "that freezing is needed for the best accuracy is supported nowhere",
         f"it costs supported accuracy at {_slot_list(by['worse'])}" if by["worse"] else "",
-        f"it makes no supported difference at {_slot_list(by['not supported'])}"
+        f"neither direction is supported at {_slot_list(by['not supported'])}"
         if by["not supported"]
         else "",
         f"too few seeds to decide at {_slot_list(by['not enough seeds'])}"
@@ -426,17 +273,10 @@ def q3_lines(claims: list[Claim], cells: list[Cell], yosinski: bool) -> list[str
     return lines + ["- In short, " + "; ".join(s for s in summary if s) + ".", ""]
 
 
-def _outcome(claim: Claim) -> str:
-    return {
-        "better": f"{claim.x} better ({_pp(claim.test.estimate)})",
-        "worse": f"{claim.x} worse ({_pp(claim.test.estimate)})",
-        "not supported": f"no supported difference ({_pp(claim.test.estimate)})",
-        "not enough seeds": "not enough seeds",
-    }[claim.decision]
-
-
 def model_family_lines(claims: list[Claim]) -> list[str]:
     """Where the same problem run with different models reaches different decisions.
+
+    Exploratory: two decisions that differ are not a tested difference between the models.
 
     Example:
       >>> model_family_lines(answer_claims(cells))  # doctest: +SKIP
@@ -450,8 +290,8 @@ def model_family_lines(claims: list[Claim]) -> list[str]:
     if not compared:
         return [
             (
-                "Every problem was run with a single model family, so no comparison across "
-                "model families is possible."
+                "Every problem was run with a single model family, so no comparison across model "
+                "families is possible."
             ),
             "",
         ]
@@ -476,7 +316,7 @@ def model_family_lines(claims: list[Claim]) -> list[str]:
             continue
         for key in disagree:
             question, role, metric, slot = key
-            said = "; ".join(f"{m}: {_outcome(keyed[m][key])}" for m in sorted(keyed))
+            said = "; ".join(f"{m}: {short_outcome(keyed[m][key])}" for m in sorted(keyed))
             what = "" if metric == "acc_b" else f" ({METRIC_NAMES.get(metric, metric)})"
             lines.append(f"- {name}, {question} {role}{what} at {slot}: {said}.")
         if len(disagree) < len(common):
@@ -487,14 +327,24 @@ def model_family_lines(claims: list[Claim]) -> list[str]:
     return lines + [""]
 
 
+def _question_lines(key: str, here: list[Claim], mine: list[Cell]) -> list[str]:
+    yosinski = is_yosinski(mine)
+    if key == "Q1":
+        return q1_lines(here, yosinski)
+    if key == "Q2":
+        return q2_lines(here, yosinski)
+    return q3_lines(here, mine, yosinski)
+
+
 def answer_section(
     cells: Sequence[Cell], test: DecisionTest = "t", claims: Sequence[Claim] | None = None
 ) -> str:
-    """Markdown "Answer" section: Q1-Q3 per problem, and where model families disagree.
+    """Markdown "Answer" section: the rule, then per question its family and, per problem, its
+    claims; then where model families disagree (exploratory).
 
     Args:
       cells: cells of every experiment.
-      test: which p-value decides ("t" or "sign_flip"); see ``claims.rule_text``.
+      test: which p-value decides ("t" or "sign_flip").
       claims: ``answer_claims(cells, test)`` when the caller has them already.
 
     Returns:
@@ -504,25 +354,21 @@ def answer_section(
       >>> print(answer_section(group_cells(load_results("out"))))  # doctest: +SKIP
     """
     claims = list(answer_claims(cells, test) if claims is None else claims)
-    lines = ["## Answer", "", rule_text(test, family_size(claims), "this Answer"), ""]
-    lines += [SELECTION_NOTE, ""]
+    counts = family_counts(claims)
+    lines = ["## Answer", "", *rule_lines(test, counts)]
     grouped = problems(cells)
-    for problem, mine in grouped.items():
-        yosinski = is_yosinski(mine)
-        here = [c for c in claims if c.problem == problem]
-        lines += [f"### {problem_label(problem)}", ""]
-        lines += ["#### Q1: does freezing buy anything beyond cheaper compute?", ""]
-        lines += q1_lines(here, yosinski)
-        lines += [
-            (
-                "#### Q2: is A-then-fine-tune-everything on B transfer learning (does it beat "
-                "training on B alone)?"
-            ),
-            "",
-        ]
-        lines += q2_lines(here, yosinski)
-        lines += ["#### Q3: how essential is freezing?", ""]
-        lines += q3_lines(here, mine, yosinski)
-    lines += ["### Where model families disagree", ""]
+    for q in QUESTIONS:
+        supported, tested = counts[q.key]
+        size = (
+            f"{supported} of {_tested(tested)} supported (Holm within this family)"
+            if tested
+            else "no claim could be tested (no cells for it, or fewer than 2 seeds)"
+        )
+        lines += [f"### {q.key}: {q.title}", "", f"*Family {q.key}*: {size}.", ""]
+        for problem, mine in grouped.items():
+            here = [c for c in claims if c.problem == problem and c.question == q.key]
+            lines += [f"#### {problem_label(problem)}", ""]
+            lines += _question_lines(q.key, here, mine)
+    lines += ["### Where model families disagree (exploratory)", ""]
     lines += model_family_lines(claims)
     return "\n".join(lines).rstrip() + "\n"

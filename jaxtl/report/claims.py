@@ -1,8 +1,10 @@
-"""Claims: paired comparisons between cells of one transfer problem, Holm-adjusted as a family.
+"""Claims: paired comparisons between cells of one transfer problem, Holm-adjusted per family.
 
 A *problem* is what a claim is about: the experiment, the dataset pair, the model and (surgical)
-the shift. Every claim of the Answer (or of the Literature check) is tested, and the family's
-p-values are Holm-adjusted together before any is called supported.
+the shift. Every claim is tested, and the p-values of its family (one question's primary
+claims, or the exploratory Literature check) are Holm-adjusted together before any is called
+supported. A claim that is not supported carries the smallest effect its test could have
+detected (``stats.contrast_mde``) at its family's strictest Holm level, alpha / m.
 """
 
 from __future__ import annotations
@@ -12,8 +14,17 @@ from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple
 
 from jaxtl.report.cells import Cell, context_label, context_of, summarize
-from jaxtl.report.protocol import robustness
-from jaxtl.report.stats import ALPHA, Contrast, Decision, contrast, decide, holm, is_fragile
+from jaxtl.report.protocol import protocol_name, robustness, selection_score, selection_seeds
+from jaxtl.report.stats import (
+    ALPHA,
+    Contrast,
+    Decision,
+    contrast,
+    contrast_mde,
+    decide,
+    holm,
+    is_fragile,
+)
 
 # Params that, with the experiment, say which transfer problem a cell belongs to.
 PROBLEM_PARAMS = ("dataset_a", "dataset_b", "model", "shift")
@@ -64,9 +75,57 @@ def per_seed(cell: Cell, metric: str) -> dict[int, float]:
     }
 
 
-def best(cells: Iterable[Cell], metric: str = "acc_b") -> Cell | None:
-    """The cell with the highest mean of ``metric`` (None for no cells)."""
+def highest_mean(cells: Iterable[Cell], metric: str = "acc_b") -> Cell | None:
+    """The cell with the highest mean of ``metric`` over its reported seeds (None for no cells).
+
+    Descriptive only: a cell chosen this way and then tested on the same seeds is favoured by
+    its own noise, so claims pick their sides with ``pick_best``.
+    """
     return max(cells, key=lambda c: summarize(c, metric).mean, default=None)
+
+
+class Pick(NamedTuple):
+    """Which cell ``pick_best`` chose and on what.
+
+    Attributes:
+      cell: the chosen cell (None for no candidates).
+      basis: "only" (a single candidate), "validation" (lowest pooled validation loss on the
+        selection seeds) or "test" (highest mean test accuracy: the fallback).
+      reason: why the fallback was needed ("" unless basis is "test").
+    """
+
+    cell: Cell | None
+    basis: str
+    reason: str = ""
+
+
+def pick_best(cells: Iterable[Cell]) -> Pick:
+    """The best of several candidate cells, chosen without the reported seeds' test set.
+
+    Tuned cells that share their selection seeds are ranked by the pooled validation loss of
+    their selected setting (lowest wins; ties go to the first in cell order): a choice made on
+    the selection seeds, so the claim about the chosen cell is tested on data the choice never
+    saw. Otherwise (a fixed-protocol candidate, no finite validation loss, or different
+    selection seeds) the highest mean test accuracy on B decides, and ``reason`` says why.
+
+    Example:
+      >>> pick_best([frozen_k1, frozen_k2]).basis  # doctest: +SKIP
+      'validation'
+    """
+    cells = list(cells)
+    if len(cells) <= 1:
+        return Pick(cells[0] if cells else None, "only")
+    scores = [selection_score(c) for c in cells]
+    if all(s is not None for s in scores) and len({selection_seeds(c) for c in cells}) == 1:
+        i = min(range(len(cells)), key=lambda k: (scores[k], k))
+        return Pick(cells[i], "validation")
+    if any(protocol_name(c) != "tuned" for c in cells):
+        reason = "fixed protocol, no validation data"
+    elif any(s is None for s in scores):
+        reason = "a candidate has no finite validation loss"
+    else:
+        reason = "the candidates were tuned on different selection seeds"
+    return Pick(highest_mean(cells), "test", reason)
 
 
 class Claim(NamedTuple):
@@ -85,6 +144,10 @@ class Claim(NamedTuple):
       p_adjusted: Holm-adjusted p within the family (nan until ``adjust_family``).
       robust: "robust", "setting-dependent" or None (no grid, or not supported).
       decision_p: the p-value that was adjusted ("t" test or "sign_flip").
+      family: m, the number of distinct tested contrasts in the claim's Holm family.
+      mde: minimum detectable effect (80% power) of the claim's test at alpha / m, in the
+        metric's units; inf when no effect could reach alpha / m; nan when untested.
+      note: how a "best" side was picked when it was not on validation loss ("" otherwise).
     """
 
     problem: tuple
@@ -99,6 +162,14 @@ class Claim(NamedTuple):
     p_adjusted: float = math.nan
     robust: str | None = None
     decision_p: float = math.nan
+    family: int = 0
+    mde: float = math.nan
+    note: str = ""
+
+    @property
+    def level(self) -> float:
+        """alpha / m: Holm's strictest step, the level the MDE is computed at."""
+        return ALPHA / self.family if self.family else math.nan
 
     @property
     def decision(self) -> Decision:
@@ -114,22 +185,23 @@ class Claim(NamedTuple):
 
 
 def difference_claim(
-    problem: tuple,
-    question: str,
-    role: str,
-    slot: str,
-    metric: str,
-    x: Cell,
-    y: Cell,
-    x_name: str,
-    y_name: str,
+    problem: tuple, declared: tuple[str, str, str, str], x: Cell, y: Cell, x_name: str, y_name: str
 ) -> Claim | None:
-    """Claim x - y on ``metric``, paired by seed; None when either cell never measured it.
+    """Claim x - y, paired by seed; None when either cell never measured the metric.
+
+    Args:
+      problem: ``problem_of`` key.
+      declared: (question, role, slot, metric) of the claim.
+      x: treated cell.
+      y: reference cell.
+      x_name: label of x.
+      y_name: label of y.
 
     Example:
-      >>> c = difference_claim(p, "Q2", "full_ft vs scratch", "5/class", "acc_b", ft, sc,
+      >>> c = difference_claim(p, ("Q2", "full_ft vs scratch", "5/class", "acc_b"), ft, sc,
       ...                      "full_ft", "scratch")  # doctest: +SKIP
     """
+    question, role, slot, metric = declared
     xs, ys = per_seed(x, metric), per_seed(y, metric)
     if not xs or not ys:
         return None
@@ -147,15 +219,26 @@ def _identity(claim: Claim) -> tuple:
     return (claim.metric, tuple(id(c) for c in claim.cells))
 
 
+def _mde(claim: Claim, level: float, test: DecisionTest) -> float:
+    c = claim.test
+    # The exact sign-flip p cannot fall below 2 / 2^n: below that level nothing is detectable.
+    if test == "sign_flip" and c.method == "paired" and 2.0 / 2**c.n >= level:
+        return math.inf
+    return contrast_mde(c, level)
+
+
 def adjust_family(claims: Sequence[Claim], test: DecisionTest = "t") -> list[Claim]:
-    """Holm-adjust the claims as one family and mark supported ones robust/setting-dependent.
+    """Holm-adjust the claims as one family, mark supported ones robust/setting-dependent and
+    give every tested claim its minimum detectable effect at alpha / m.
 
     Args:
-      claims: every claim of one section (the Answer, or the Literature check).
+      claims: every claim of one family (one question's primary claims, or the Literature
+        check).
       test: "t" (paired t-test p decides) or "sign_flip" (exact sign-flip p decides).
 
     Returns:
-      The claims with ``p_adjusted``, ``decision_p`` and ``robust`` filled in.
+      The claims with ``p_adjusted``, ``decision_p``, ``family``, ``mde`` and ``robust``
+      filled in.
 
     Raises:
       ValueError: unknown ``test``.
@@ -172,16 +255,34 @@ def adjust_family(claims: Sequence[Claim], test: DecisionTest = "t") -> list[Cla
     for claim in claims:
         unique.setdefault(_identity(claim), _decision_p(claim, test))
     adjusted = dict(zip(unique, holm(list(unique.values())), strict=True))
+    m = sum(not math.isnan(p) for p in unique.values())
     out = []
     for claim in claims:
         claim = claim._replace(
-            p_adjusted=adjusted[_identity(claim)], decision_p=_decision_p(claim, test)
+            p_adjusted=adjusted[_identity(claim)], decision_p=_decision_p(claim, test), family=m
         )
+        if m and not math.isnan(claim.decision_p):
+            claim = claim._replace(mde=_mde(claim, ALPHA / m, test))
         if claim.supported and len(claim.cells) == 2:
             sign = 1 if claim.decision == "better" else -1
             claim = claim._replace(robust=robustness(*claim.cells, sign))
         out.append(claim)
     return out
+
+
+def adjust_by_question(claims: Sequence[Claim], test: DecisionTest = "t") -> list[Claim]:
+    """Holm within each question's family (claims grouped by ``question``), order kept.
+
+    Example:
+      >>> sorted({(c.question, c.family) for c in adjust_by_question(claims)})  # doctest: +SKIP
+      [('Q1', 12), ('Q2', 5), ('Q3', 5)]
+    """
+    adjusted: dict[int, Claim] = {}
+    for question in dict.fromkeys(c.question for c in claims):
+        mine = [i for i, c in enumerate(claims) if c.question == question]
+        for i, claim in zip(mine, adjust_family([claims[i] for i in mine], test), strict=True):
+            adjusted[i] = claim
+    return [adjusted[i] for i in range(len(claims))]
 
 
 def family_size(claims: Sequence[Claim]) -> int:
@@ -194,33 +295,3 @@ def claims_tested(family: int, what: str) -> str:
     if family == 0:
         return f"tested claims of {what} (none here: no compared pair has the seeds for a test)"
     return f"{family} tested claim{'s' * (family != 1)} of {what}"
-
-
-def rule_text(test: DecisionTest, family: int, what: str) -> str:
-    """The decision rule, stated with the family size of ``what`` ("this Answer", ...)."""
-    decider = (
-        "the paired t-test p"
-        if test == "t"
-        else "the exact sign-flip p (the paired t-test p when cells are unpaired)"
-    )
-    other = (
-        "The exact sign-flip permutation p (all 2^n sign patterns of the per-seed differences) is "
-        "shown as a distribution-free check; it cannot fall below 2/2^n (0.0625 at 5 seeds), so "
-        "it does not decide."
-        if test == "t"
-        else "With n seeds the exact sign-flip p cannot fall below 2/2^n (0.0625 at 5 seeds)."
-    )
-    return (
-        "Rule: differences are paired by seed (every strategy of a seed shares its few-shot "
-        "subset, source model and head initialisation): the mean per-seed difference with its "
-        f"95% paired t interval. A claim is *supported* when {decider}, Holm-adjusted over the "
-        f"{claims_tested(family, what)}, is below {ALPHA:g} and the 95% CI excludes 0. "
-        f"{other} Cells that share fewer than 2 seeds fall back to Welch's unpaired interval "
-        "and say so; with fewer than 2 seeds no claim is made. A supported claim is *fragile* "
-        f"when its adjusted p is above {ALPHA / 2:g} (within a factor 2 of {ALPHA:g}) or the "
-        "end of its CI nearer 0 is within 1 pp of 0. Under the tuned protocol a supported "
-        "claim is *robust* when its direction holds at every grid point (each grid setting of "
-        "one side against the other side's selected setting, test accuracy on the same 80% "
-        "split, mean over paired seeds) and *setting-dependent* otherwise. pp = percentage "
-        "points."
-    )

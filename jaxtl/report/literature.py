@@ -1,8 +1,9 @@
 """The "Literature check" section: does this run reproduce the direction of published effects?
 
-Each effect becomes claims oriented so that a positive difference is the published direction;
-the claims of this section form their own Holm family. An effect whose cells are absent gets no
-row (only a count).
+Exploratory: these contrasts are not among the Answer's declared families. Each effect becomes
+claims oriented so that a positive difference is the published direction; the claims of this
+section are Holm-adjusted as their own family, and one that is not supported states what the
+run could have detected. An effect whose cells are absent gets no row (only a count).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from jaxtl.report.answer import evidence, is_yosinski, marks, problems
 from jaxtl.report.cells import (
     FROZEN_STRATEGIES,
     Cell,
@@ -25,15 +25,17 @@ from jaxtl.report.claims import (
     Claim,
     DecisionTest,
     adjust_family,
-    best,
     claims_tested,
     difference_claim,
     family_size,
     per_seed,
+    pick_best,
     problem_label,
 )
+from jaxtl.report.families import is_yosinski, problems
 from jaxtl.report.stats import contrast
 from jaxtl.report.tables import markdown_table
+from jaxtl.report.wording import detectable, evidence, marks
 
 
 class Effect(NamedTuple):
@@ -105,9 +107,8 @@ Builder = Callable[[tuple, list[Cell]], list[Claim]]
 def _diff(problem, key, slot, metric, x, y, x_name, y_name) -> list[Claim]:
     if x is None or y is None:
         return []
-    claim = difference_claim(
-        problem, key, _BY_KEY[key].statement, slot, metric, x, y, x_name, y_name
-    )
+    declared = (key, _BY_KEY[key].statement, slot, metric)
+    claim = difference_claim(problem, declared, x, y, x_name, y_name)
     return [claim] if claim is not None else []
 
 
@@ -119,7 +120,7 @@ def _by_size(cells: list[Cell]) -> list[tuple[str, dict[str, Cell]]]:
 
 
 def _strategy(cells: dict[str, Cell], name: str) -> Cell | None:
-    return best(c for c in cells.values() if c.strategy == name)
+    return pick_best(c for c in cells.values() if c.strategy == name).cell
 
 
 def _yosinski(problem: tuple, cells: list[Cell]) -> list[Claim]:
@@ -133,7 +134,7 @@ def _yosinski(problem: tuple, cells: list[Cell]) -> list[Claim]:
             problem, "anb_depth", f"n={first} vs n={last}", "acc_b",
             by[("AnB", first)], by[("AnB", last)], f"AnB n={first}", f"AnB n={last}",
         )  # fmt: skip
-    base = best(c for c in cells if c.strategy == "baseB")
+    base = pick_best(c for c in cells if c.strategy == "baseB").cell
     for d in depths:
         out += _diff(
             problem,
@@ -173,8 +174,8 @@ def _surgical(problem: tuple, cells: list[Cell]) -> list[Claim]:
         return []
     level = levels.pop()
     expected = expected_groups(level, list(tuned))
-    x = best(tuned[g] for g in expected)
-    y = best(c for g, c in tuned.items() if g not in expected)
+    x = pick_best(tuned[g] for g in expected).cell
+    y = pick_best(c for g, c in tuned.items() if g not in expected).cell
     if x is None or y is None:
         return []
     x_group, y_group = x.params["tuned_group"], y.params["tuned_group"]
@@ -276,12 +277,15 @@ def outcome(claim: Claim, effect: Effect) -> str:
     if estimate > 0 or (effect.at_least and estimate == 0):
         return "same direction, not supported"
     if estimate == 0:
-        return "no difference, not supported"
+        return "estimate 0, not supported"
     return "opposite direction, not supported"
 
 
 def _figures(claim: Claim) -> str:
-    return f"{claim.x} − {claim.y} = {100 * claim.test.estimate:+.2f} pp {evidence(claim)}{marks(claim)}"
+    figures = f"{claim.x} − {claim.y} = {100 * claim.test.estimate:+.2f} pp {evidence(claim)}"
+    if claim.decision == "not supported":
+        return f"{figures}; {detectable(claim)}"
+    return figures + marks(claim)
 
 
 def literature_section(cells: Sequence[Cell], test: DecisionTest = "t") -> str:
@@ -321,7 +325,7 @@ def literature_section(cells: Sequence[Cell], test: DecisionTest = "t") -> str:
     if not rows:
         return "\n".join(
             [
-                "## Literature check",
+                "## Literature check (exploratory)",
                 "",
                 (
                     f"None of the {len(EFFECTS)} published effects this check knows can be "
@@ -331,16 +335,18 @@ def literature_section(cells: Sequence[Cell], test: DecisionTest = "t") -> str:
             ]
         )
     intro = (
-        "Each published effect is tested in its own direction: a positive difference is the "
-        'direction the paper reports. For "≥" effects, equality is consistent with the paper, '
-        "so a direction that holds without support is not evidence against it. Claims are "
-        "decided by the rule stated under Answer, Holm-adjusted over the "
-        f"{claims_tested(family_size(claims), 'this section')} (a family separate from the "
-        "Answer)." + absent
+        "**Exploratory**: these contrasts are not among the Answer's declared families; read "
+        "them as leads. Each published effect is tested in its own direction: a positive "
+        'difference is the direction the paper reports. For "≥" effects, equality is '
+        "consistent with the paper, so a direction that holds without support is not evidence "
+        "against it. Claims are decided by the rule stated under Answer, Holm-adjusted over the "
+        f"{claims_tested(family_size(claims), 'this section')} (a family of its own), and one "
+        "that is not supported states the smallest effect this run would have detected at "
+        "this family's α/m." + absent
     )
     return "\n".join(
         [
-            "## Literature check",
+            "## Literature check (exploratory)",
             "",
             intro,
             "",

@@ -9,7 +9,6 @@ import math
 import re
 from collections.abc import Sequence
 
-from jaxtl.report.answer import problems
 from jaxtl.report.cells import (
     SIZE_PARAM,
     Cell,
@@ -20,8 +19,10 @@ from jaxtl.report.cells import (
     size_order,
     summarize,
 )
-from jaxtl.report.claims import Claim, best, family_size, problem_label
+from jaxtl.report.claims import Claim, highest_mean, problem_label
 from jaxtl.report.collect import Runs
+from jaxtl.report.families import QUESTIONS, family_counts, problems
+from jaxtl.report.tables import seed_list
 from jaxtl.report.task import (
     a_description,
     b_name,
@@ -114,7 +115,7 @@ def _best_lines(cells: Sequence[Cell]) -> list[str]:
         parts = []
         for size in sizes:
             here = [c for c in mine if size_of(c) == size]
-            top = summarize(best(here), "acc_b").mean
+            top = summarize(highest_mean(here), "acc_b").mean
             # Equal means are a tie, not a win for whichever cell sorts first.
             tied = [label(c) for c in here if math.isclose(summarize(c, "acc_b").mean, top)]
             names = tied[0] if len(tied) == 1 else f"{', '.join(tied[:-1])} and {tied[-1]} (tied)"
@@ -128,19 +129,23 @@ def _best_lines(cells: Sequence[Cell]) -> list[str]:
 
 
 def _claims_line(cells: Sequence[Cell], claims: Sequence[Claim]) -> str:
+    """How many primary claims each question's family supports (Holm within each family)."""
     most_seeds = max(len(c.runs) for c in cells)
-    tested = family_size(claims)
-    if tested == 0:
+    counts = family_counts(claims)
+    if not any(tested for _, tested in counts.values()):
         if most_seeds < 2:
             return (
                 "- **Claims**: none tested: every cell has a single seed, and a comparison needs "
-                "at least 2 seeds on each side (5 give the sign-flip check its resolution)."
+                "at least 2 seeds on each side."
             )
         return "- **Claims**: the runs hold no comparison the Answer tests (see Answer)."
-    supported = {(c.metric, tuple(id(x) for x in c.cells)) for c in claims if c.supported}
+    parts = [
+        f"{q.key} {counts[q.key][0]} of {counts[q.key][1]}" for q in QUESTIONS if counts[q.key][1]
+    ]
     return (
-        f"- **Claims**: {len(supported)} of the {tested} comparisons the Answer tests "
-        "are supported by the data (see Answer)."
+        f"- **Claims supported** (primary, Holm within each question's family): "
+        f"{', '.join(parts)}; each claim that is not supported states the smallest effect "
+        "this run could have detected (see Answer; the Literature check is exploratory)."
     )
 
 
@@ -165,7 +170,8 @@ def summary_section(runs: Runs, cells: Sequence[Cell], claims: Sequence[Claim]) 
     what = (
         f"- **What ran**: {len(records)} run{'s' * (len(records) != 1)} of "
         f"{len(strategies)} strateg{'ies' if len(strategies) != 1 else 'y'} "
-        f"({_join(strategies)}), {len(seeds)} seed{'s' * (len(seeds) != 1)} ({_join(seeds)}), "
+        f"({_join(strategies)}), {len(seeds)} reported seed{'s' * (len(seeds) != 1)} "
+        f"({seed_list(seeds)}), "
         f"{_protocol_short(records)}."
     )
     lines = ["## Summary", "", what]
@@ -184,9 +190,14 @@ def _protocol_short(records: Sequence[dict]) -> str:
     names = {r["protocol"]["name"] for r in records}
     if names == {"fixed"}:
         return "fixed hyperparameters"
+    chosen_on = sorted({s for r in records for s in r["protocol"].get("selection_seeds", [])})
+    tuned = (
+        f"hyperparameters tuned per cell by validation loss on selection seeds "
+        f"{seed_list(chosen_on)}, which no reported seed includes"
+    )
     if names == {"tuned"}:
-        return "hyperparameters tuned per cell on a validation split"
-    return "hyperparameters fixed for some cells and tuned for others"
+        return tuned
+    return f"{tuned} (fixed hyperparameters for some cells)"
 
 
 def protocol_line(records: list[dict]) -> str:
@@ -255,6 +266,12 @@ def header_section(runs: Runs) -> str:
     if sizes:
         lines.append("- **Target data sizes**: " + _join(size_label(s) for s in sizes))
     lines.append("- **Seeds**: " + _join(sorted({r["seed"] for r in records})))
+    chosen_on = sorted({s for r in records for s in r["protocol"].get("selection_seeds", [])})
+    if chosen_on:
+        lines.append(
+            f'- **Selection seeds**: {_join(chosen_on)} (hyperparameters and the "best" '
+            "strategies are chosen on these; the claims use the reported seeds only)"
+        )
     lines.append("- **Protocol**: " + protocol_line(records))
     lines.append("- **Devices**: " + _join(sorted({r["device"] for r in records})))
     lines.append(

@@ -416,43 +416,48 @@ def plot_sensitivity(
     title: str,
     chance: float | None = None,
 ) -> Path:
-    """Validation (solid) and test (dashed) accuracy vs learning rate, one panel per data size.
+    """Validation loss (top row) and grid test accuracy (bottom row) vs learning rate, one
+    column per data size.
 
     Args:
-      curves: ``{panel title: {strategy label: (lrs, val_means, test_means)}}`` (see
+      curves: ``{panel title: {strategy label: (lrs, val_loss, test_acc)}}`` (see
         ``protocol.lr_curve``).
       path: PNG to write.
       title: figure title.
-      chance: accuracy of guessing on B (a dashed line), or None.
+      chance: accuracy of guessing on B (a dashed line on the accuracy row), or None.
 
     Returns:
       ``path``.
 
     Example:
-      >>> plot_sensitivity({"5/class": {"full_ft": ([1e-3, 1e-2], [.8, .7], [.79, .7])}},
+      >>> plot_sensitivity({"5/class": {"full_ft": ([1e-3, 1e-2], [.6, .9], [.79, .7])}},
       ...                  Path("s.png"), "a → b")  # doctest: +SKIP
     """
-    cols = min(len(curves), 3)
-    rows = math.ceil(len(curves) / cols)
-    fig = Figure(figsize=(6.4 * cols, 4.0 * rows))
+    cols = len(curves)
+    fig = Figure(figsize=(4.6 * cols + 2.2, 7.0))
+    legend: dict[str, object] = {}
     for i, (panel, lines) in enumerate(curves.items()):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        for j, (name, (lrs, val, test)) in enumerate(sorted(lines.items())):
-            colour, marker = f"C{j % 10}", _MARKERS[j % len(_MARKERS)]
-            ax.plot(lrs, [100 * v for v in val], color=colour, marker=marker, label=f"{name} val")
-            ax.plot(
-                lrs,
-                [100 * t for t in test],
-                color=colour,
-                marker=marker,
-                linestyle="--",
-                fillstyle="none",
-                label=f"{name} test",
-            )
-        _chance_line(ax, chance)
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate (log)")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(panel, fontsize=9)
-        _legend_outside(ax)
-    return _save(fig, path, title)
+        loss_ax = fig.add_subplot(2, cols, i + 1)
+        acc_ax = fig.add_subplot(2, cols, cols + i + 1, sharex=loss_ax)
+        for j, (name, (lrs, loss, test)) in enumerate(sorted(lines.items())):
+            style = {"color": f"C{j % 10}", "marker": _MARKERS[j % len(_MARKERS)], "label": name}
+            (legend[name],) = loss_ax.plot(lrs, loss, **style)
+            acc_ax.plot(lrs, [100 * t for t in test], linestyle="--", **style)
+        _chance_line(acc_ax, chance)
+        loss_ax.set_title(panel, fontsize=9)
+        loss_ax.set_ylabel("validation cross-entropy\n(pooled over selection seeds)")
+        acc_ax.set_ylabel("grid models' test accuracy (%)")
+        lrs = sorted({lr for lrs, _, _ in lines.values() for lr in lrs})
+        acc_ax.set_xscale("log")
+        # One tick per learning rate tried: log-axis minor ticks would overprint them.
+        acc_ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
+        acc_ax.minorticks_off()
+        loss_ax.minorticks_off()
+        acc_ax.set_xlabel("learning rate (log)")
+    if chance is not None:
+        legend[f"chance ({100 * chance:.3g}%)"] = acc_ax.get_lines()[-1]
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0.0, 0.0, 1.0 - 2.0 / fig.get_figwidth(), 1.0))
+    fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=7)
+    fig.savefig(path, dpi=DPI)
+    return path

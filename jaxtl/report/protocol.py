@@ -1,7 +1,11 @@
 """How each cell's hyperparameters were chosen: the ``protocol`` block of its runs.
 
-A tuned cell carries, per seed, its grid (one run per setting on the 80% split of B's training
-examples, with validation and test accuracy) and the setting selected for the whole cell.
+A tuned cell's block is the same in every reported (confirmation) seed: the grid ran on the
+block's selection seeds (one run per setting and selection seed, on an 80/20 split of B's
+training examples, with validation loss and accuracy and the grid model's test accuracy), the
+setting with the lowest validation loss pooled over them was selected, and only then were the
+confirmation seeds trained. Grid values are therefore keyed by *selection* seed, which every
+tuned cell of one study shares.
 """
 
 from __future__ import annotations
@@ -45,30 +49,62 @@ def setting_label(setting: dict | None) -> str:
     return "–" if setting is None else options_text(setting)
 
 
-def selected_setting(cell: Cell) -> dict | None:
-    """The setting selected for a tuned cell (the same for all its seeds); None when not tuned.
+def selection_block(cell: Cell) -> dict | None:
+    """The tuned protocol block every seed of ``cell`` shares; None when not tuned.
 
     Raises:
-      ResultsError: the seeds of one cell report different selected settings.
+      ResultsError: two seeds of the cell carry different blocks (the selection is made once
+        per cell, on the selection seeds, so every reported seed records the same one).
+
+    Example:
+      >>> selection_block(cell)["selection_seeds"]  # doctest: +SKIP
+      [1000, 1001, 1002, 1003, 1004]
+    """
+    tuned = [r for r in cell.runs if r["protocol"]["name"] == "tuned"]
+    if not tuned:
+        return None
+    first = tuned[0]
+    others = [r for r in tuned if r["protocol"] != first["protocol"]]
+    if others:
+        sources = ", ".join(r["source"] for r in (first, *others))
+        chosen = {setting_key(r["protocol"]["selected"]) for r in (first, *others)}
+        what = "protocol.selected" if len(chosen) > 1 else "protocol"
+        raise ResultsError(
+            f"{sources}: key '{what}' differs between seeds of one cell "
+            f"({cell.experiment}/{cell.strategy}); selection is made once per cell, on the "
+            "selection seeds"
+        )
+    return first["protocol"]
+
+
+def selected_setting(cell: Cell) -> dict | None:
+    """The setting selected for a tuned cell (the same for all its seeds); None when not tuned.
 
     Example:
       >>> selected_setting(cell)  # doctest: +SKIP
       {'lr': 0.003}
     """
-    chosen = {
-        setting_key(r["protocol"]["selected"]): r
-        for r in cell.runs
-        if r["protocol"].get("selected") is not None
-    }
-    if not chosen:
-        return None
-    if len(chosen) > 1:
-        sources = ", ".join(r["source"] for r in chosen.values())
-        raise ResultsError(
-            f"{sources}: key 'protocol.selected' differs between seeds of one cell "
-            f"({cell.experiment}/{cell.strategy}); selection is per cell, by mean over seeds"
-        )
-    return json.loads(next(iter(chosen)))
+    block = selection_block(cell)
+    return None if block is None else block["selected"]
+
+
+def selection_seeds(cell: Cell) -> tuple[int, ...] | None:
+    """The seeds a tuned cell's hyperparameters were chosen on; None when not tuned."""
+    block = selection_block(cell)
+    return None if block is None else tuple(block["selection_seeds"])
+
+
+def selection_score(cell: Cell) -> float | None:
+    """A tuned cell's pooled validation loss at its selected setting (lower is better); None
+    when not tuned or when no grid point had a finite loss.
+
+    Example:
+      >>> selection_score(cell)  # doctest: +SKIP
+      0.412
+    """
+    block = selection_block(cell)
+    score = None if block is None else block.get("selected_score")
+    return None if score is None else float(score)
 
 
 def selection_rules(cells: Iterable[Cell]) -> list[str]:
@@ -82,84 +118,62 @@ def selection_rules(cells: Iterable[Cell]) -> list[str]:
 
 
 def grid_values(cell: Cell, field: str) -> dict[str, dict[int, float]]:
-    """``{setting_key: {seed: value}}`` of one grid field ("val_acc" or "test_acc"); nulls skipped.
+    """``{setting_key: {selection seed: value}}`` of one grid field ("val_loss", "val_acc" or
+    "test_acc"); nulls (a diverged grid run) skipped.
 
     Example:
       >>> grid_values(cell, "test_acc")  # doctest: +SKIP
-      {'{"lr": 0.001}': {0: 0.79, 1: 0.8}, '{"lr": 0.003}': {0: 0.81, 1: 0.82}}
+      {'{"lr": 0.001}': {1000: 0.79, 1001: 0.8}, '{"lr": 0.003}': {1000: 0.81, 1001: 0.82}}
     """
-    out: dict[str, dict[int, float]] = {}
-    for r in cell.runs:
-        seeds = r["protocol"].get("selection_seeds")
-        for point in r["protocol"].get("grid", []):
-            values = point.get(field)
-            if seeds is not None:  # the grid ran on the selection seeds, the same for every run
-                pairs = zip(seeds, values if isinstance(values, list) else [])
-            else:
-                pairs = [(r["seed"], values)]
-            for seed, v in pairs:
-                if v is not None:
-                    out.setdefault(setting_key(point["setting"]), {})[seed] = float(v)
-    return out
+    block = selection_block(cell)
+    if block is None:
+        return {}
+    seeds = block["selection_seeds"]
+    return {
+        setting_key(point["setting"]): {
+            s: float(v) for s, v in zip(seeds, point[field], strict=True) if v is not None
+        }
+        for point in block["grid"]
+    }
 
 
-def selection_margin(cell: Cell) -> float | None:
-    """How far the selected setting won: its mean validation accuracy over seeds minus the best
-    other setting's, in the selection's own terms (a diverged setting never competes). None for
-    a cell without a grid or with a single setting.
+def margin_se(cell: Cell) -> float | None:
+    """How clearly the selected setting won: the runner-up's pooled validation loss minus the
+    selected one's, in standard errors of their per-selection-seed differences (as the runner
+    recorded it; inf when every seed agrees exactly). None without a runner-up or with fewer
+    than two selection seeds.
 
     Example:
-      >>> selection_margin(cell)  # doctest: +SKIP
-      0.04
+      >>> margin_se(cell)  # doctest: +SKIP
+      2.7
     """
-    chosen = selected_setting(cell)
-    values = grid_values(cell, "val_acc")
-    if chosen is None or setting_key(chosen) not in values or len(values) < 2:
+    block = selection_block(cell)
+    value = None if block is None else block.get("margin_se")
+    if value is None:
         return None
-    seeds = len(cell.runs)
-    means = {k: float(np.mean(list(v.values()))) for k, v in values.items() if len(v) == seeds}
-    others = [m for k, m in means.items() if k != setting_key(chosen)]
-    if setting_key(chosen) not in means or not others:
-        return None
-    return means[setting_key(chosen)] - max(others)
+    return math.inf if value == "inf" else float(value)
 
 
 def validation_examples(cell: Cell) -> str:
-    """Validation examples per seed behind a tuned cell's selection ("5", "3–4"; "–" unknown)."""
-    found = [r["protocol"].get("val_examples") for r in cell.runs]
-    counts = sorted({c for v in found if v for c in (v if isinstance(v, list) else [v])})
+    """Validation examples per selection seed behind a tuned cell's choice ("5", "3–4"; "–")."""
+    block = selection_block(cell)
+    counts = sorted(set(block.get("val_examples") or [])) if block else []
     if not counts:
         return "–"
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
 
 
 def has_grid(cell: Cell) -> bool:
-    return any(r["protocol"].get("grid") for r in cell.runs)
-
-
-def _final(cell: Cell) -> dict[int, float]:
-    return {r["seed"]: float(r["metrics"]["acc_b"]) for r in cell.runs}
-
-
-def _reference(cell: Cell) -> dict[int, float]:
-    """Per-seed test accuracy of the cell's selected setting on the grid's 80% split.
-
-    Comparing grid points with it keeps both sides trained on the same examples; a cell without
-    a grid (fixed protocol) falls back to its final accuracy on B.
-    """
-    chosen = selected_setting(cell)
-    tested = grid_values(cell, "test_acc")
-    if chosen is not None and setting_key(chosen) in tested:
-        return tested[setting_key(chosen)]
-    return _final(cell)
+    return selection_block(cell) is not None
 
 
 def robustness(x: Cell, y: Cell, direction: int) -> str | None:
     """Whether a claim "x beats y" (direction +1) or "x trails y" (-1) holds at every grid point.
 
-    For each grid setting of x, the mean over shared seeds of x's grid test accuracy minus y's
-    test accuracy at y's selected setting (same 80% split) must have the claim's sign; likewise
-    x's selected setting against each grid setting of y.
+    Grid models of both cells were trained on the same selection seeds' 80% splits, so they
+    are compared paired by selection seed: for each grid setting of x, the mean over shared
+    selection seeds of x's grid test accuracy minus y's at y's selected setting must have the
+    claim's sign; likewise x's selected setting against each grid setting of y.
 
     Args:
       x: treated cell.
@@ -167,53 +181,60 @@ def robustness(x: Cell, y: Cell, direction: int) -> str | None:
       direction: +1 or -1, the supported sign of x - y.
 
     Returns:
-      "robust", "setting-dependent", or None when neither cell has a grid (fixed protocol).
+      "robust", "setting-dependent", or None when either cell has no grid (fixed protocol)
+      or they share fewer than two selection seeds.
 
     Example:
       >>> robustness(lp_ft_cell, full_ft_cell, +1)  # doctest: +SKIP
       'setting-dependent'
     """
-    checks = []
-    if has_grid(x):
-        y_ref = _reference(y)
-        checks += [(values, y_ref) for values in grid_values(x, "test_acc").values()]
-    if has_grid(y):
-        x_ref = _reference(x)
-        checks += [(x_ref, values) for values in grid_values(y, "test_acc").values()]
-    if not checks:
+    x_seeds, y_seeds = selection_seeds(x), selection_seeds(y)
+    if x_seeds is None or y_seeds is None or len(set(x_seeds) & set(y_seeds)) < 2:
         return None
+    x_grid, y_grid = grid_values(x, "test_acc"), grid_values(y, "test_acc")
+    x_ref = x_grid.get(setting_key(selected_setting(x)), {})
+    y_ref = y_grid.get(setting_key(selected_setting(y)), {})
+    checks = [(values, y_ref) for values in x_grid.values()]
+    checks += [(x_ref, values) for values in y_grid.values()]
     for xs, ys in checks:
         c = contrast([xs, ys])
-        if math.isnan(c.estimate) or np.sign(c.estimate) != direction:
+        if c.method != "paired" or np.sign(c.estimate) != direction:
             return "setting-dependent"
     return "robust"
 
 
-def lr_curve(cell: Cell) -> tuple[list[float], list[float], list[float]] | None:
-    """Mean over seeds of validation and test accuracy vs learning rate, for the plot.
+def _pooled(values: dict[int, float], seeds: int) -> float:
+    """Mean over the selection seeds; nan when a seed's run diverged (it never competes)."""
+    return float(np.mean(list(values.values()))) if len(values) == seeds else math.nan
 
-    At each learning rate the other knobs take the setting with the highest mean validation
-    accuracy (the best over them), and test accuracy is read at that same setting.
+
+def lr_curve(cell: Cell) -> tuple[list[float], list[float], list[float]] | None:
+    """Pooled validation loss and mean grid test accuracy vs learning rate, for the plot.
+
+    At each learning rate the other knobs take the setting with the lowest pooled validation
+    loss (the selection's own rule), and test accuracy is read at that same setting.
 
     Returns:
-      ``(lrs, val_means, test_means)`` sorted by lr, or None when the grid has no "lr" knob.
+      ``(lrs, val_loss, test_acc)`` sorted by lr (nan where every setting at that lr
+      diverged on a seed), or None when the cell has no grid or its grid has no "lr" knob.
 
     Example:
       >>> lr_curve(cell)  # doctest: +SKIP
-      ([0.001, 0.003, 0.01], [0.8, 0.83, 0.79], [0.79, 0.82, 0.8])
+      ([0.001, 0.003, 0.01], [0.61, 0.52, 0.7], [0.79, 0.82, 0.8])
     """
-    val, test = grid_values(cell, "val_acc"), grid_values(cell, "test_acc")
+    block = selection_block(cell)
+    if block is None:
+        return None
+    seeds = len(block["selection_seeds"])
+    loss, test = grid_values(cell, "val_loss"), grid_values(cell, "test_acc")
     best: dict[float, tuple[float, float]] = {}
-    for key, seeds in val.items():
-        setting = json.loads(key)
+    for point in block["grid"]:
+        setting = point["setting"]
         if LR not in setting:
             return None
-        v = float(np.mean(list(seeds.values())))
-        t = float(np.mean(list(test[key].values()))) if key in test else math.nan
-        lr = float(setting[LR])
-        if lr not in best or v > best[lr][0]:
-            best[lr] = (v, t)
-    if not best:
-        return None
+        key, lr = setting_key(setting), float(setting[LR])
+        here = (_pooled(loss[key], seeds), _pooled(test[key], seeds))
+        if lr not in best or here[0] < best[lr][0] or math.isnan(best[lr][0]):
+            best[lr] = here
     lrs = sorted(best)
     return lrs, [best[lr][0] for lr in lrs], [best[lr][1] for lr in lrs]

@@ -13,7 +13,9 @@ Required:
   numbers or null, absent read as null: not measured).
 
 Optional (older files lack some; the report then leaves the sentence out):
-  ``protocol``: how hyperparameters were chosen (``validate_protocol``); absent: fixed.
+  ``protocol``: how hyperparameters were chosen (``validate_protocol``); absent: fixed. Under
+    the tuned protocol the reported seeds are the *confirmation* seeds: the grid ran on the
+    block's ``selection_seeds``, which the reported seeds never include.
   ``options``: ``{option: value}``, the strategy options the user set to other than their
     defaults (not tuned by the protocol); a cell is one strategy with one set of options.
   ``task``: ``{"a": name of A or null, "b": name of B, "source": "trained on A" or
@@ -58,6 +60,9 @@ _REQUIRED_METRICS = (
 _NULLABLE_METRICS = ("acc_a", "acc_ood", "peak_memory_bytes")
 # How hyperparameters were chosen; a record without a "protocol" block used fixed ones.
 PROTOCOL_NAMES = ("tuned", "fixed")
+TUNED_KEYS = ("selection_seeds", "selected", "selection", "grid")
+# Per grid point: its setting, then one value per selection seed of each score.
+GRID_FIELDS = ("setting", "val_loss", "val_acc", "test_acc")
 
 
 class ResultsError(ValueError):
@@ -102,7 +107,7 @@ def _check_setting(setting: object, source: str, field: str) -> None:
             )
 
 
-def _check_accuracy(value: object, source: str, field: str, nullable: bool) -> None:
+def _check_number(value: object, source: str, field: str, nullable: bool) -> None:
     if value is None and nullable:
         return
     if not _is_number(value) or not math.isfinite(value):
@@ -110,12 +115,97 @@ def _check_accuracy(value: object, source: str, field: str, nullable: bool) -> N
         raise ResultsError(f"{source}: key '{field}' must be {kind}, got {value!r}")
 
 
+def _check_per_seed(values: object, seeds: int, source: str, field: str) -> None:
+    """One finite number or null per selection seed (null: that seed's grid run diverged)."""
+    if not isinstance(values, list) or len(values) != seeds:
+        raise ResultsError(
+            f"{source}: key '{field}' must be a list of {seeds} numbers or nulls, one per "
+            f"selection seed, got {values!r}"
+        )
+    for i, value in enumerate(values):
+        _check_number(value, source, f"{field}[{i}]", nullable=True)
+
+
+def _check_selection_seeds(protocol: dict, source: str) -> int:
+    seeds = protocol["selection_seeds"]
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(_is_count(s, 0) for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ResultsError(
+            f"{source}: key 'protocol.selection_seeds' must be a non-empty list of distinct "
+            f"ints >= 0 like [1000, 1001, 1002], got {seeds!r}"
+        )
+    return len(seeds)
+
+
+def _check_selection_record(protocol: dict, source: str, seeds: int) -> None:
+    """The optional summary of the choice: its score, runner-up, margin, validation sizes."""
+    if not isinstance(protocol.get("score", "val_loss"), str):
+        raise ResultsError(
+            f"{source}: key 'protocol.score' must be a string like \"val_loss\", "
+            f"got {protocol['score']!r}"
+        )
+    _check_number(protocol.get("selected_score"), source, "protocol.selected_score", True)
+    if protocol.get("runner_up") is not None:
+        _check_setting(protocol["runner_up"], source, "protocol.runner_up")
+    margin = protocol.get("margin_se")
+    if not (margin is None or margin == "inf" or (_is_number(margin) and margin >= 0)):
+        raise ResultsError(
+            f"{source}: key 'protocol.margin_se' must be a number >= 0, \"inf\" or null, "
+            f"got {margin!r}"
+        )
+    examples = protocol.get("val_examples")
+    if examples is not None and not (
+        isinstance(examples, list)
+        and len(examples) == seeds
+        and all(_is_count(e) for e in examples)
+    ):
+        raise ResultsError(
+            f"{source}: key 'protocol.val_examples' must be a list of {seeds} positive ints, "
+            f"one per selection seed, got {examples!r}"
+        )
+
+
+def _check_grid(grid: object, source: str, seeds: int) -> None:
+    if not isinstance(grid, list) or not grid:
+        raise ResultsError(
+            f"{source}: key 'protocol.grid' must be a non-empty list of "
+            f"{{setting, val_loss, val_acc, test_acc}} objects, got {grid!r}"
+        )
+    for i, point in enumerate(grid):
+        field = f"protocol.grid[{i}]"
+        if not isinstance(point, dict):
+            raise ResultsError(f"{source}: key '{field}' must be an object, got {point!r}")
+        for key in GRID_FIELDS:
+            if key not in point:
+                raise ResultsError(
+                    f"{source}: missing key '{field}.{key}' (grid points hold setting, "
+                    f"{', '.join(GRID_FIELDS[1:])})"
+                )
+        _check_setting(point["setting"], source, f"{field}.setting")
+        for key in GRID_FIELDS[1:]:
+            _check_per_seed(point[key], seeds, source, f"{field}.{key}")
+
+
 def validate_protocol(protocol: object, source: str) -> dict:
     """Check a record's ``protocol`` block (absent: the fixed protocol) and return it.
 
-    Schema: ``{"name": "tuned" | "fixed", "selected": {knob: value}, "selection": str,
-    "grid": [{"setting": {knob: value}, "val_acc": float, "test_acc": float | null}, ...]}``;
-    "selected", "selection" and a non-empty "grid" are required when name is "tuned".
+    Schema: ``{"name": "fixed"}``, or for the tuned protocol (the same block in every reported
+    seed of a cell)::
+
+      {"name": "tuned", "score": "val_loss", "selection_seeds": [int, ...],
+       "selected": {knob: value}, "selected_score": float | null,
+       "runner_up": {knob: value} | null, "margin_se": float | "inf" | null,
+       "selection": str, "val_examples": [int per selection seed],
+       "grid": [{"setting": {knob: value}, "val_loss": [float | null per selection seed],
+                 "val_acc": [...], "test_acc": [...]}, ...]}
+
+    "selection_seeds", "selected", "selection" and a non-empty "grid" are required. Blocks of
+    older versions (grid values per reported seed, chosen by validation accuracy on those same
+    seeds) are refused: their selection saw the seeds the claims are made on.
 
     Args:
       protocol: the parsed block, or None when the record has none.
@@ -133,7 +223,7 @@ def validate_protocol(protocol: object, source: str) -> dict:
       >>> validate_protocol({"name": "tuned"}, "r.json")
       Traceback (most recent call last):
       ...
-      jaxtl.report.results.ResultsError: r.json: missing key 'protocol.selected' (a tuned ...
+      jaxtl.report.results.ResultsError: r.json: missing key 'protocol.selection_seeds' (a ...
     """
     if protocol is None:
         return {"name": "fixed"}
@@ -147,45 +237,37 @@ def validate_protocol(protocol: object, source: str) -> dict:
             f"{source}: key 'protocol.name' must be one of {', '.join(PROTOCOL_NAMES)}, "
             f"got {name!r}"
         )
-    if name == "tuned":
-        for key in ("selected", "selection", "grid"):
-            if key not in protocol:
-                raise ResultsError(
-                    f"{source}: missing key 'protocol.{key}' (a tuned protocol records "
-                    "selected, selection and grid)"
-                )
-    if "selected" in protocol:
-        _check_setting(protocol["selected"], source, "protocol.selected")
-    if "selection" in protocol and not isinstance(protocol["selection"], str):
+    if name == "fixed":
+        return protocol
+    if "selection_seeds" not in protocol and _is_older_tuned_block(protocol):
+        raise ResultsError(
+            f"{source}: the protocol block of an older jaxtl (hyperparameters chosen by "
+            "validation accuracy on the reported seeds themselves); this report needs "
+            "selection seeds disjoint from the reported ones: rerun the study into a new --out"
+        )
+    for key in TUNED_KEYS:
+        if key not in protocol:
+            raise ResultsError(
+                f"{source}: missing key 'protocol.{key}' (a tuned protocol records "
+                f"{', '.join(TUNED_KEYS)})"
+            )
+    seeds = _check_selection_seeds(protocol, source)
+    _check_setting(protocol["selected"], source, "protocol.selected")
+    if not isinstance(protocol["selection"], str):
         raise ResultsError(
             f"{source}: key 'protocol.selection' must be a string, got {protocol['selection']!r}"
         )
-    grid = protocol.get("grid", [])
-    if not isinstance(grid, list) or (name == "tuned" and not grid):
-        raise ResultsError(
-            f"{source}: key 'protocol.grid' must be a non-empty list of "
-            f"{{setting, val_acc, test_acc}} objects, got {grid!r}"
-        )
-    for i, point in enumerate(grid):
-        field = f"protocol.grid[{i}]"
-        if not isinstance(point, dict):
-            raise ResultsError(f"{source}: key '{field}' must be an object, got {point!r}")
-        for key in ("setting", "val_acc", "test_acc"):
-            if key not in point:
-                raise ResultsError(
-                    f"{source}: missing key '{field}.{key}' (grid points hold setting, "
-                    "val_acc, test_acc)"
-                )
-        _check_setting(point["setting"], source, f"{field}.setting")
-        # One value per run seed, or (grids on the selection seeds) one list for all of them.
-        per_seed = lambda v: v if isinstance(v, list) else [v]
-        for v in per_seed(point["val_acc"]):
-            _check_accuracy(
-                v, source, f"{field}.val_acc", nullable=isinstance(point["val_acc"], list)
-            )
-        for v in per_seed(point["test_acc"]):
-            _check_accuracy(v, source, f"{field}.test_acc", nullable=True)
+    _check_selection_record(protocol, source, seeds)
+    _check_grid(protocol["grid"], source, seeds)
     return protocol
+
+
+def _is_older_tuned_block(protocol: dict) -> bool:
+    """Grid points with one scalar validation accuracy (the run's own seed's): the old format."""
+    grid = protocol.get("grid")
+    return isinstance(grid, list) and any(
+        isinstance(p, dict) and _is_number(p.get("val_acc")) for p in grid
+    )
 
 
 def _is_scalar(value: object) -> bool:

@@ -10,8 +10,8 @@ because they are what the user asked for last.
 
 Two runs have the same settings when their ``fingerprint`` (the runner's hash of the config
 fields that change results, the data contents, the seed slots and the code) is equal, their
-``protocol.selected`` setting is equal, and, for files without a fingerprint, their ``config``
-without ``seeds`` is equal.
+``protocol.selected`` setting and ``protocol.selection_seeds`` are equal, and, for files without
+a fingerprint, their ``config`` without ``seeds`` is equal.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from jaxtl.report.task import a_name
 
 # How many differing config fields a warning names before it says "and N more".
 _SHOWN_DIFFERENCES = 4
+# What a tuned run's protocol block must share with the rest of its cell to be pooled: the
+# setting it reports and the seeds that setting was chosen on.
+_PROTOCOL_KEYS = ("selected", "selection_seeds")
 
 
 class LeftOut(NamedTuple):
@@ -75,10 +78,11 @@ def settings_key(record: dict) -> str:
 
     Example:
       >>> settings_key({"fingerprint": "ab12", "protocol": {"name": "fixed"}})
-      '["ab12", null]'
+      '["ab12", null, null]'
     """
     made_with = record.get("fingerprint") or _config(record)
-    return json.dumps([made_with, record["protocol"].get("selected")], sort_keys=True, default=str)
+    chosen = [record["protocol"].get(k) for k in _PROTOCOL_KEYS]
+    return json.dumps([made_with, *chosen], sort_keys=True, default=str)
 
 
 def _flatten(value: object, prefix: str = "") -> dict[str, object]:
@@ -106,8 +110,9 @@ def settings_difference(left: dict, kept: dict) -> str:
       'lr=0.001 (kept: 0.003)'
     """
     a, b = _flatten(_config(left)), _flatten(_config(kept))
-    a["protocol.selected"] = left["protocol"].get("selected")
-    b["protocol.selected"] = kept["protocol"].get("selected")
+    for key in _PROTOCOL_KEYS:
+        a[f"protocol.{key}"] = left["protocol"].get(key)
+        b[f"protocol.{key}"] = kept["protocol"].get(key)
     names = sorted(k for k in a.keys() | b.keys() if a.get(k, _ABSENT) != b.get(k, _ABSENT))
     if not names:
         return (

@@ -1,4 +1,5 @@
-"""Statistics over seeds: per-cell means, paired differences, sign-flip tests, Holm.
+"""Statistics over seeds: per-cell means, paired differences, sign-flip tests, Holm, and the
+smallest effect a test could have detected.
 
 Every strategy of a seed shares the same few-shot subset, source model and head init, so
 differences between strategies are computed per seed (paired); Welch's unpaired difference is the
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal, NamedTuple
 
 import numpy as np
+from scipy import optimize as scipy_optimize
 from scipy import stats as scipy_stats
 
 # Two-sided 95% critical values of Student's t (the 0.975 quantile) for df 1..30, then 40, 60, 120.
@@ -196,6 +198,8 @@ class Contrast(NamedTuple):
       method: "paired" (>= 2 shared seeds), "welch" (cells share < 2 seeds, each has >= 2) or
         "insufficient".
       sizes: seeds available per cell (before pairing).
+      se: standard error of the estimate (sd of the per-seed contrasts over sqrt(n) when
+        paired); nan when "insufficient".
     """
 
     estimate: float
@@ -206,6 +210,7 @@ class Contrast(NamedTuple):
     n: int
     method: Method
     sizes: tuple[int, ...]
+    se: float = math.nan
 
     @property
     def low(self) -> float:
@@ -316,7 +321,7 @@ def welch_contrast(samples: Sequence[Sequence[float]], coefs: Sequence[float]) -
     se2 = sum(parts)
     if se2 == 0.0:
         p = 0.0 if estimate != 0.0 else 1.0
-        return Contrast(estimate, 0.0, math.inf, p, math.nan, min(sizes), "welch", sizes)
+        return Contrast(estimate, 0.0, math.inf, p, math.nan, min(sizes), "welch", sizes, 0.0)
     df = se2**2 / sum(v**2 / (a.size - 1) for v, a in zip(parts, arrays, strict=True) if v > 0)
     se = math.sqrt(se2)
     return Contrast(
@@ -328,6 +333,7 @@ def welch_contrast(samples: Sequence[Sequence[float]], coefs: Sequence[float]) -
         min(sizes),
         "welch",
         sizes,
+        se,
     )
 
 
@@ -356,7 +362,8 @@ def contrast(
         return c._replace(sizes=sizes)
     d = [sum(c * values[s] for c, values in zip(coefs, per_seed, strict=True)) for s in shared]
     mean, half, p = paired_t(d)
-    return Contrast(mean, half, len(d) - 1.0, p, sign_flip_p(d), len(d), "paired", sizes)
+    se = float(np.std(d, ddof=1)) / math.sqrt(len(d))
+    return Contrast(mean, half, len(d) - 1.0, p, sign_flip_p(d), len(d), "paired", sizes, se)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -421,3 +428,105 @@ def is_fragile(c: Contrast, p_adjusted: float, alpha: float = ALPHA) -> bool:
     """
     near_end = min(abs(c.low), abs(c.high))
     return p_adjusted > alpha / FRAGILE_P_FACTOR or near_end < FRAGILE_MARGIN
+
+
+# ---- what a test could have detected ----------------------------------------------------------
+
+POWER = 0.8
+
+
+def t_test_power(shift: float, se: float, df: float, alpha: float = ALPHA) -> float:
+    """Power of a two-sided t test at level ``alpha`` when the true effect is ``shift``.
+
+    The t statistic of an estimate with standard error ``se`` then follows a noncentral t with
+    ``df`` degrees of freedom and noncentrality ``shift / se``; power is its mass beyond
+    ±t_{1-alpha/2, df}.
+
+    Example:
+      >>> round(t_test_power(0.0, 1.0, 19), 3)  # no effect: rejects at the test's level
+      0.05
+    """
+    if se == 0.0:
+        return 1.0 if shift != 0.0 else alpha
+    critical = float(scipy_stats.t.ppf(1.0 - alpha / 2.0, df))
+    nc = shift / se
+    upper = float(scipy_stats.nct.sf(critical, df, nc))
+    # Far out in the other tail scipy's nct returns nan for what is below 1e-300.
+    lower = float(scipy_stats.nct.cdf(-critical, df, nc))
+    return upper + (0.0 if math.isnan(lower) else lower)
+
+
+def detectable_effect(se: float, df: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Smallest true effect a two-sided t test (standard error ``se``, ``df`` degrees of freedom)
+    detects with probability ``power`` at level ``alpha``.
+
+    Args:
+      se: standard error of the estimate (for a paired test: sd of the differences / sqrt(n)).
+      df: degrees of freedom of the test (n - 1 paired).
+      alpha: two-sided level the p-value must fall below.
+      power: the probability of detection asked for (> alpha).
+
+    Returns:
+      The effect, in the estimate's units (0 when ``se`` is 0: any nonzero effect is detected;
+      nan when ``se`` or ``df`` is nan).
+
+    Example:
+      >>> round(detectable_effect(1.0 / 20**0.5, 19), 4)  # Cohen's d_z for n = 20
+      0.6604
+    """
+    if math.isnan(se) or math.isnan(df):
+        return math.nan
+    if se == 0.0:
+        return 0.0
+    if not alpha < power < 1.0:
+        raise ValueError(f"power={power} must lie between alpha={alpha} and 1")
+    high = float(scipy_stats.t.ppf(1.0 - alpha / 2.0, df)) + 1.0
+    while t_test_power(high, 1.0, df, alpha) < power:
+        high *= 2.0
+    nc = scipy_optimize.brentq(
+        lambda x: t_test_power(x, 1.0, df, alpha) - power, 0.0, high, xtol=1e-12
+    )
+    return float(nc) * se
+
+
+def minimum_detectable_effect(
+    sd: float, n: int, alpha: float = ALPHA, power: float = POWER
+) -> float:
+    """Minimum detectable effect of a two-sided paired t test over ``n`` seeds.
+
+    The smallest true mean difference that a paired t test, with per-seed differences of
+    standard deviation ``sd``, rejects at two-sided level ``alpha`` with probability ``power``
+    (noncentral t, as G*Power's "means: difference from constant (one sample case)").
+
+    Args:
+      sd: standard deviation of the per-seed differences.
+      n: seeds (pairs), at least 2.
+      alpha: two-sided level, e.g. a Holm family's alpha / m.
+      power: probability of detection.
+
+    Returns:
+      The effect in the units of ``sd``.
+
+    Example:
+      >>> round(minimum_detectable_effect(1.0, 20), 2)  # d_z = 0.66 at n = 20, 5%, 80%
+      0.66
+    """
+    if n < 2:
+        raise ValueError(f"a paired t test needs at least 2 seeds, got {n}")
+    return detectable_effect(sd / math.sqrt(n), n - 1.0, alpha, power)
+
+
+def contrast_mde(c: Contrast, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest effect ``c``'s own test would detect with ``power`` at level ``alpha``,
+    from its observed standard error (paired: sd of the per-seed contrasts over sqrt(n)).
+
+    Returns nan for an "insufficient" contrast.
+
+    Example:
+      >>> c = contrast([{0: 0.9, 1: 0.8, 2: 0.7}, {0: 0.8, 1: 0.7, 2: 0.65}])
+      >>> round(contrast_mde(c), 3)
+      0.094
+    """
+    if c.method == "insufficient":
+        return math.nan
+    return detectable_effect(c.se, c.df, alpha, power)

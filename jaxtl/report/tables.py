@@ -48,6 +48,19 @@ def fmt_mib(s: Summary) -> str:
     return f"{s.mean / 2**20:.1f} ± {s.half_width / 2**20:.1f}"
 
 
+def seed_list(seeds: Sequence[int]) -> str:
+    """Seeds in words: "0–19" for more than two consecutive ones, else "0, 2, 5"; "none".
+
+    Example:
+      >>> seed_list(range(20)), seed_list([3, 1]), seed_list([])
+      ('0–19', '1, 3', 'none')
+    """
+    ordered = sorted(set(seeds))
+    if len(ordered) > 2 and ordered[-1] - ordered[0] == len(ordered) - 1:
+        return f"{ordered[0]}–{ordered[-1]}"
+    return ", ".join(map(str, ordered)) or "none"
+
+
 def fmt_count(s: Summary) -> str:
     """Parameter counts, mean only: "1,234,567"."""
     return MISSING if s.n == 0 else f"{round(s.mean):,}"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 import numpy as np
 
-from jaxtl.report.answer import answer_claims, answer_section, problems
+from jaxtl.report.answer import answer_section
 from jaxtl.report.cells import (
     CONTEXT_PARAMS,
     Cell,
@@ -24,6 +25,7 @@ from jaxtl.report.cells import (
 )
 from jaxtl.report.claims import DecisionTest, problem_label
 from jaxtl.report.collect import collect_runs
+from jaxtl.report.families import answer_claims, problems
 from jaxtl.report.literature import literature_section
 from jaxtl.report.overview import (
     TITLE,
@@ -42,13 +44,13 @@ from jaxtl.report.plots import (
     plot_yosinski,
 )
 from jaxtl.report.protocol import (
-    grid_values,
     has_grid,
     lr_curve,
+    margin_se,
     protocol_name,
-    selected_setting,
-    selection_margin,
+    selection_block,
     selection_rules,
+    selection_score,
     setting_label,
     validation_examples,
 )
@@ -57,65 +59,34 @@ from jaxtl.report.tables import markdown_table, pivot, pivot_table, stats_table
 
 
 def _margin_label(cell: Cell) -> str:
-    """The selection margin in pp, with † when it is at most one validation prediction's worth."""
-    margin = selection_margin(cell)
+    """The runner-up's margin in standard errors, † when under 1 (within selection noise)."""
+    margin = margin_se(cell)
     if margin is None:
         return "–"
-    counts = [r["protocol"].get("val_examples") for r in cell.runs]
-    counts = [min(c) if isinstance(c, list) else c for c in counts]
-    one_prediction = 100.0 / max(counts) / len(cell.runs) if counts and all(counts) else None
-    close = one_prediction is not None and 100 * margin <= one_prediction + 1e-9
-    return f"{100 * margin:.1f}" + (" †" if close else "")
+    if math.isinf(margin):
+        return "∞"
+    return f"{margin:.1f}" + (" †" if margin < 1.0 else "")
 
 
-def hyperparameters_section(cells: list[Cell], out: Path) -> str:
-    """Chosen setting per tuned cell and a sensitivity plot per problem ("" when none is tuned).
-
-    Example:
-      >>> print(hyperparameters_section(cells, Path("out")))  # doctest: +SKIP
-    """
-    tuned = [c for c in cells if protocol_name(c) != "fixed"]
-    if not tuned:
-        return ""
-    lines = [
-        "## Hyperparameters",
-        "",
-        "Selection: " + "; ".join(selection_rules(tuned)) + ". The selected setting was "
-        "retrained on all of the cell's training examples; its test accuracy is the one reported "
-        "everywhere else. Cells not listed used fixed hyperparameters. *Margin*: the selected "
-        "setting's mean validation accuracy minus the runner-up's, in pp; one validation "
-        "prediction moves a seed's accuracy by 100/(validation examples) pp and the mean by that "
-        "over the number of seeds, so a margin of at most one prediction's worth (marked †) is "
-        "one prediction away from a tie or another choice.",
-        "",
+def _hyperparameter_row(problem: tuple, label: str, cell: Cell) -> list[str]:
+    block = selection_block(cell) or {}
+    score = selection_score(cell)
+    return [
+        problem_label(problem),
+        label,
+        size_label(size_of(cell)),
+        setting_label(block.get("selected")),
+        str(len(block.get("grid", []))),
+        "–" if score is None else f"{score:.3f}",
+        setting_label(block.get("runner_up")),
+        _margin_label(cell),
+        str(len(block.get("selection_seeds", []))),
+        validation_examples(cell),
     ]
-    rows = []
-    for problem, mine in problems(tuned).items():
-        label = labeller(mine)
-        for cell in sorted(mine, key=lambda c: (label(c), size_order(size_of(c)))):
-            rows.append(
-                [
-                    problem_label(problem),
-                    label(cell),
-                    size_label(size_of(cell)),
-                    setting_label(selected_setting(cell)),
-                    str(len(grid_values(cell, "val_acc"))),
-                    str(len(cell.runs)),
-                    validation_examples(cell),
-                    _margin_label(cell),
-                ]
-            )
-    header = ["problem", "strategy", "data", "selected", "grid points", "seeds"]
-    lines += [
-        markdown_table([*header, "validation examples per seed", "margin (pp)"], rows),
-        "",
-        (
-            "Sensitivity: mean over seeds of validation (solid) and test (dashed) accuracy on "
-            "the 80% split vs learning rate; at each learning rate the other knobs take the "
-            "setting with the highest mean validation accuracy (the best over them)."
-        ),
-        "",
-    ]
+
+
+def _sensitivity_plots(tuned: list[Cell], out: Path) -> list[str]:
+    lines = []
     for problem, mine in problems(tuned).items():
         label = labeller(mine)
         curves: dict[str, dict] = {}
@@ -133,7 +104,50 @@ def hyperparameters_section(cells: list[Cell], out: Path) -> str:
             chance_level(mine),
         )
         lines += [f"![sensitivity {name}]({png.name})", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def hyperparameters_section(cells: list[Cell], out: Path) -> str:
+    """Chosen setting per tuned cell and a sensitivity plot per problem ("" when none is tuned).
+
+    Example:
+      >>> print(hyperparameters_section(cells, Path("out")))  # doctest: +SKIP
+    """
+    tuned = [c for c in cells if protocol_name(c) != "fixed"]
+    if not tuned:
+        return ""
+    lines = [
+        "## Hyperparameters",
+        "",
+        "Selection: " + "; ".join(selection_rules(tuned)) + ". The selected setting was then "
+        "trained on all of each confirmation seed's training examples; only those runs meet the "
+        "test set and the claims. Cells not listed used fixed hyperparameters. *Val loss*: the "
+        "selected setting's validation cross-entropy pooled over the selection seeds. *Margin "
+        "(SE)*: the runner-up's pooled loss minus the selected one's, in standard errors of "
+        "their per-selection-seed differences; † marks a margin under 1 SE, where the "
+        "runner-up is within the selection's noise and another draw of selection seeds could "
+        "choose it.",
+        "",
+    ]
+    rows = []
+    for problem, mine in problems(tuned).items():
+        label = labeller(mine)
+        for cell in sorted(mine, key=lambda c: (label(c), size_order(size_of(c)))):
+            rows.append(_hyperparameter_row(problem, label(cell), cell))
+    header = ["problem", "strategy", "data", "selected", "grid points", "val loss"]
+    header += ["runner-up", "margin (SE)", "selection seeds", "validation examples per seed"]
+    lines += [
+        markdown_table(header, rows),
+        "",
+        (
+            "Sensitivity: validation cross-entropy pooled over the selection seeds (top) and mean "
+            "test accuracy of the grid models over the selection seeds (bottom, trained on the 80% "
+            "splits) vs learning rate; at each learning rate the other knobs take the setting "
+            "with the lowest validation loss."
+        ),
+        "",
+    ]
+    return "\n".join(lines + _sensitivity_plots(tuned, out))
 
 
 def _file_stem(text: str) -> str:

@@ -1,0 +1,355 @@
+"""Replication: the primary claims of two study directories side by side.
+
+A replication runs the same study again on a disjoint set of confirmation seeds (and/or under
+another floating-point arithmetic). ``compare_studies`` computes each directory's primary claims
+(the Answer's declared families, Holm within each question's family), matches them by
+(question, problem, role, slot, metric), and reports every claim's decision, estimate and CI in
+both runs, the claims whose decision differs, and the agreement: of the claims supported in
+either run, the share supported in both with the same sign. ``write_comparison`` writes it as
+Markdown.
+
+Example:
+  >>> comparison = compare_studies("runs/study", "runs/study_b")  # doctest: +SKIP
+  >>> print(comparison.agreement_line())  # doctest: +SKIP
+  Of the 9 primary claims supported in either run, 7 (78%) are supported in both with the same sign.
+  >>> write_comparison(comparison, "runs/comparison.md")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+from jaxtl.report.cells import group_cells
+from jaxtl.report.claims import Claim, DecisionTest, problem_label
+from jaxtl.report.collect import collect_runs
+from jaxtl.report.families import QUESTIONS, answer_claims, family_counts
+from jaxtl.report.protocol import protocol_name, selected_setting, setting_label
+from jaxtl.report.results import cell_key
+from jaxtl.report.settings import cell_name
+from jaxtl.report.tables import markdown_table, seed_list
+from jaxtl.report.wording import METRIC_NAMES, p_text, pp
+
+COMPARISON_FILE = "comparison.md"
+# What identifies one primary claim across runs: question, problem, role, slot, metric.
+ClaimKey = tuple[str, tuple, str, str, str]
+
+
+def claim_key(claim: Claim) -> ClaimKey:
+    """The key two runs' versions of one primary claim share.
+
+    Example:
+      >>> claim_key(claim)  # doctest: +SKIP
+      ('Q2', (('experiment', 'strategies'), ...), 'full_ft vs scratch', '5/class', 'acc_b')
+    """
+    return (claim.question, claim.problem, claim.role, claim.slot, claim.metric)
+
+
+class Study(NamedTuple):
+    """One directory's primary claims and what they were made on.
+
+    Attributes:
+      path: the directory.
+      claims: primary claims by ``claim_key``, in the Answer's order.
+      seeds: the reported (confirmation) seeds of its runs.
+      selection_seeds: the seeds its tuned cells chose hyperparameters on (empty if none).
+      selected: per tuned cell (``results.cell_key``): its name and selected setting.
+      warnings: runs left out for their settings, one line each.
+    """
+
+    path: str
+    claims: dict[ClaimKey, Claim]
+    seeds: tuple[int, ...]
+    selection_seeds: tuple[int, ...]
+    selected: dict[tuple, tuple[str, dict | None]]
+    warnings: tuple[str, ...]
+
+
+def load_study(path: str | Path, test: DecisionTest = "t") -> Study:
+    """Read one study directory and compute its primary claims.
+
+    Raises:
+      ResultsError: no results, or a malformed record (one line naming file and key).
+
+    Example:
+      >>> len(load_study("runs/study").claims)  # doctest: +SKIP
+      46
+    """
+    runs = collect_runs(path, warn=False)
+    cells = group_cells(runs.records)
+    claims = {claim_key(c): c for c in answer_claims(cells, test)}
+    chosen_on = {s for r in runs.records for s in r["protocol"].get("selection_seeds", [])}
+    selected = {
+        cell_key(c.runs[0]): (cell_name(c.runs[0]), selected_setting(c))
+        for c in cells
+        if protocol_name(c) == "tuned"
+    }
+    return Study(
+        str(path),
+        claims,
+        tuple(sorted({r["seed"] for r in runs.records})),
+        tuple(sorted(chosen_on)),
+        selected,
+        tuple(runs.warnings()),
+    )
+
+
+def _decision(claim: Claim | None) -> str:
+    return "absent" if claim is None else claim.decision
+
+
+class Matched(NamedTuple):
+    """One primary claim in both runs (None where a run does not have it)."""
+
+    key: ClaimKey
+    a: Claim | None
+    b: Claim | None
+
+    @property
+    def moved(self) -> bool:
+        """The decision differs between the runs (a claim one run lacks counts as moved)."""
+        return _decision(self.a) != _decision(self.b)
+
+    @property
+    def supported_either(self) -> bool:
+        return any(c is not None and c.supported for c in (self.a, self.b))
+
+    @property
+    def agrees(self) -> bool:
+        """Supported in both runs with the same sign."""
+        return (
+            self.a is not None
+            and self.b is not None
+            and self.a.supported
+            and self.a.decision == self.b.decision
+        )
+
+    def change(self) -> str:
+        """ "sign flipped", "support moved", "only in run A" ... or "" when nothing moved."""
+        if self.a is None or self.b is None:
+            return "only in run " + ("B" if self.a is None else "A")
+        if not self.moved:
+            return ""
+        if self.a.supported and self.b.supported:
+            return "sign flipped"
+        if self.a.supported or self.b.supported:
+            return "support moved"
+        return "seeds for a test moved"
+
+
+class Comparison(NamedTuple):
+    """Two runs' primary claims, matched.
+
+    Attributes:
+      a: the first study.
+      b: the second study.
+      claims: every primary claim of either run, the moved ones first.
+      test: the p-value that decided ("t" or "sign_flip").
+    """
+
+    a: Study
+    b: Study
+    claims: list[Matched]
+    test: DecisionTest
+
+    @property
+    def moved(self) -> list[Matched]:
+        """The claims whose decision differs between the runs."""
+        return [m for m in self.claims if m.moved]
+
+    @property
+    def agreement(self) -> float | None:
+        """Of the claims supported in either run, the share supported in both with the same
+        sign; None when no claim is supported in either run."""
+        either = [m for m in self.claims if m.supported_either]
+        return sum(m.agrees for m in either) / len(either) if either else None
+
+    @property
+    def disjoint(self) -> bool:
+        """Whether the two runs' confirmation seeds share none."""
+        return not set(self.a.seeds) & set(self.b.seeds)
+
+    def agreement_line(self) -> str:
+        """The agreement in one sentence.
+
+        Example:
+          >>> comparison.agreement_line()  # doctest: +SKIP
+          'Of the 9 primary claims supported in either run, 3 (33%) are supported in both ...'
+        """
+        either = [m for m in self.claims if m.supported_either]
+        if not either:
+            return (
+                f"No primary claim is supported in either run ({len(self.claims)} compared), "
+                "so there is no supported claim to agree on."
+            )
+        both = sum(m.agrees for m in either)
+        return (
+            f"Of the {len(either)} primary claims supported in either run, {both} "
+            f"({100 * both / len(either):.0f}%) are supported in both with the same sign."
+        )
+
+    def selections_moved(self) -> list[tuple[str, dict | None, dict | None]]:
+        """Tuned cells of both runs that selected different settings: (cell, in A, in B)."""
+        return [
+            (name, chosen, self.b.selected[key][1])
+            for key, (name, chosen) in self.a.selected.items()
+            if key in self.b.selected and self.b.selected[key][1] != chosen
+        ]
+
+
+def compare_studies(dir_a: str | Path, dir_b: str | Path, test: DecisionTest = "t") -> Comparison:
+    """Match the primary claims of two study directories.
+
+    Args:
+      dir_a: the first run's output directory (searched for results.json as by the report).
+      dir_b: the replication's.
+      test: which p-value decides a claim ("t" or "sign_flip"), the same for both runs.
+
+    Returns:
+      The ``Comparison``: its ``claims`` hold every primary claim of either run (moved ones
+      first, then in run A's Answer order), ``moved`` those whose decision differs,
+      ``agreement`` the share of claims supported in either run that are supported in both
+      with the same sign.
+
+    Raises:
+      ResultsError: a directory holds no results or a malformed record.
+
+    Example:
+      >>> c = compare_studies("runs/study", "runs/study_b")  # doctest: +SKIP
+      >>> [m.change() for m in c.moved]  # doctest: +SKIP
+      ['support moved', 'sign flipped']
+    """
+    a, b = load_study(dir_a, test), load_study(dir_b, test)
+    keys = list(a.claims) + [k for k in b.claims if k not in a.claims]
+    matched = [Matched(k, a.claims.get(k), b.claims.get(k)) for k in keys]
+    matched.sort(key=lambda m: not m.moved)  # stable: Answer order within each group
+    return Comparison(a, b, matched, test)
+
+
+# ---- Markdown ------------------------------------------------------------------------------------
+
+
+def _figures(claim: Claim | None, other: Claim | None) -> str:
+    """One run's version of a claim: decision, estimate, CI, n, Holm p (and MDE)."""
+    if claim is None:
+        return "absent"
+    c = claim.test
+    # The contrast column names the sides when both runs compare the same cells; otherwise
+    # (the runs picked different "best" strategies) each run's cell names its own.
+    same_sides = other is not None and (other.x, other.y) == (claim.x, claim.y)
+    sides = "" if same_sides else f"{claim.x} − {claim.y}: "
+    if claim.decision == "not enough seeds":
+        return f"{sides}not enough seeds ({pp(c.estimate)})"
+    text = (
+        f"{sides}{claim.decision}: {pp(c.estimate)} (95% CI {100 * c.low:+.2f} to "
+        f"{100 * c.high:+.2f}, n={c.n}, Holm p={p_text(claim.p_adjusted)}"
+    )
+    if claim.decision == "not supported" and math.isfinite(claim.mde):
+        text += f"; detects ≥ {100 * claim.mde:.2f} pp"
+    return text + ")"
+
+
+def _row(m: Matched) -> list[str]:
+    question, problem, role, slot, metric = m.key
+    contrast = f"{role} ({METRIC_NAMES.get(metric, metric)})"
+    if m.a is not None and m.b is not None and (m.a.x, m.a.y) == (m.b.x, m.b.y):
+        contrast += f": {m.a.x} − {m.a.y}"
+    return [
+        question,
+        problem_label(problem),
+        slot,
+        contrast,
+        _figures(m.a, m.b),
+        _figures(m.b, m.a),
+        m.change() or "same",
+    ]
+
+
+def _run_lines(name: str, study: Study) -> list[str]:
+    counts = family_counts(list(study.claims.values()))
+    families = ", ".join(f"{q.key} {counts[q.key][0]} of {counts[q.key][1]}" for q in QUESTIONS)
+    chosen_on = seed_list(study.selection_seeds) if study.selection_seeds else "none (fixed)"
+    return [
+        (
+            f"- **Run {name}**: `{study.path}` — confirmation seeds {seed_list(study.seeds)} "
+            f"({len(study.seeds)}), selection seeds {chosen_on}; supported: {families}."
+        ),
+        *[f"  - left out: {line}" for line in study.warnings],
+    ]
+
+
+def _seed_lines(comparison: Comparison) -> list[str]:
+    a, b = comparison.a, comparison.b
+    shared = sorted(set(a.seeds) & set(b.seeds))
+    disjoint = "yes" if comparison.disjoint else f"no (shared: {seed_list(shared)})"
+    same_selection = (
+        "the same in both runs" if a.selection_seeds == b.selection_seeds else "different"
+    )
+    return [
+        f"- **Confirmation seeds disjoint**: {disjoint}.",
+        f"- **Selection seeds**: {same_selection}.",
+    ]
+
+
+def _selection_lines(comparison: Comparison) -> list[str]:
+    moved = comparison.selections_moved()
+    both = sum(key in comparison.b.selected for key in comparison.a.selected)
+    if not both:
+        return []
+    lines = [
+        (
+            f"- **Selected hyperparameters**: {len(moved)} of the {both} tuned cells of both runs "
+            "selected another setting."
+        ),
+    ]
+    if moved:
+        rows = [[name, setting_label(x), setting_label(y)] for name, x, y in moved]
+        lines += ["", markdown_table(["cell", "run A", "run B"], rows)]
+    return lines
+
+
+def write_comparison(comparison: Comparison, path: str | Path) -> Path:
+    """Write the comparison as Markdown: the runs and their seeds, the agreement, then a table
+    of every primary claim, the moved ones first.
+
+    Args:
+      comparison: from ``compare_studies``.
+      path: the file to write (its directory is created).
+
+    Returns:
+      ``path``.
+
+    Example:
+      >>> write_comparison(compare_studies("a", "b"), "a/comparison.md")  # doctest: +SKIP
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    c = comparison
+    lines = [
+        "# Replication: primary claims of two runs",
+        "",
+        *_run_lines("A", c.a),
+        *_run_lines("B", c.b),
+        *_seed_lines(c),
+        f"- **Agreement**: {c.agreement_line()}",
+        f"- **Decisions that differ**: {len(c.moved)} of {len(c.claims)} primary claims.",
+        *_selection_lines(c),
+        "",
+        (
+            "Primary claims are the Answer's declared families (Holm within each question's "
+            f"family, decided by the {'paired t' if c.test == 't' else 'exact sign-flip'} p), "
+            "matched by question, problem, contrast, data size and metric. A claim is *supported* "
+            "(better or worse) or *not supported*; a claim that is not supported in one run and "
+            "supported in the other has moved, which is not a contradiction unless the signs "
+            "differ. Estimates are in pp."
+        ),
+        "",
+        markdown_table(
+            ["question", "problem", "where", "contrast", "run A", "run B", "change"],
+            [_row(m) for m in c.claims],
+        ),
+        "",
+    ]
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,121 @@
+"""Replication: two study directories with disjoint confirmation seeds, their primary claims
+matched, the ones that moved listed first, and the agreement on supported claims."""
+
+from __future__ import annotations
+
+import pytest
+from report_records import cell, tuned_block, write
+
+from jaxtl.report import ResultsError
+from jaxtl.report.replication import compare_studies, write_comparison
+
+PARAMS = {"dataset_a": "a", "dataset_b": "b", "model": "cnn"}
+FT_JITTER = (0.01, 0.0, -0.01, 0.02, 0.0)
+LP_JITTER = (0.02, -0.01, 0.0, -0.02, 0.01)
+# Validation losses that make full_ft the best strategy that trains everything (and
+# linear_probe the only frozen one) in both runs.
+LOSS = {"full_ft": 0.4, "scratch": 0.8, "linear_probe": 0.9}
+
+
+def block(strategy: str, selected_lr: float = 1e-3) -> dict:
+    grid = [({"lr": lr}, [LOSS[strategy] + (lr > 2e-3)] * 5, [0.7] * 5) for lr in (1e-3, 1e-2)]
+    return tuned_block({"lr": selected_lr}, grid)
+
+
+def study(seeds, gain_at_20: float, probe_at_5: float, scratch_lr_at_20: float = 1e-3):
+    """full_ft − scratch: +10 pp at 5/class, ``gain_at_20`` at 20/class; linear_probe −
+    full_ft: ``probe_at_5`` at 5/class, jitter only at 20/class."""
+    records = []
+    for size, gain, probe in ((5, 0.1, probe_at_5), (20, gain_at_20, 0.0)):
+        params = {**PARAMS, "n_per_class": size}
+        scratch_lr = scratch_lr_at_20 if size == 20 else 1e-3
+        records += cell("strategies", "scratch", params, 0.6, seeds=seeds,
+                        protocol=block("scratch", scratch_lr))  # fmt: skip
+        records += cell("strategies", "full_ft", params, 0.6 + gain, FT_JITTER, seeds=seeds,
+                        protocol=block("full_ft"))  # fmt: skip
+        records += cell("strategies", "linear_probe", params, 0.6 + gain + probe, LP_JITTER,
+                        seeds=seeds, protocol=block("linear_probe"))  # fmt: skip
+    return records
+
+
+@pytest.fixture
+def runs(tmp_path):
+    a = write(tmp_path / "a", study(range(5), gain_at_20=0.1, probe_at_5=0.05))
+    b_records = study(range(5, 10), gain_at_20=0.005, probe_at_5=-0.05, scratch_lr_at_20=1e-2)
+    # Run B also has all of B's data for full_ft and scratch: a claim run A lacks.
+    everything = {**PARAMS, "n_per_class": None}
+    b_records += cell("strategies", "scratch", everything, 0.8, seeds=range(5, 10))
+    b_records += cell("strategies", "full_ft", everything, 0.9, FT_JITTER, seeds=range(5, 10))
+    return a, write(tmp_path / "b", b_records)
+
+
+def test_claims_are_matched_and_the_moved_ones_come_first(runs):
+    comparison = compare_studies(*runs)
+    found = {(m.key[0], m.key[3]): m for m in comparison.claims}
+    assert sorted(found) == [
+        ("Q1", "20/class"), ("Q1", "5/class"), ("Q2", "20/class"), ("Q2", "5/class"),
+        ("Q2", "all"), ("Q3", "20/class"), ("Q3", "5/class"),
+    ]  # fmt: skip
+    decisions = {k: (m.a and m.a.decision, m.b and m.b.decision) for k, m in found.items()}
+    assert decisions[("Q2", "5/class")] == ("better", "better")
+    assert decisions[("Q2", "20/class")] == ("better", "not supported")
+    assert decisions[("Q1", "5/class")] == decisions[("Q3", "5/class")] == ("better", "worse")
+    assert decisions[("Q1", "20/class")] == ("not supported", "not supported")
+    assert decisions[("Q2", "all")] == (None, "better")
+    changes = [(m.key[0], m.key[3], m.change()) for m in comparison.moved]
+    # Moved first, each group in run A's Answer order (by size, then question).
+    assert changes == [
+        ("Q1", "5/class", "sign flipped"), ("Q3", "5/class", "sign flipped"),
+        ("Q2", "20/class", "support moved"), ("Q2", "all", "only in run B"),
+    ]  # fmt: skip
+    assert comparison.claims[: len(comparison.moved)] == comparison.moved
+
+
+def test_agreement_counts_claims_supported_in_either_run(runs):
+    comparison = compare_studies(*runs)
+    # Supported in either run: Q2 at 5/class (both), Q2 at 20/class (A), Q1 and Q3 at 5/class
+    # (opposite signs), Q2 at all (B only): one of five agrees.
+    assert comparison.agreement == pytest.approx(1 / 5)
+    assert comparison.agreement_line() == (
+        "Of the 5 primary claims supported in either run, 1 (20%) are supported in both with "
+        "the same sign."
+    )
+    assert comparison.disjoint and comparison.a.seeds == (0, 1, 2, 3, 4)
+    assert comparison.b.seeds == (5, 6, 7, 8, 9)
+    assert comparison.selections_moved() == [
+        ("strategies scratch, 20/class, a → b (cnn)", {"lr": 1e-3}, {"lr": 1e-2})
+    ]
+
+
+def test_the_comparison_is_written_as_markdown(runs, tmp_path):
+    path = write_comparison(compare_studies(*runs), tmp_path / "out" / "comparison.md")
+    text = path.read_text()
+    a, b = runs
+    assert f"- **Run A**: `{a}` — confirmation seeds 0–4 (5), selection seeds 1000–1004" in text
+    assert f"- **Run B**: `{b}` — confirmation seeds 5–9 (5)" in text
+    assert "supported: Q1 1 of 2, Q2 2 of 2, Q3 1 of 2." in text  # run A's families
+    assert "- **Confirmation seeds disjoint**: yes." in text
+    assert "- **Selection seeds**: the same in both runs." in text
+    assert "- **Agreement**: Of the 5 primary claims supported in either run, 1 (20%)" in text
+    assert "- **Decisions that differ**: 4 of 7 primary claims." in text
+    assert "1 of the 6 tuned cells of both runs selected another setting" in text
+    rows = [line for line in text.splitlines() if line.startswith("| Q")]
+    assert [r.rsplit("|", 2)[-2].strip() for r in rows] == [
+        "sign flipped", "sign flipped", "support moved", "only in run B", "same", "same", "same",
+    ]  # fmt: skip
+    q2 = next(r for r in rows if "| Q2 |" in r and "20/class" in r)
+    assert "| better: +10.40 pp (95% CI " in q2 and ", n=5, Holm p=" in q2
+    assert "| not supported: +0.90 pp (95% CI " in q2 and "; detects ≥ " in q2
+
+
+def test_a_run_compared_with_itself_agrees_everywhere(runs):
+    a, _ = runs
+    comparison = compare_studies(a, a)
+    assert comparison.moved == [] and comparison.agreement == 1.0
+    assert not comparison.disjoint and comparison.selections_moved() == []
+
+
+def test_a_directory_without_results_is_a_one_line_error(runs, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ResultsError, match="no results.json found under"):
+        compare_studies(runs[0], tmp_path / "empty")
