@@ -148,6 +148,7 @@ def test_select_reports_the_margin_over_the_runner_up_in_standard_errors():
     # One seed: no standard error; identical differences: infinitely many.
     assert select(settings[:2], [[0.5], [0.6]]).margin_se is None
     assert select(settings[:2], [[0.5, 0.5], [0.6, 0.6]]).margin_se == math.inf
+    assert select(settings[:2], [[0.5, 0.6], [0.5, 0.6]]).margin_se == 0.0  # an exact tie
     assert select(settings[:1], [[0.5, 0.5]]).runner_up is None
 
 

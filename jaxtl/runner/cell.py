@@ -8,7 +8,6 @@ seed's examples, and per seed its ``results.json`` and trained weights.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -58,17 +57,12 @@ def _retire_stale(run: CellRun) -> None:
     stale = run.out_dir / "runs" / ".stale" / run.cell.id
     for path in sorted(run.cell_dir.glob("seed_*")):
         results = path / outputs.RESULTS_FILE
-        if not results.exists():
+        why = outputs.stale_reason(results, run.key)
+        if why is None:
             continue
-        try:
-            old = json.loads(results.read_text()).get("fingerprint")
-            why = "its settings, data or code changed since it ran"
-        except (OSError, ValueError):
-            old, why = None, "its results.json is unreadable"
-        if old == run.key:
-            continue
+        old = (outputs.read_results_or_none(results) or {}).get("fingerprint")
         stale.mkdir(parents=True, exist_ok=True)
-        target = stale / f"{path.name}-{old or 'unknown'}"
+        target = stale / f"{path.name}-{old or 'unreadable'}"
         shutil.move(str(path), str(target))
         seed = path.name.removeprefix("seed_")
         for checkpoints in run.cell_dir.glob(f"checkpoints-{(old or '')[:8]}*-seeds_*"):

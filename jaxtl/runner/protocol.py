@@ -165,7 +165,8 @@ def select(settings: Sequence[Mapping[str, Any]], val_loss: Sequence[Sequence[fl
     margin_se = None
     if len(d) >= 2:
         se = float(np.std(d, ddof=1)) / math.sqrt(len(d))
-        margin_se = math.inf if se == 0 else margin / se
+        # Every seed agreeing exactly: a tie (0) or an unanimous margin (inf).
+        margin_se = (0.0 if margin == 0 else math.inf) if se == 0 else margin / se
     return Selection(best, pooled[best], second, margin, margin_se)
 
 
