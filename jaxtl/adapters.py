@@ -212,7 +212,7 @@ class NnxGroups:
 
     def variables(self) -> dict[str, PyTree]:
         """The model's state at adaptation as Linen-style variables (pure dicts)."""
-        params, batch_stats = (s.to_pure_dict() for s in self.states[:2])
+        params, batch_stats = (nnx.to_pure_dict(s) for s in self.states[:2])
         return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
     def states_of(self, variables: Mapping[str, PyTree]) -> tuple[Any, Any]:
@@ -260,7 +260,7 @@ class NnxGroups:
         out = model(x, train=train) if self.takes_train else model(x)
         if not mutable:
             return out
-        stats = nnx.state(model, nnx.BatchStat).to_pure_dict()
+        stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
         return out, ({"batch_stats": stats} if stats else {})
 
 
@@ -354,7 +354,7 @@ def grouped_model(
                 f"{type(model).__name__} is an nnx.Module, which holds its own state; pass"
                 " variables=None"
             )
-        params = nnx.state(model, nnx.Param).to_pure_dict()
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         adapted = NnxGroups.of(model, resolve_groups(model, params, groups))
         return adapted, adapted.variables()
     if not isinstance(model, nn.Module):
