@@ -139,7 +139,8 @@ def test_every_catalogue_strategy_trains_a_user_linen_model(strategy):
         if all(p.is_frozen(f"{name}/Dense_0/kernel") for p in phases):
             assert bits(result.variables["batch_stats"][name]) == bits(before["batch_stats"][name])
     metrics = result.metrics
-    assert set(metrics["flops_per_step"]) == set(metrics["trainable_params"]) == set(result.run.plans)
+    phase_names = set(result.run.plans)
+    assert set(metrics["flops_per_step"]) == set(metrics["trainable_params"]) == phase_names
     assert all(f > 0 for f in metrics["flops_per_step"].values())
     assert metrics["history"][-1]["step"] == 12
 

@@ -128,8 +128,8 @@ CASES = {
     ),
     "output not logits": (
         _other(NoHead(), NoHead().init(jax.random.key(0), X), groups=["head"]),
-        r"^the model's output on train x is \(2, 1, 3\) for 2 examples; fine_tune trains"
-        r" classifiers",
+        r"^the model's output on train x \(examples of shape \(6,\)\) is \(2, 1, 3\) for 2"
+        r" examples; fine_tune trains classifiers",
     ),
     "a bare top-level parameter": (
         _other(Bare(), Bare().init(jax.random.key(0), X), groups=["w"]),
