@@ -26,9 +26,9 @@ a ``flax.linen.Module`` or a ``flax.nnx.Module`` whose layer groups are its top-
   (``nnx.view`` with ``deterministic`` and ``use_running_average``), the groups in
   ``inference_groups`` in eval mode; every RNG stream gets a fresh key per step.
 
-Either way the engine's freeze plan restores a frozen group's BatchNorm statistics after every
-step and never changes its parameters, so the freezing guarantees do not depend on how a group
-treats ``train``.
+Either way the engine never changes a frozen group's parameters and, under its default
+BatchNorm policy ("frozen"), its freeze plan restores a frozen group's BatchNorm statistics after
+every step, so the freezing guarantees do not depend on how a group treats ``train``.
 """
 
 from __future__ import annotations

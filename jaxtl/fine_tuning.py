@@ -47,8 +47,8 @@ class FineTuneConfig:
       optimizer: the base optimizer, ``lr -> transformation`` (default: global-norm clipping at
         1, then AdamW with weight decay 1e-4) or a fixed optax transformation (``lr`` unused).
       bn_policy: BatchNorm of frozen groups: "frozen" (inference mode, statistics kept),
-        "train" (batch statistics, frozen groups' running statistics still restored) or "adabn"
-        (statistics re-estimated on the training inputs first, then "frozen").
+        "train" (every group in train mode, every BatchNorm's statistics updated) or "adabn"
+        (statistics re-estimated on the training inputs first, then as "frozen").
       log_every: steps per record of the loss/accuracy history (one compiled call each).
 
     Example:

@@ -23,7 +23,7 @@ from user_models import (
 import jaxtl
 import jaxtl.models
 from jaxtl import FineTuneConfig, adapters, freeze
-from jaxtl.train import STRATEGIES
+from jaxtl.train import STRATEGIES, adabn
 
 TRAIN = toy_task(96)
 EVAL = toy_task(48, seed=1)
@@ -217,3 +217,21 @@ def test_a_group_without_a_train_flag_still_keeps_its_frozen_statistics():
     assert bits(result.variables["batch_stats"]) == bits(variables["batch_stats"])
     assert bits(result.variables["params"]["bn"]) == bits(variables["params"]["bn"])
     assert all(moved_leaves(variables["params"]["head"], result.variables["params"]["head"]))
+
+
+def test_bn_policies_train_and_adabn_move_frozen_statistics_never_frozen_parameters():
+    net, variables = linen_net()
+    x, _ = TRAIN
+    config = lambda policy: FineTuneConfig(steps=40, lr=1e-2, log_every=20, bn_policy=policy)
+    results = {
+        policy: jaxtl.fine_tune(net, variables, TRAIN, "linear_probe", config=config(policy))
+        for policy in ("train", "adabn")
+    }
+    results = {policy: result.variables for policy, result in results.items()}
+    for after in results.values():
+        assert bits(after["params"]["body"]) == bits(variables["params"]["body"])
+        assert bits(after["batch_stats"]["body"]) != bits(variables["batch_stats"]["body"])
+    # AdaBN: the statistics re-estimated on the training inputs once, then kept.
+    grouped, _ = adapters.grouped_model(net, variables)
+    expected = adabn(grouped, variables, x, 32)["batch_stats"]
+    assert bits(results["adabn"]["batch_stats"]) == bits(expected)
