@@ -237,13 +237,12 @@ class NnxGroups:
         """Runs the model on ``x`` as Linen's ``apply`` would (whole model only)."""
         _whole_model_only(start, stop)
         params, batch_stats = self.states_of(variables)
-        keys, rest = self.states[2:]
+        # New Variable objects (tree maps rebuild them), so what the call updates in place (RNG
+        # counts) never reaches the state held here.
+        keys, rest = (jax.tree.map(lambda leaf: leaf, s) for s in self.states[2:])
         leaves, treedef = jax.tree.flatten(keys)
         if rngs is not None and "dropout" in rngs and leaves:
             keys = jax.tree.unflatten(treedef, _fresh_keys(leaves, rngs["dropout"]))
-        else:
-            keys = jax.tree.unflatten(treedef, leaves)  # new Variables: the held ones stay put
-        rest = jax.tree.map(lambda leaf: leaf, rest)
         model = nnx.merge(self.graphdef, params, batch_stats, keys, rest)
         model = nnx.view(
             model, deterministic=not train, use_running_average=not train, raise_if_not_found=False

@@ -101,7 +101,8 @@ class FineTuneResult:
         ``flops_per_step`` (per phase, XLA's count for one step as trained),
         ``trainable_params`` (per phase), ``total_params`` and, with ``eval=``, ``eval_loss``
         and ``eval_acc`` (inference mode, after training).
-      run: the engine's :class:`~jaxtl.train.TrainRun` (freeze plans, per-phase steps, ...).
+      run: the engine's :class:`~jaxtl.train.TrainRun` (freeze plans, per-phase steps, ...),
+        without its final train state (released on the device).
 
     Example:
       >>> result = fine_tune(net, variables, (x, y), eval=(x_val, y_val))  # doctest: +SKIP
@@ -162,22 +163,21 @@ def fine_tune(
     config = FineTuneConfig() if config is None else config
     if not isinstance(config, FineTuneConfig):
         raise ValueError(f"config must be a FineTuneConfig, got {type(config).__name__}")
-    grouped, start = grouped_model(model, variables, groups)
+    grouped, initial = grouped_model(model, variables, groups)
     chosen = _strategy(strategy, strategy_options, grouped.layer_groups)
-    x, y = _examples("train", train, grouped, start)
+    x, y = _examples("train", train, grouped, initial)
     if eval is not None:
-        x_eval, y_eval = _examples("eval", eval, grouped, start)
-        if x_eval.shape[1:] != x.shape[1:]:
-            raise ValueError(
-                f"eval x has examples of shape {x_eval.shape[1:]} but train x has {x.shape[1:]}"
-            )
+        x_eval, y_eval = _examples("eval", eval, grouped, initial)
     spec = config.spec(min(config.batch_size, len(y)))
-    job = engine.Job(start, chosen, x, y, seed=config.seed, lr=config.lr)
+    job = engine.Job(initial, chosen, x, y, seed=config.seed, lr=config.lr)
     entered: dict[str, PyTree] = {}
     shapes = lambda state: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
     on_phase_start = lambda name, state: entered.setdefault(name, shapes(state))
     callbacks = engine.Callbacks(on_phase_start=on_phase_start)
+    # The final train state (optimizer moments included) stays on the device while the run
+    # holds it; the trained variables are host copies, so let it go.
     run = engine.train(grouped, spec, job, callbacks=callbacks)
+    run = dataclasses.replace(run, pack_state=None)
     metrics = _metrics(run, entered, (spec.batch_size, *x.shape[1:]))
     if eval is not None:
         scores = engine.evaluate(grouped, run.variables, x_eval, y_eval)
