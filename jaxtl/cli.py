@@ -15,6 +15,7 @@ import argparse
 import errno
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,6 +128,54 @@ def _cmd_run(args: argparse.Namespace) -> int:
     report = runner.run_experiment(config, out, show_progress=None)
     print(f"report: {report}")
     return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    with interrupts.held():
+        from jaxtl.report import replication
+
+    comparison = replication.compare_studies(args.a, args.b, test=args.test)
+    out = Path(args.out) if args.out else Path(args.b) / replication.COMPARISON_FILE
+    path = replication.write_comparison(comparison, out)
+    print(comparison.agreement_line())
+    print(
+        f"{len(comparison.moved)} of {len(comparison.claims)} primary claims moved;"
+        f" comparison: {path}"
+    )
+    return 0
+
+
+_ISAS = ("SSE4_2", "AVX", "AVX2", "AVX512")
+
+
+def _cmd_replicate(args: argparse.Namespace) -> int:
+    flag = f"--xla_cpu_max_isa={args.isa}" if args.isa else None
+    if flag and flag not in os.environ.get("XLA_FLAGS", "").split():
+        # XLA reads its flags once, when the backend starts: rerun in a child that has them.
+        env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()}
+        child = [sys.executable, "-m", "jaxtl.cli", *_replicate_argv(args)]
+        return subprocess.run(child, env=env, check=False).returncode
+    with interrupts.held():
+        from jaxtl import runner
+        from jaxtl.report import replication
+        from jaxtl.runner.replication import replication_config
+
+    of = Path(args.of)
+    seeds_given = any(s.split("=", 1)[0].strip() == "seeds" for s in args.set)
+    config = replication_config(_configured(args), of, seeds_given)
+    out = Path(args.out)
+    runner.run_experiment(config, out, show_progress=None)
+    comparison = replication.compare_studies(of, out, test="t")
+    path = replication.write_comparison(comparison, out / replication.COMPARISON_FILE)
+    print(comparison.agreement_line())
+    print(f"report: {out / 'report.md'}; comparison with {of}: {path}")
+    return 0
+
+
+def _replicate_argv(args: argparse.Namespace) -> list[str]:
+    """The replicate command line without ``--isa`` (the child already has the flag)."""
+    sets = ["--set", *args.set] if args.set else []
+    return ["replicate", args.config, "--of", args.of, "--out", args.out, *sets]
 
 
 def _config_lines(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -295,6 +344,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_arguments(config)
     config.set_defaults(handler=_cmd_config)
+
+    replicate = sub.add_parser(
+        "replicate",
+        help="rerun an experiment on confirmation seeds disjoint from an earlier run's, then"
+        " compare their claims",
+    )
+    _add_config_arguments(replicate)
+    replicate.add_argument("--of", required=True, help="the earlier run's output directory")
+    replicate.add_argument("--out", required=True, help="the replication's output directory")
+    replicate.add_argument(
+        "--isa",
+        choices=_ISAS,
+        help="run under this CPU's arithmetic (XLA_FLAGS=--xla_cpu_max_isa=ISA)",
+    )
+    replicate.set_defaults(handler=_cmd_replicate)
+
+    compare = sub.add_parser(
+        "compare", help="compare the primary claims of two runs (e.g. a study and its replication)"
+    )
+    compare.add_argument("a", help="the first run's output directory")
+    compare.add_argument("b", help="the second run's output directory")
+    compare.add_argument("--out", help="where to write the comparison (default: B/comparison.md)")
+    compare.add_argument("--test", choices=("t", "sign_flip"), default="t")
+    compare.set_defaults(handler=_cmd_compare)
 
     report = sub.add_parser("report", help="write report.md from a directory of results")
     report.add_argument("dir")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -79,11 +80,37 @@ def result_fields(config: ml_collections.ConfigDict, *, drop: Iterable[str] = ()
     return out
 
 
+def arithmetic() -> dict[str, Any]:
+    """What decides the floating-point arithmetic besides the code: the jax/jaxlib versions, the
+    backend and XLA's code-generation flags (``XLA_FLAGS=--xla_cpu_max_isa=SSE4_2`` rounds
+    otherwise than the machine's widest vector unit), so a run under other arithmetic never
+    serves a cached result of this one.
+
+    Example:
+      >>> sorted(arithmetic())
+      ['backend', 'jax', 'jaxlib', 'xla_flags']
+    """
+    import jax
+    import jaxlib
+
+    flags = sorted(
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if f.startswith(("--xla_cpu", "--xla_gpu"))
+    )
+    return {
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "backend": jax.default_backend(),
+        "xla_flags": flags,
+    }
+
+
 def fingerprint(**parts: Any) -> str:
-    """One hash over named parts plus the code version.
+    """One hash over named parts plus the code version and the arithmetic.
 
     Example:
       >>> fingerprint(config={"a": 1}, seed=0) == fingerprint(seed=0, config={"a": 1})
       True
     """
-    return config_hash({**parts, "code": code_version()})
+    return config_hash({**parts, "code": code_version(), "arithmetic": arithmetic()})
