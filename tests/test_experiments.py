@@ -98,7 +98,10 @@ def test_study_answers_q1_to_q3_for_both_model_families_and_study_full_runs_ever
     ]
     parts = {p.model.name + ":" + p.experiment for p in runner.expand_parts(study)}
     assert parts == {"mlp:strategies", "cnn:strategies", "mlp:cross_domain", "cnn:cross_domain"}
-    assert all(p.protocol.name == "tuned" and len(p.seeds) == 5 for p in runner.expand_parts(study))
+    for p in runner.expand_parts(study):
+        # Claims rest on >= 20 confirmation seeds that hyperparameter selection never saw.
+        assert p.protocol.name == "tuned" and len(p.seeds) >= 20
+        assert not set(p.seeds) & set(p.protocol.selection_seeds)
     full = load_config("study_full")
     assert list(full.parts) == [*study.parts, "yosinski", "yosinski_mnist1d", "surgical"]
 
