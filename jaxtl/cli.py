@@ -126,7 +126,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     name = Path(args.config).stem
     out = Path(args.out) if args.out else Path("runs") / name
     report = runner.run_experiment(config, out, show_progress=None)
-    print(f"report: {report}")
+    _print_written(Path(report))
     return 0
 
 
@@ -206,8 +206,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     with interrupts.held():
         from jaxtl import report
 
-    print(f"report: {report.write_report(args.dir, args.out)}")
+    _print_written(Path(report.write_report(args.dir, args.out)))
     return 0
+
+
+def _print_written(report_path: Path) -> None:
+    """Where the report and its table (one row per run) are."""
+    print(f"report: {report_path}")
+    table = report_path.parent / "results.csv"
+    if table.is_file():
+        print(f"results table: {table}")
 
 
 # `jaxtl list datasets`: what else names data, beside the loaders' own names.

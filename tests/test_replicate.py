@@ -1,5 +1,7 @@
 """Replication as a command: fresh confirmation seeds, the same selection, a comparison."""
 
+import contextlib
+import io
 import json
 import subprocess
 
@@ -30,7 +32,14 @@ def _seeds(out):
 def replicated(tmp_path_factory):
     root = tmp_path_factory.mktemp("replicate")
     first, second = root / "first", root / "second"
-    assert cli.main(["run", "strategies", "--out", str(first), "--set", *TINY]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["run", "strategies", "--out", str(first), "--set", *TINY]) == 0
+    # The run says where its report and its table (one row per run) are.
+    assert printed.getvalue().splitlines()[-2:] == [
+        f"report: {first / 'report.md'}",
+        f"results table: {first / 'results.csv'}",
+    ]
     # seeds left unset on purpose: the replication picks fresh ones itself
     unseeded = [s for s in TINY if not s.startswith("seeds=")]
     argv = ["replicate", "strategies", "--of", str(first), "--out", str(second), "--set"]

@@ -70,3 +70,13 @@ def test_no_nonzero_ratio_reads_as_zero_or_as_everything():
     for ratio in np.geomspace(1e-7, 0.99, 300):
         phrase = ratio_phrase(float(ratio), "training FLOPs")
         assert "(0.00×" not in phrase and not phrase.startswith("100%"), (ratio, phrase)
+
+
+def test_b_training_has_a_step_bar_with_a_time_eta(two_cell_run, tiny_config):
+    _, err = two_cell_run
+    config = tiny_config("protocol.name=fixed")
+    total = len(config.seeds) * config.train_b.steps  # every job's steps: the work left
+    cell = r"strategies-mnist5k_to_mnist5k-mlp-linear_probe-n_per_class5"
+    # Opened at 0 of the cell's model-steps, then a rate and a time left (tqdm's "<mm:ss").
+    assert re.search(rf"  {cell}: +0%.*\| 0/{total} ", err), err
+    assert re.search(rf"  {cell}: +\d+%.*\| \d+/{total} \[.*<\d\d:\d\d", err), err

@@ -14,7 +14,7 @@ from jaxtl import data as data_lib
 from jaxtl.runner.jobs import checkpoints_in, spec_for
 from jaxtl.runner.sweep import Cell
 from jaxtl.runner.tasks import Tasks
-from jaxtl.train import Callbacks, Job, TrainRun, get_strategy, train_jobs
+from jaxtl.train import Callbacks, Job, TrainRun, get_strategy, outputs, train_jobs
 
 PackListener = Callable[[list[Job], dict], None]
 
@@ -81,14 +81,32 @@ class CellRun:
         ``directory_of(pack)``; ``listeners`` are ``(on_chunk, on_resume)`` per pack."""
         on_chunk, on_resume = listeners
         spec = spec_for(self.config, self.model, "b", batch_size=batch_size, pad_to=self.pad_to)
-        return train_jobs(
-            self.model,
-            spec,
-            jobs,
-            checkpointer_for=checkpoints_in(self.config, directory_of),
-            callbacks_for=lambda pack: Callbacks(
-                on_chunk=lambda r: on_chunk(pack, r),
-                on_resume=None if on_resume is None else (lambda step: on_resume(pack, step)),
-                stop_requested=self.stop_requested,
-            ),
+        # Model-steps (every job's steps, summed), so the ETA counts the work left, not packs.
+        bar = outputs.progress(
+            len(jobs) * spec.steps,
+            desc=f"  {self.cell.id}",
+            disable=None if self.show_progress is None else not self.show_progress,
         )
+        bar.unit = "step"
+
+        def heard_chunk(pack: list[Job], record: dict) -> None:
+            on_chunk(pack, record)
+            bar.update(record["chunk_steps"] * len(pack))
+
+        def heard_resume(pack: list[Job], step: int | None) -> None:
+            if on_resume is not None:
+                on_resume(pack, step)
+            bar.update((step or 0) * len(pack))
+
+        with bar:
+            return train_jobs(
+                self.model,
+                spec,
+                jobs,
+                checkpointer_for=checkpoints_in(self.config, directory_of),
+                callbacks_for=lambda pack: Callbacks(
+                    on_chunk=lambda r: heard_chunk(pack, r),
+                    on_resume=lambda step: heard_resume(pack, step),
+                    stop_requested=self.stop_requested,
+                ),
+            )
