@@ -84,7 +84,7 @@ def test_pages_use_known_fences_only():
 def test_python_blocks_run_as_written(page, tmp_path, monkeypatch, capsys):
     blocks = code_blocks(page.read_text(), "python")
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "__docs__"}
+    namespace: dict = {}
     for i, code in enumerate(blocks):
         exec(compile(code, f"{_name(page)} block {i}", "exec"), namespace)  # noqa: S102 (the point)
     check = CHECKS.get(_name(page))
@@ -102,10 +102,16 @@ def jaxtl_commands(text: str) -> list[list[str]]:
     commands = []
     for block in code_blocks(text, "bash"):
         for line in block.splitlines():
-            for part in re.split(r"&&|\|\|?|;", line.split(" #")[0]):
-                words = shlex.split(part)
+            lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+            lexer.whitespace_split = True
+            words: list[str] = []
+            for token in [*lexer, ";"]:
+                if token not in ("&&", "||", "|", ";"):
+                    words.append(token)
+                    continue
                 if words and re.fullmatch(r"(\S*/)?jaxtl", words[0]):
                     commands.append(words[1:])
+                words = []
     return commands
 
 
