@@ -2,9 +2,9 @@
 
 Class split (mnist5k digits 0-4 -> 5-9) and cross-domain (mnist5k -> scikit-learn digits, 16x16)
 with every transfer strategy, each for a 3-hidden-layer MLP and a small CNN, under the tuned
-protocol: hyperparameters chosen on 5 selection seeds, every claim made on 20 confirmation
-seeds that selection never saw; offline, sized for a 2-core CPU. ``study_full`` adds Yosinski's transfer
-curves and surgical fine-tuning under the same protocol.
+protocol (hyperparameters chosen on 5 selection seeds, results from 20 confirmation seeds);
+offline, sized for a 2-core CPU. ``study_full`` adds Yosinski's transfer curves and surgical
+fine-tuning under the same protocol. docs/study.md describes the protocol and the results.
 
 jaxtl run study --out runs/study       # then open runs/study/report.md
 """

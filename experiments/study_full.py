@@ -1,7 +1,7 @@
 """Every embedded pipeline under the same protocol: the default study plus Yosinski's transfer
 curves (mnist5k and MNIST-1D halves) and surgical fine-tuning.
 
-  jaxtl run study_full --out runs/study_full     # longer than the default study; see README
+  jaxtl run study_full --out runs/study_full     # longer than the default study; see docs/study.md
 """
 
 import sys

@@ -19,7 +19,8 @@ then, on a Colab TPU or a GPU (add compute_dtype=bfloat16 for speed):
   jaxtl run tutorial --out runs/tutorial \\
       --set data.b=folder:hymenoptera_data source=pretrained:resnet18.safetensors
 
-The README's "Start from your own checkpoint and images" has the Colab and local-CPU commands.
+docs/data.md ("Start from your own checkpoint and images") has the local-CPU commands,
+docs/scaling.md the Colab ones.
 """
 
 import sys

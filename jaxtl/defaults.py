@@ -135,7 +135,7 @@ def with_small_cnn(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     config.protocol.knobs = {}
     # In 300-step runs (2026-11-29, 5 seeds) full_ft, freeze_first_k and scratch had reached
     # train accuracy >= 0.94 by step 100 and 1.0 by 200; the linear probe was still rising
-    # (0.81 at 200, 0.85 at 300), which the README notes.
+    # (0.81 at 200, 0.85 at 300), which docs/study.md notes.
     config.train_b.steps = 200
     config.train_a.steps = 400
     return config

@@ -51,7 +51,7 @@ def loss_fn(model, x, y):
 
 
 def plan_step(model, optimizer, plan, x, y):
-    """The README's step: frozen BatchNorms on running statistics, grads of trainable params."""
+    """The docs' NNX step: frozen BatchNorms on running statistics, grads of trainable params."""
     grads = nnx.grad(loss_fn, argnums=nnx.DiffState(0, plan.nnx_filter))(plan.nnx_view(model), x, y)
     optimizer.update(model, grads)
 

@@ -1,4 +1,4 @@
-"""The README's example runs exactly as written, and CI runs exactly the README's test command."""
+"""CI runs exactly the README's test command (tests/test_docs.py runs the README's code)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,6 @@ import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-
-
-def test_readme_api_example_runs_as_written(capsys):
-    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
-    assert blocks, "the README has no python example"
-    namespace: dict = {}
-    exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 (the point of the test)
-    printed = capsys.readouterr().out
-    assert "trainable 82 of 106 parameters" in printed
-    assert "'flops'" in printed
 
 
 def test_ci_runs_exactly_the_readme_test_command():
@@ -28,3 +18,10 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert len(ci_commands) == 1
     bash_blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.DOTALL)
     assert ci_commands[0] in [b.strip() for b in bash_blocks]
+
+
+def test_the_readme_stays_a_front_door():
+    """What it is, the two commands, the examples and links; the rest lives in docs/."""
+    assert README.count("\n") <= 250
+    for page in re.findall(r"\]\((docs/[\w.]+\.md)", README):
+        assert (ROOT / page).is_file(), page

@@ -1,6 +1,6 @@
 """The tutorial scenario end to end: a checkpoint file as the source, an image folder as B.
 
-The README's local-CPU commands exactly as written: a generated folder of 32x32 PNGs and a
+docs/data.md's local-CPU commands exactly as written: a generated folder of 32x32 PNGs and a
 random, narrow ResNet-18 exported under torchvision's names, then `jaxtl run tutorial --set
 data.b=folder:PATH source=pretrained:FILE`; then the runner's checks of a checkpoint source, one
 line each.
@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import re
 import shlex
 
 import numpy as np
 import pytest
+import test_docs
 from safetensors.numpy import save_file
 
 from jaxtl import cli, data, models
@@ -32,24 +32,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = ("ants", "bees")
 
 
-def readme_blocks() -> tuple[str, list[str]]:
-    """The README's local-CPU blocks: the Python that writes demo/, the `jaxtl run` command."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Start from your own checkpoint and images\n", 1)[1]
-    section = section.split("\n## ", 1)[0]
-    [python] = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    command = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)[-1].strip()
+def data_page_blocks() -> tuple[str, list[str]]:
+    """docs/data.md's local-CPU blocks: the Python that writes demo/, the `jaxtl run` command."""
+    page = (ROOT / "docs" / "data.md").read_text()
+    part = test_docs.section(page, "Start from your own checkpoint and images")
+    [python] = test_docs.code_blocks(part, "python")
+    command = test_docs.code_blocks(part, "bash")[-1].strip()
     return python, shlex.split(command)
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> pathlib.Path:
-    """A folder holding what the README's Python block writes (demo/images, demo/resnet18...)."""
+    """A folder holding what docs/data.md's Python block writes (demo/images, demo/resnet18...)."""
     root = tmp_path_factory.mktemp("tutorial")
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        exec(compile(readme_blocks()[0], "README.md", "exec"), {})  # noqa: S102 (the point)
+        exec(compile(data_page_blocks()[0], "docs/data.md", "exec"), {})  # noqa: S102 (the point)
     finally:
         os.chdir(cwd)
     return root
@@ -69,8 +68,8 @@ def write_resnet18(path: pathlib.Path, num_classes: int = 10) -> pathlib.Path:
 
 
 def tiny() -> list[str]:
-    """The README command's overrides other than data.b and source."""
-    argv = readme_blocks()[1]
+    """The docs command's overrides other than data.b and source."""
+    argv = data_page_blocks()[1]
     overrides = argv[argv.index("--set") + 1 :]
     return [o for o in overrides if not o.startswith(("data.b=", "source="))]
 
@@ -82,10 +81,10 @@ def tutorial_config(folder, checkpoint, *overrides: str):
     )
 
 
-def test_readme_runs_the_tutorial_from_a_checkpoint_file_and_an_image_folder(
+def test_docs_run_the_tutorial_from_a_checkpoint_file_and_an_image_folder(
     demo, monkeypatch, capsys
 ):
-    argv = readme_blocks()[1]
+    argv = data_page_blocks()[1]
     assert argv[:2] == ["jaxtl", "run"] and "tutorial" in argv
     monkeypatch.chdir(demo)
     assert cli.main(argv[1:]) == 0, capsys.readouterr().err

@@ -1,6 +1,6 @@
 """A Flax NNX user's train step: head only (a freeze plan) against all trainable, under ``nnx.jit``.
 
-The head-only step is the README's "With Flax NNX" recipe: ``nnx.Optimizer(model,
+The head-only step is docs/freeze.md's "With Flax NNX" recipe: ``nnx.Optimizer(model,
 plan.optimizer(tx), wrt=plan.nnx_filter)``, gradients only for ``plan.nnx_filter`` through
 ``nnx.DiffState``, frozen BatchNorms on running statistics through ``plan.nnx_view``. The
 all-trainable step is plain NNX: ``wrt=nnx.Param`` and ``nnx.grad`` of the whole model.
