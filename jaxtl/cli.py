@@ -59,7 +59,7 @@ def _drop_unraisable_noise() -> None:
     # Two kinds of exception reach sys.unraisablehook after or instead of jaxtl's one line, so
     # the command drops them for the rest of the process (installed once):
     # - orbax cleaning up after a failed checkpoint read, up to interpreter exit
-    #   (jaxtl.train.checkpoint.is_orbax_noise; none before that module is loaded);
+    #   (jaxtl.train.orbax_failures.is_orbax_noise; none before that module is loaded);
     # - a signal's Stopped raised where Python cannot propagate it (XLA's garbage-collector
     #   callback): the signal stays recorded and is raised at the runner's next check.
     previous = sys.unraisablehook
@@ -69,8 +69,8 @@ def _drop_unraisable_noise() -> None:
     def hook(unraisable) -> None:
         if isinstance(unraisable.exc_value, interrupts.Stopped):
             return
-        checkpoint = sys.modules.get("jaxtl.train.checkpoint")
-        if checkpoint is None or not checkpoint.is_orbax_noise(unraisable):
+        failures = sys.modules.get("jaxtl.train.orbax_failures")
+        if failures is None or not failures.is_orbax_noise(unraisable):
             previous(unraisable)
 
     hook.jaxtl_drops_noise = True

@@ -11,20 +11,8 @@ import ml_collections
 YOSINSKI_CONDITIONS = ("AnB", "AnB+", "BnB", "BnB+")
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """Defaults every experiment starts from (sizes for the embedded CPU study).
-
-    Example:
-      >>> base_config().model.name
-      'mlp'
-    """
-    c = ml_collections.ConfigDict()
-    c.experiment = "strategies"
-    # The seeds whose results are reported (under the tuned protocol: the confirmation seeds,
-    # which hyperparameter selection never sees). Every strategy of a seed shares its few-shot
-    # subset, source model and head init, so comparisons are paired by seed; 20 of them detect
-    # a paired effect of about 0.7 standard deviations of its per-seed differences (80% power).
-    c.seeds = list(range(20))
+def _data_defaults(c: ml_collections.ConfigDict) -> None:
+    """``data.*`` and ``source``: the tasks A and B and where B's transfers start."""
     c.data = ml_collections.ConfigDict()
     c.data.a = "mnist5k"  # dataset of task A (and of B unless data.b is set)
     c.data.b = ""  # another dataset for B (cross-domain); "" = same as A
@@ -38,6 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
     # torchvision/timm checkpoint file (jaxtl.models.pretrained), which then decides model.name
     # and model.options; data.a may be "" (retention of A is measured only when A is given).
     c.source = ""
+
+
+def _training_defaults(c: ml_collections.ConfigDict) -> None:
+    """``model`` and the training of the source (``train_a``) and of B (``train_b``)."""
     c.model = ml_collections.ConfigDict()
     c.model.name = "mlp"
     c.model.options = {"widths": (256, 256, 128), "norm": "batchnorm"}
@@ -50,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train_b = ml_collections.ConfigDict(
         {"steps": 300, "batch_size": 20, "lr": 1e-3, "weight_decay": 1e-4, "clip_norm": 1.0}
     )
+
+
+def _protocol_defaults(c: ml_collections.ConfigDict) -> None:
+    """``protocol``: how hyperparameters are chosen."""
     # How hyperparameters are chosen. "tuned": per cell (strategy x data size), every grid point
     # trains on a seeded 80/20 split of B's training examples (per class, >= 1 each side) of
     # each selection seed and is scored by its validation cross-entropy, pooled over the
@@ -72,16 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
             },
         }
     )
-    c.bn_policy = "frozen"
-    c.cache_features = True
-    c.reinit_head = True  # B has a new label space: re-create the head
-    c.strategies = ["scratch", "linear_probe", "lp_ft", "full_ft"]
-    c.strategy_options = {"freeze_first_k": {"k": 2}}
-    c.n_per_class = [5, 20, None]  # None = all of B's training data
-    c.yosinski = ml_collections.ConfigDict(
-        {"depths": [1, 2, 3], "conditions": list(YOSINSKI_CONDITIONS), "n_per_class": None}
-    )
-    c.shifts = {}  # surgical: name -> {"level": input|feature|output, "shift": ..., "params": {}}
+
+
+def _engine_defaults(c: ml_collections.ConfigDict) -> None:
+    """How runs execute: dtype, outputs, slots, devices, checkpoints, caches and study parts."""
     c.compute_dtype = ""  # e.g. "bfloat16": compute in bf16, params and optimizer state in fp32
     # Keep each final run's trained variables in its run directory (seed_<k>/weights, read with
     # jaxtl.train.checkpoint.load_variables). The embedded study turns it off: its ~1,000 runs
@@ -115,6 +105,36 @@ def base_config() -> ml_collections.ConfigDict:
     c.compilation_cache_dir = "~/.cache/jaxtl/xla"
     c.parts = []  # study: experiment names run into one output directory
     c.part_overrides = {}  # study: experiment name -> list of "key=value" overrides
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults every experiment starts from (sizes for the embedded CPU study).
+
+    Example:
+      >>> base_config().model.name
+      'mlp'
+    """
+    c = ml_collections.ConfigDict()
+    c.experiment = "strategies"
+    # The seeds whose results are reported (under the tuned protocol: the confirmation seeds,
+    # which hyperparameter selection never sees). Every strategy of a seed shares its few-shot
+    # subset, source model and head init, so comparisons are paired by seed; 20 of them detect
+    # a paired effect of about 0.7 standard deviations of its per-seed differences (80% power).
+    c.seeds = list(range(20))
+    _data_defaults(c)
+    _training_defaults(c)
+    _protocol_defaults(c)
+    c.bn_policy = "frozen"
+    c.cache_features = True
+    c.reinit_head = True  # B has a new label space: re-create the head
+    c.strategies = ["scratch", "linear_probe", "lp_ft", "full_ft"]
+    c.strategy_options = {"freeze_first_k": {"k": 2}}
+    c.n_per_class = [5, 20, None]  # None = all of B's training data
+    c.yosinski = ml_collections.ConfigDict(
+        {"depths": [1, 2, 3], "conditions": list(YOSINSKI_CONDITIONS), "n_per_class": None}
+    )
+    c.shifts = {}  # surgical: name -> {"level": input|feature|output, "shift": ..., "params": {}}
+    _engine_defaults(c)
     return c
 
 

@@ -2,10 +2,9 @@
 
 Needs torch and torchvision (the `torch` extra) next to jaxtl, e.g. in a separate venv:
 
-  python -m venv /work/torchenv
-  /work/torchenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm && \
-    /work/torchenv/bin/pip install -e .
-  /work/torchenv/bin/python scripts/check_torch_import.py
+  python -m venv .torchenv
+  .torchenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm && .torchenv/bin/pip install -e .
+  .torchenv/bin/python scripts/check_torch_import.py
 
 For each model and file format it prints the largest absolute difference of the logits (eval
 mode) and of the stem/stage outputs between torchvision and jaxtl's converted copy, in float32
@@ -97,7 +96,7 @@ def check(name: str, size: int, out: pathlib.Path) -> bool:
     import torchvision
     from safetensors.torch import save_file
 
-    from jaxtl.models import pretrained
+    from jaxtl.models import pretrained, registry
 
     torch.manual_seed(0)
     net = getattr(torchvision.models, name)().eval()
@@ -121,7 +120,7 @@ def check(name: str, size: int, out: pathlib.Path) -> bool:
         )
         jax.config.update("jax_enable_x64", True)
         try:
-            model64 = pretrained.registry.create(
+            model64 = registry.create(
                 ckpt.model, ckpt.num_classes, **{**ckpt.options, "dtype": "float64"}
             )
             variables64 = jax.tree.map(lambda v: np.asarray(v, np.float64), ckpt.variables)

@@ -15,7 +15,7 @@ import optax
 import pytest
 from flax.training import train_state
 
-from jaxtl.train import checkpoint
+from jaxtl.train import checkpoint, orbax_failures
 
 
 def _state(width=3, seed=0):
@@ -337,10 +337,10 @@ def test_orbax_clean_up_after_a_failed_read_is_noise_and_nothing_else_is():
     mine = _coroutine_from(f"{os.sep}project{os.sep}train.py")
     try:
         unraisable = lambda exc, obj: types.SimpleNamespace(exc_value=exc, object=obj)
-        assert checkpoint.is_orbax_noise(unraisable(RuntimeError("Event loop is closed"), None))
-        assert checkpoint.is_orbax_noise(unraisable(GeneratorExit(), abandoned))
-        assert not checkpoint.is_orbax_noise(unraisable(GeneratorExit(), mine))
-        assert not checkpoint.is_orbax_noise(unraisable(RuntimeError("other"), None))
+        assert orbax_failures.is_orbax_noise(unraisable(RuntimeError("Event loop is closed"), None))
+        assert orbax_failures.is_orbax_noise(unraisable(GeneratorExit(), abandoned))
+        assert not orbax_failures.is_orbax_noise(unraisable(GeneratorExit(), mine))
+        assert not orbax_failures.is_orbax_noise(unraisable(RuntimeError("other"), None))
     finally:
         abandoned.close()
         mine.close()

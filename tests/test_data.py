@@ -11,7 +11,7 @@ import pytest
 from conftest import run_on_cpu_devices
 
 from jaxtl import data
-from jaxtl.data import sources
+from jaxtl.data import datasets
 
 
 def toy(num_classes=4, n_train=6, n_test=3, shape=(5, 5, 1), seed=0, name="toy"):
@@ -49,7 +49,7 @@ def test_embedded_sets_load_with_network_unavailable(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket.socket, "connect_ex", no_network)
-    sources._mnist5k_raw.cache_clear()  # force a real read of the packaged file
+    datasets._mnist5k_raw.cache_clear()  # force a real read of the packaged file
     assert len(data.load("mnist5k").y_train) == 4000
     assert len(data.load("digits").y_train) > 0
     assert data.load("mnist1d", num_samples=100).x_train.shape == (80, 40, 1)

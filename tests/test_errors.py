@@ -28,7 +28,7 @@ from conftest import run_on_cpu_devices
 
 from jaxtl import cli, models, runner
 from jaxtl.data import dataset as dataset_lib
-from jaxtl.runner import experiment
+from jaxtl.runner import experiment, locks
 from jaxtl.train import checkpoint as ckpt_lib
 from jaxtl.train import outputs
 from jaxtl.train.transfer import TransferError, transfer_variables
@@ -616,7 +616,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, tiny_overrides, ca
 def test_an_unreadable_lock_file_is_taken_over_with_a_note(tmp_path, capsys, content):
     lock = tmp_path / ".jaxtl.lock"
     lock.write_text(content)  # what an older jaxtl left when the disk filled up
-    with experiment.run_lock(tmp_path):
+    with locks.run_lock(tmp_path):
         assert lock.read_text() == f"{os.getpid()} {socket.gethostname()}\n"
     assert capsys.readouterr().err == (
         f"jaxtl: note: took over an empty or unreadable lock file {lock} (no run holds it)\n"
@@ -650,7 +650,7 @@ def test_a_full_disk_at_start_is_one_line_and_leaves_no_lock(
         " space and rerun the same command: finished runs and saved checkpoints are kept\n"
     )
     assert not any(p.name.startswith(".jaxtl.lock") for p in out.iterdir())
-    with experiment.run_lock(out):  # the next run is not blocked
+    with locks.run_lock(out):  # the next run is not blocked
         pass
     assert capsys.readouterr().err == ""
 
@@ -659,12 +659,12 @@ def test_a_lock_on_a_file_system_without_hard_links_is_still_exclusive(tmp_path,
     def no_links(source, target):
         raise OSError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(experiment.os, "link", no_links)
-    with experiment.run_lock(tmp_path):
+    monkeypatch.setattr(locks.os, "link", no_links)
+    with locks.run_lock(tmp_path):
         assert (tmp_path / ".jaxtl.lock").read_text().split()[0] == str(os.getpid())
         with (
             pytest.raises(outputs.OutputDirError, match="another jaxtl run"),
-            experiment.run_lock(tmp_path),
+            locks.run_lock(tmp_path),
         ):
             pass
     assert os.listdir(tmp_path) == []

@@ -294,7 +294,7 @@ def test_restore_frozen_stats_keeps_frozen_batchnorm_bit_identical_in_a_linen_st
     assert bits(stats["head_bn"]) != bits(variables["batch_stats"]["head_bn"])
 
 
-# ---- validation (issue 14, items 3 and 4) --------------------------------------------------------
+# ---- validation: shadowed rules, misspelt groups, shapes that do not fit -------------------------
 
 
 def one_line(info):

@@ -17,8 +17,20 @@ from jaxtl.data.dataset import (
     from_arrays,
     stratified_split,
 )
+from jaxtl.data.datasets import (
+    Mnist1dOptions,
+    describe,
+    load,
+    load_digits,
+    load_mnist1d,
+    load_mnist5k,
+    names,
+    option_names,
+)
+from jaxtl.data.fashion_mnist import load_fashion_mnist
 from jaxtl.data.fingerprints import data_files, fingerprint
 from jaxtl.data.idx import read_idx
+from jaxtl.data.npz import load_npz
 from jaxtl.data.pipeline import (
     DATA_AXIS,
     NormStats,
@@ -35,19 +47,6 @@ from jaxtl.data.pipeline import (
     replicated_sharding,
 )
 from jaxtl.data.shifts import SHIFTS, apply_shift, describe_shift, resize, shift_array
-from jaxtl.data.sources import (
-    describe,
-    load,
-    load_digits,
-    load_fashion_mnist,
-    load_mnist1d,
-    load_mnist5k,
-    load_npz,
-    load_tfds,
-    names,
-    option_names,
-    tfds_names,
-)
 from jaxtl.data.tasks import (
     OOD_SHIFT,
     class_split,
@@ -56,6 +55,7 @@ from jaxtl.data.tasks import (
     ood_split,
     permute_labels,
 )
+from jaxtl.data.tfds import load_tfds, tfds_names
 
 __all__ = [
     "DATA_AXIS",
@@ -63,6 +63,7 @@ __all__ = [
     "SHIFTS",
     "DataError",
     "Dataset",
+    "Mnist1dOptions",
     "NormStats",
     "apply_shift",
     "batch_gather",

@@ -246,3 +246,19 @@ def from_arrays(
     check_labels(y, len(class_names), f"{name}: y")
     train, test = stratified_split(y, test_fraction, seed)
     return Dataset(name, x[train], y[train], x[test], y[test], len(class_names), tuple(class_names))
+
+
+def images_to_float(x: np.ndarray, name: str) -> np.ndarray:
+    """uint8 -> float32 in [0, 1]; adds the channel axis to (N, H, W) grayscale images.
+
+    Example:
+      >>> images_to_float(np.full((1, 2, 2), 255, np.uint8), "demo").shape
+      (1, 2, 2, 1)
+    """
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    elif np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    else:
+        raise DataError(f"{name}: images must be uint8 (0..255) or float in [0, 1], got {x.dtype}")
+    return x[..., None] if x.ndim == 3 else x

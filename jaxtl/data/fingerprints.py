@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxtl.data import sources
+from jaxtl.data import datasets
 from jaxtl.data.dataset import DataError, Dataset
+from jaxtl.data.fashion_mnist import FASHION_MNIST_DIR, find_idx_files
 from jaxtl.data.folder import image_files, is_hidden
 
 CACHE_ENV = "JAXTL_CACHE_DIR"
@@ -216,16 +217,16 @@ def data_files(spec: str, **options: Any) -> list[str] | None:
         return [os.path.abspath(p) for p in image_files(spec[len("folder:") :])]
     if spec == "fashion_mnist":
         data_dir = options.get("data_dir")
-        idx = sources._find_idx_files(data_dir or sources.FASHION_MNIST_DIR)
+        idx = find_idx_files(data_dir or FASHION_MNIST_DIR)
         if idx is not None:
             return [os.path.abspath(idx[key]) for key in sorted(idx)]
         if data_dir is not None:
             return None
         spec, options = "tfds:fashion_mnist", {"data_dir": options.get("tfds_data_dir")}
-    if spec in sources.names():
+    if spec in datasets.names():
         return None
     name = spec.removeprefix("tfds:")
-    if spec.startswith("tfds:") or name.split(":")[0] in sources.tfds_names():
+    if spec.startswith("tfds:") or name.split(":")[0] in datasets.tfds_names():
         root = _tfds_dir(name, options.get("data_dir"))
         return ([os.path.abspath(p) for p in _tree_files(root)] or None) if root else None
     return None
@@ -285,7 +286,7 @@ def fingerprint(spec: str, **options: Any) -> str:
         package = _PACKAGED[spec]
         what = {"package": package, "version": _package_version(package)}
     else:
-        what = {"arrays": _arrays_digest(sources.load(spec, **options))}
+        what = {"arrays": _arrays_digest(datasets.load(spec, **options))}
     kind = spec.split(":")[0] if spec.startswith(("npz:", "folder:", "tfds:")) else spec
     description = {"kind": kind, "options": options, **what}
     text = json.dumps(description, sort_keys=True, separators=(",", ":"), default=repr)

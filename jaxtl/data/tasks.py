@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from jaxtl.data.dataset import DataError, Dataset
+from jaxtl.data.datasets import load
 from jaxtl.data.shifts import resize, shift_array
-from jaxtl.data.sources import load
 
 OOD_SHIFT = "gaussian_noise"  # valid for images and signals alike; its default std is 0.2
 

@@ -15,16 +15,8 @@ there).
 from jaxtl.freeze.carry import carry_optimizer_state
 from jaxtl.freeze.cost import cost
 from jaxtl.freeze.paths import flatten_with_paths, leaf_paths, path_str
-from jaxtl.freeze.plan import (
-    FROZEN,
-    SETTING_KEYS,
-    TRAINABLE,
-    FreezePlan,
-    PlanError,
-    PlanOptimizerState,
-    layerwise_lr_rules,
-    plan,
-)
+from jaxtl.freeze.plan import FreezePlan, layerwise_lr_rules, plan
+from jaxtl.freeze.rules import FROZEN, SETTING_KEYS, TRAINABLE, PlanError
 from jaxtl.freeze.selectors import (
     EVERYTHING,
     NOTHING,
@@ -39,6 +31,7 @@ from jaxtl.freeze.selectors import (
     select,
 )
 from jaxtl.freeze.summary import format_table, tree_size
+from jaxtl.freeze.transform import PlanOptimizerState
 
 __all__ = [
     "EVERYTHING",

@@ -4,23 +4,25 @@ big_vision's convention: the first rule whose pattern matches a leaf decides it;
 it; a dict trains it with per-rule multipliers. Every leaf must be covered and every rule must
 match something, so a typo fails loudly instead of silently training (or freezing) the wrong
 thing.
+
+This module decides (:func:`plan`), and a :class:`FreezePlan` answers with masks, labels and
+split/merge. What a plan is used for lives beside it: the optax wrapper in ``transform.py``,
+BatchNorm statistics in ``batch_stats.py``, NNX adapters in ``nnx_adapters.py`` and the printed
+table in ``table.py``; the plan's methods of those names delegate there.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import itertools
-import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
+from jaxtl.freeze import batch_stats, nnx_adapters, table, transform
 from jaxtl.freeze import selectors as sel
 from jaxtl.freeze.paths import (
     flatten_slots,
@@ -30,90 +32,34 @@ from jaxtl.freeze.paths import (
     slot_paths,
     slot_value,
 )
-from jaxtl.freeze.summary import format_table, leaf_bytes, leaf_size
-from jaxtl.suggest import did_you_mean
+from jaxtl.freeze.rules import (
+    DEFAULT_SETTING,
+    FROZEN,
+    SETTING_KEYS,
+    TRAINABLE,
+    PlanError,
+    check_group,
+    check_setting,
+    closest,
+    module_prefixes,
+)
+from jaxtl.freeze.structure import slots, unflatten
+from jaxtl.freeze.summary import leaf_bytes, leaf_size
+from jaxtl.freeze.transform import PlanOptimizerState
+
+__all__ = [
+    "FROZEN",
+    "SETTING_KEYS",
+    "TRAINABLE",
+    "FreezePlan",
+    "PlanError",
+    "PlanOptimizerState",
+    "layerwise_lr_rules",
+    "plan",
+]
 
 PyTree = Any
 Rule = tuple["str | sel.Selector", "Mapping[str, float] | None"]
-
-SETTING_KEYS = ("lr_mult", "wd_mult")
-_DEFAULT_SETTING = {"lr_mult": 1.0, "wd_mult": 1.0}
-
-
-class PlanError(ValueError):
-    """A freeze plan's rules do not fit the parameter tree; the message says how to fix them."""
-
-
-def _closest(pattern: str, paths: Sequence[str], n: int = 3) -> list[str]:
-    candidates = sorted(set(paths))
-    close = difflib.get_close_matches(pattern, candidates, n=n, cutoff=0.0)
-    return close or candidates[:n]
-
-
-def _check_setting(index: int, pattern: str, setting: Any) -> dict[str, float] | None:
-    where = f"rule {index} ({pattern})"
-    if setting is None:
-        return None
-    if not isinstance(setting, Mapping):
-        raise PlanError(
-            f"{where} has setting {setting!r}; use None to freeze or a dict such as"
-            f" {{'lr_mult': 0.1}} to train ({{}} = defaults)"
-        )
-    unknown = sorted(set(setting) - set(SETTING_KEYS))
-    if unknown:
-        raise PlanError(
-            f"{where} has unknown setting key {unknown[0]!r}; valid keys: {', '.join(SETTING_KEYS)}"
-            " (use None instead of a dict to freeze)"
-        )
-    resolved = {**_DEFAULT_SETTING, **{k: float(v) for k, v in setting.items()}}
-    if not resolved["lr_mult"] > 0 or not math.isfinite(resolved["lr_mult"]):
-        raise PlanError(
-            f"{where} sets lr_mult={setting['lr_mult']!r}; use None to freeze (lr_mult must be a"
-            " finite number > 0)"
-        )
-    if not resolved["wd_mult"] >= 0 or not math.isfinite(resolved["wd_mult"]):
-        raise PlanError(
-            f"{where} sets wd_mult={setting['wd_mult']!r}; wd_mult must be a finite number >= 0"
-        )
-    return resolved
-
-
-FROZEN = "frozen"
-TRAINABLE = "trainable"
-
-
-class PlanOptimizerState(NamedTuple):
-    """State of :meth:`FreezePlan.optimizer`.
-
-    Attributes:
-      inner: an ``optax.PartitionState`` over the labels ``"frozen"`` (``set_to_zero``: no state)
-        and ``"trainable"`` (the wrapped transformation, masked to the trainable leaves).
-      count: steps taken, for a ``weight_decay`` schedule.
-    """
-
-    inner: Any
-    count: jax.Array
-
-
-def _negative_zeros() -> optax.GradientTransformation:
-    # optax.set_to_zero alone gives +0.0, and a frozen weight holding -0.0 becomes +0.0 under
-    # optax.apply_updates (-0.0 + 0.0 == +0.0). Scaling the zeros by -1 gives -0.0, the one
-    # additive identity of IEEE floats, so frozen leaves keep their bits even with optax's apply.
-    return optax.chain(optax.set_to_zero(), optax.scale(-1.0))
-
-
-@dataclasses.dataclass(frozen=True)
-class _PathFilter:
-    """An ``nnx`` filter (``(path, value) -> bool``) that accepts the given parameter paths."""
-
-    paths: frozenset[str]
-    description: str
-
-    def __call__(self, path: tuple[Any, ...], value: Any) -> bool:
-        return "/".join(str(key) for key in path) in self.paths
-
-    def __repr__(self) -> str:
-        return self.description
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -139,20 +85,15 @@ class FreezePlan:
     treedef: Any
 
     # ---- masks and labels ----------------------------------------------------------------------
-    def _setting(self, leaf_index: int) -> dict[str, float] | None:
-        return self.rules[self.rule_of_leaf[leaf_index]][1]
-
-    def _unflatten(self, values: Sequence[Any]) -> PyTree:
-        return jax.tree_util.tree_unflatten(self.treedef, list(values))
-
     @property
     def frozen_flags(self) -> tuple[bool, ...]:
-        return tuple(self._setting(i) is None for i in range(len(self.paths)))
+        """For each leaf, in leaf order, whether it is frozen."""
+        return tuple(self.rules[r][1] is None for r in self.rule_of_leaf)
 
     @property
     def frozen_mask(self) -> PyTree:
         """Bool pytree shaped like the params: True where the leaf is frozen."""
-        return self._unflatten(self.frozen_flags)
+        return unflatten(self, self.frozen_flags)
 
     @property
     def trainable_mask(self) -> PyTree:
@@ -161,7 +102,7 @@ class FreezePlan:
         Hand it to ``optax.masked(tx, plan.trainable_mask)`` (which passes frozen updates through
         unchanged: pair it with ``plan.apply_updates``).
         """
-        return self._unflatten([not f for f in self.frozen_flags])
+        return unflatten(self, [not f for f in self.frozen_flags])
 
     @property
     def label_settings(self) -> dict[str, dict[str, float] | None]:
@@ -182,7 +123,7 @@ class FreezePlan:
             setting = self.rules[i][1]
             if setting is None:
                 out.setdefault(FROZEN, None)
-            elif setting == _DEFAULT_SETTING:
+            elif setting == DEFAULT_SETTING:
                 out.setdefault(TRAINABLE, dict(setting))
             elif setting not in out.values():
                 numbered += 1
@@ -206,11 +147,12 @@ class FreezePlan:
         names = {}
         for label, setting in self.label_settings.items():
             names.setdefault(None if setting is None else tuple(sorted(setting.items())), label)
-        return self._unflatten(
+        return unflatten(
+            self,
             [
                 names[None if s is None else tuple(sorted(s.items()))]
-                for s in (self._setting(i) for i in range(len(self.paths)))
-            ]
+                for s in (self.rules[r][1] for r in self.rule_of_leaf)
+            ],
         )
 
     @property
@@ -229,69 +171,8 @@ class FreezePlan:
             return self.frozen_flags[self.paths.index(path)]
         except ValueError:
             raise PlanError(
-                f"no parameter at {path!r}; closest: {', '.join(_closest(path, self.paths))}"
+                f"no parameter at {path!r}; closest: {', '.join(closest(path, self.paths))}"
             ) from None
-
-    # ---- structure checks ----------------------------------------------------------------------
-    def _mismatch(self, tree: PyTree, what: str) -> PlanError:
-        theirs = slot_paths(tree)
-        mine_set, theirs_set = set(self.paths), set(theirs)
-        detail = None
-        for mine, their in itertools.zip_longest(self.paths, theirs):
-            if their is not None and their not in mine_set:
-                detail = f"first difference: unexpected {their!r}"
-            elif mine is not None and mine not in theirs_set:
-                detail = f"first difference: missing {mine!r}"
-            elif mine != their:
-                detail = f"first difference: leaf order at {mine!r}"
-            if detail:
-                break
-        if detail is None:
-            got = type(tree).__name__
-            want = _root_type_name(self.treedef)
-            detail = (
-                f"same paths, but a {got} where the plan has a {want}; convert it (e.g."
-                " flax.core.unfreeze) or build the plan on this container"
-                if got != want
-                else "same paths, different container types below the top level"
-            )
-        return PlanError(
-            f"{what} does not have the structure the plan was built for ({detail});"
-            " build the plan from this tree with freeze.plan(tree, rules)"
-        )
-
-    def _slots(
-        self, tree: PyTree, what: str, trainable_only_ok: bool = False
-    ) -> tuple[list[Any], Any, bool]:
-        """(one slot per plan leaf, the caller's treedef, whether the tree held trainable leaves
-        only). A trainable-only tree (``nnx.state(model, plan.nnx_filter)``) gets ``None`` in its
-        frozen slots."""
-        slots, treedef = flatten_slots(tree)
-        if treedef == self.treedef:
-            return slots, treedef, False
-        if trainable_only_ok and tuple(slot_paths(tree)) == self._trainable_paths:
-            it = iter(slots)
-            return [None if f else next(it) for f in self.frozen_flags], treedef, True
-        raise self._mismatch(tree, what)
-
-    @property
-    def _trainable_paths(self) -> tuple[str, ...]:
-        return tuple(p for p, f in zip(self.paths, self.frozen_flags) if not f)
-
-    def _rebuild(self, treedef: Any, slots: Sequence[Any], values: Sequence[Any], only: bool):
-        pairs = zip(slots, values, self.frozen_flags)
-        return jax.tree_util.tree_unflatten(
-            treedef, [rewrap(s, v) for s, v, f in pairs if not (only and f)]
-        )
-
-    def _check_shapes(self, left: Sequence[Any], right: Sequence[Any], names: str) -> None:
-        a, b = names.split("/")
-        for path, x, y in zip(self.paths, left, right):
-            if x is not None and y is not None and jnp.shape(x) != jnp.shape(y):
-                raise PlanError(
-                    f"the {a} at {path!r} has shape {tuple(jnp.shape(x))} but its {b} has"
-                    f" {tuple(jnp.shape(y))}; pass {a}s of the params the plan was built for"
-                )
 
     # ---- split / merge -------------------------------------------------------------------------
     def split(self, tree: PyTree) -> tuple[PyTree, PyTree]:
@@ -306,10 +187,10 @@ class FreezePlan:
           >>> p.split({"stem": {"w": 1.0}, "head": {"w": 2.0}})
           ({'head': {'w': 2.0}, 'stem': {'w': None}}, {'head': {'w': None}, 'stem': {'w': 1.0}})
         """
-        slots, treedef, _ = self._slots(tree, "the tree to split")
+        found, treedef, _ = slots(self, tree, "the tree to split")
         flags = self.frozen_flags
-        trainable = [rewrap(s, None) if f else s for s, f in zip(slots, flags)]
-        frozen = [s if f else rewrap(s, None) for s, f in zip(slots, flags)]
+        trainable = [rewrap(s, None) if f else s for s, f in zip(found, flags)]
+        frozen = [s if f else rewrap(s, None) for s, f in zip(found, flags)]
         return (
             jax.tree_util.tree_unflatten(treedef, trainable),
             jax.tree_util.tree_unflatten(treedef, frozen),
@@ -323,8 +204,8 @@ class FreezePlan:
           >>> p.merge(*p.split({"a": 1.0, "b": 2.0}))
           {'a': 1.0, 'b': 2.0}
         """
-        t_slots, treedef, _ = self._slots(trainable, "the trainable partition")
-        f_slots, _, _ = self._slots(frozen, "the frozen partition")
+        t_slots, treedef, _ = slots(self, trainable, "the trainable partition")
+        f_slots, _, _ = slots(self, frozen, "the frozen partition")
         out = []
         for t, f, flag, path in zip(t_slots, f_slots, self.frozen_flags, self.paths):
             owner = f if flag else t
@@ -337,7 +218,7 @@ class FreezePlan:
             out.append(owner)
         return jax.tree_util.tree_unflatten(treedef, out)
 
-    # ---- optax ---------------------------------------------------------------------------------
+    # ---- optax (transform.py) ------------------------------------------------------------------
     def optimizer(
         self, tx: optax.GradientTransformation, weight_decay: float | optax.Schedule = 0.0
     ) -> optax.GradientTransformation:
@@ -380,84 +261,7 @@ class FreezePlan:
           >>> optax.apply_updates(params, updates)["stem"]["w"].tolist()
           [1.0, 1.0, 1.0]
         """
-        uses_wd_mult = any(s is not None and s["wd_mult"] != 1.0 for _, s in self.rules)
-        if uses_wd_mult and not callable(weight_decay) and weight_decay == 0.0:
-            raise PlanError(
-                "a rule sets wd_mult but plan.optimizer got weight_decay=0; pass"
-                " plan.optimizer(tx, weight_decay=...) (decoupled decay the plan applies)"
-            )
-        flags = self.frozen_flags
-        lr_mults = [None if f else self._setting(i)["lr_mult"] for i, f in enumerate(flags)]
-        wd_mults = [None if f else self._setting(i)["wd_mult"] for i, f in enumerate(flags)]
-        decay = weight_decay if callable(weight_decay) else (lambda _: weight_decay)
-        has_decay = callable(weight_decay) or weight_decay != 0.0
-        partition = optax.partition(
-            {FROZEN: _negative_zeros(), TRAINABLE: tx},
-            self._unflatten([FROZEN if f else TRAINABLE for f in flags]),
-        )
-
-        def init_fn(params):
-            slots, _, _ = self._slots(params, "the params passed to opt.init", True)
-            values = [slot_value(s) for s in slots]
-            for value, flag, path in zip(values, flags, self.paths):
-                if value is None and not flag:
-                    raise PlanError(
-                        f"the params passed to opt.init have no value at trainable leaf {path!r};"
-                        " pass the full params (or their trainable partition)"
-                    )
-            return PlanOptimizerState(
-                inner=partition.init(self._unflatten(values)), count=jnp.zeros([], jnp.int32)
-            )
-
-        def update_fn(updates, state, params=None):
-            g_slots, g_treedef, only = self._slots(
-                updates, "the gradients passed to opt.update", True
-            )
-            grads = [slot_value(s) for s in g_slots]
-            p_values = (
-                [None] * len(flags)
-                if params is None
-                else [
-                    slot_value(s)
-                    for s in self._slots(params, "the params passed to opt.update", True)[0]
-                ]
-            )
-            if has_decay and params is None:
-                raise PlanError("weight_decay needs params: call opt.update(grads, state, params)")
-            self._check_shapes(grads, p_values, "gradient/param")
-            for i, (g, p) in enumerate(zip(grads, p_values)):
-                if g is not None or only:
-                    continue
-                if not flags[i]:
-                    raise PlanError(
-                        f"the gradients have no value at trainable leaf {self.paths[i]!r}; pass"
-                        " the full gradients or those of plan.split(params)[0]"
-                    )
-                if p is None:
-                    raise PlanError(
-                        f"no gradient or param for frozen leaf {self.paths[i]!r}; pass params"
-                        " to opt.update(grads, state, params)"
-                    )
-                grads[i] = p  # set_to_zero reads only its shape and dtype
-            inner_updates, inner = partition.update(
-                self._unflatten(grads),
-                state.inner,
-                None if params is None else self._unflatten(p_values),
-            )
-            rate = decay(state.count)
-            out = []
-            for i, u in enumerate(self.treedef.flatten_up_to(inner_updates)):
-                if not flags[i]:
-                    if lr_mults[i] != 1.0:
-                        u = u * jnp.asarray(lr_mults[i], u.dtype)
-                    if has_decay and wd_mults[i]:
-                        u = u - (rate * wd_mults[i] * p_values[i]).astype(u.dtype)
-                out.append(u)
-            return self._rebuild(g_treedef, g_slots, out, only), PlanOptimizerState(
-                inner=inner, count=optax.safe_increment(state.count)
-            )
-
-        return optax.GradientTransformation(init_fn, update_fn)
+        return transform.optimizer(self, tx, weight_decay)
 
     def apply_updates(self, params: PyTree, updates: PyTree) -> PyTree:
         """Applies ``updates`` to trainable leaves only; frozen leaves are passed through untouched.
@@ -465,29 +269,9 @@ class FreezePlan:
         Unlike ``optax.apply_updates`` this never reads or writes a frozen leaf, so a jitted step
         spends no memory traffic on them (and their bits cannot change).
         """
-        p_slots, treedef, only = self._slots(params, "the params passed to apply_updates", True)
-        u_slots, _, _ = self._slots(updates, "the updates passed to apply_updates", True)
-        p_values = [slot_value(s) for s in p_slots]
-        u_values = [slot_value(s) for s in u_slots]
-        self._check_shapes(u_values, p_values, "update/param")
-        train = [i for i, f in enumerate(self.frozen_flags) if not f]
-        new = optax.apply_updates([p_values[i] for i in train], [u_values[i] for i in train])
-        values = list(p_values)
-        for i, value in zip(train, new):
-            values[i] = value
-        return self._rebuild(treedef, p_slots, values, only)
+        return transform.apply_updates(self, params, updates)
 
-    # ---- other collections ---------------------------------------------------------------------
-    def _module_frozen(self, module: str) -> bool | None:
-        """Whether every parameter of ``module`` (or its nearest ancestor with some) is frozen."""
-        flags = self.frozen_flags
-        while module:
-            owned = [f for p, f in zip(self.paths, flags) if p.startswith(module + "/")]
-            if owned:
-                return all(owned)
-            module = module.rsplit("/", 1)[0] if "/" in module else ""
-        return None
-
+    # ---- other collections (batch_stats.py) ----------------------------------------------------
     def collection_mask(self, collection: PyTree) -> PyTree:
         """Frozen mask for a non-parameter collection with the same module paths (``batch_stats``).
 
@@ -501,17 +285,7 @@ class FreezePlan:
           >>> p.collection_mask({"stem": {"BatchNorm_0": {"mean": 0.0, "var": 1.0}}})
           {'stem': {'BatchNorm_0': {'mean': True, 'var': True}}}
         """
-        paths, _, treedef = flatten_with_paths(collection)
-        out = []
-        for path in paths:
-            status = self._module_frozen(path.rsplit("/", 1)[0] if "/" in path else "")
-            if status is None:
-                raise PlanError(
-                    f"collection leaf {path!r} belongs to no module with parameters; the"
-                    " collection must share module paths with the params the plan was built on"
-                )
-            out.append(status)
-        return jax.tree_util.tree_unflatten(treedef, out)
+        return batch_stats.collection_mask(self, collection)
 
     def restore_frozen_stats(self, old: PyTree, new: PyTree) -> PyTree:
         """Frozen modules' statistics from ``old``, the rest from ``new`` (Linen ``batch_stats``).
@@ -528,16 +302,11 @@ class FreezePlan:
           >>> jax.tree.map(float, p.restore_frozen_stats(old, new))
           {'head': {'BN': {'mean': 5.0}}, 'stem': {'BN': {'mean': 0.0}}}
         """
-        if not jax.tree_util.tree_leaves(old):
-            return new
-        mask = self.collection_mask(old)
-        return jax.tree_util.tree_map(
-            lambda m, o, n: o if m else jnp.asarray(n).astype(jnp.result_type(o)), mask, old, new
-        )
+        return batch_stats.restore_frozen_stats(self, old, new)
 
-    # ---- flax nnx ------------------------------------------------------------------------------
+    # ---- flax nnx (nnx_adapters.py) ------------------------------------------------------------
     @property
-    def nnx_filter(self) -> _PathFilter:
+    def nnx_filter(self) -> nnx_adapters.PathFilter:
         """An ``nnx`` filter selecting the trainable parameters.
 
         Use it as ``wrt=`` of ``nnx.Optimizer`` and in ``nnx.DiffState`` so that neither the
@@ -549,10 +318,7 @@ class FreezePlan:
           >>> p.nnx_filter(("head", "kernel"), None), p.nnx_filter(("body", "kernel"), None)
           (True, False)
         """
-        trainable = self._trainable_paths
-        return _PathFilter(
-            frozenset(trainable), f"trainable({len(trainable)} of {len(self.paths)})"
-        )
+        return nnx_adapters.nnx_filter(self)
 
     def nnx_view(self, model: Any) -> Any:
         """A view of an NNX model whose frozen modules' BatchNorms use their running statistics.
@@ -564,16 +330,9 @@ class FreezePlan:
         Example:
           >>> view = plan_.nnx_view(model)  # doctest: +SKIP
         """
-        from flax import nnx  # the freezing core imports flax only for NNX users
+        return nnx_adapters.nnx_view(self, model)
 
-        def frozen_norm(path: tuple[Any, ...], node: Any) -> bool:
-            if not hasattr(node, "use_running_average"):
-                return False
-            return bool(self._module_frozen("/".join(str(k) for k in path)))
-
-        return nnx.view(model, only=frozen_norm, raise_if_not_found=False, use_running_average=True)
-
-    # ---- summary -------------------------------------------------------------------------------
+    # ---- summary (table.py) --------------------------------------------------------------------
     def summary(self) -> dict[str, list[dict[str, Any]]]:
         """Counts per rule and per top-level module as plain data.
 
@@ -581,70 +340,11 @@ class FreezePlan:
           ``{"rules": [...], "modules": [...], "total": {...}}``; each row has leaves, params,
           bytes, and (per module) frozen/trainable parameter counts.
         """
-        flags = self.frozen_flags
-        rule_rows = []
-        for index, (selector, setting) in enumerate(self.rules):
-            members = [i for i, r in enumerate(self.rule_of_leaf) if r == index]
-            rule_rows.append(
-                {
-                    "rule": index,
-                    "pattern": str(selector),
-                    "setting": "frozen" if setting is None else _setting_str(setting),
-                    "leaves": len(members),
-                    "params": sum(self.sizes[i] for i in members),
-                    "bytes": sum(self.nbytes[i] for i in members),
-                }
-            )
-        modules: dict[str, dict[str, Any]] = {}
-        for i, path in enumerate(self.paths):
-            row = modules.setdefault(
-                path.split("/", 1)[0],
-                {
-                    "module": path.split("/", 1)[0],
-                    "leaves": 0,
-                    "params": 0,
-                    "bytes": 0,
-                    "frozen_params": 0,
-                    "trainable_params": 0,
-                },
-            )
-            row["leaves"] += 1
-            row["params"] += self.sizes[i]
-            row["bytes"] += self.nbytes[i]
-            row["frozen_params" if flags[i] else "trainable_params"] += self.sizes[i]
-        for row in modules.values():
-            row["status"] = (
-                "frozen"
-                if row["trainable_params"] == 0
-                else "trainable"
-                if row["frozen_params"] == 0
-                else "partial"
-            )
-        total = {
-            "leaves": len(self.paths),
-            "params": sum(self.sizes),
-            "bytes": sum(self.nbytes),
-            "frozen_params": self.num_frozen,
-            "trainable_params": self.num_trainable,
-        }
-        return {"rules": rule_rows, "modules": list(modules.values()), "total": total}
+        return table.summary(self)
 
     def table(self) -> str:
         """The summary as a printable text table (also what ``print(plan)`` shows)."""
-        s = self.summary()
-        rules = format_table(
-            s["rules"], ["rule", "pattern", "setting", "leaves", "params", "bytes"]
-        )
-        modules = format_table(
-            s["modules"],
-            ["module", "status", "leaves", "params", "trainable_params", "frozen_params", "bytes"],
-        )
-        t = s["total"]
-        share = t["trainable_params"] / max(t["params"], 1)
-        return (
-            f"{rules}\n\n{modules}\n\ntrainable {t['trainable_params']:,} of {t['params']:,}"
-            f" parameters ({share:.1%}), frozen {t['frozen_params']:,}"
-        )
+        return table.table(self)
 
     def __str__(self) -> str:
         return self.table()
@@ -656,42 +356,83 @@ class FreezePlan:
         )
 
 
-def _setting_str(setting: Mapping[str, float]) -> str:
-    changed = {k: v for k, v in setting.items() if v != _DEFAULT_SETTING[k]}
-    return "train" + (
-        "" if not changed else " " + ", ".join(f"{k}={v:g}" for k, v in changed.items())
-    )
-
-
-def _root_type_name(treedef: Any) -> str:
-    data = treedef.node_data()
-    return "leaf" if data is None else data[0].__name__
-
-
-def _module_prefixes(paths: Sequence[str]) -> set[str]:
-    """Every path and every module above one: what a layer-group name may spell."""
-    out = set()
-    for path in paths:
-        parts = path.split("/")
-        out.update("/".join(parts[: j + 1]) for j in range(len(parts)))
-    return out
-
-
-def _check_group(group: str, prefixes: set[str], paths: Sequence[str], where: str) -> None:
-    if group.rstrip("/") not in prefixes:
-        tops = sorted({p.split("/", 1)[0] for p in paths})
-        raise PlanError(
-            f"{where}layer group {group!r} names nothing in the parameter tree"
-            f"{did_you_mean(group, prefixes)}; top-level groups: {', '.join(tops)}"
-        )
-
-
 def _param_tree(params: PyTree) -> PyTree:
     # An nnx.Module is planned on its nnx.Param state; flax is already imported if one was passed.
     nnx = sys.modules.get("flax.nnx")
     if nnx is not None and isinstance(params, nnx.Module):
         return nnx.state(params, nnx.Param)
     return params
+
+
+def _check_rules(
+    rules: Sequence[Rule], paths: Sequence[str]
+) -> list[tuple[sel.Selector, dict[str, float] | None]]:
+    """Each rule as (selector, resolved setting); its layer groups must name something."""
+    prefixes = module_prefixes(paths)
+    checked: list[tuple[sel.Selector, dict[str, float] | None]] = []
+    for index, rule in enumerate(rules):
+        if not isinstance(rule, (tuple, list)) or len(rule) != 2:
+            raise PlanError(
+                f"rule {index} is {rule!r}; each rule is a (pattern, setting) pair such as"
+                " ('stem/.*', None)"
+            )
+        pattern, setting = rule
+        try:
+            selector = sel.as_selector(pattern)
+        except sel.SelectorError as err:
+            raise PlanError(f"rule {index}: {err}") from None
+        for group in selector.groups:
+            check_group(group, prefixes, paths, f"rule {index} ({selector}): ")
+        checked.append((selector, check_setting(index, str(selector), setting)))
+    return checked
+
+
+def _decide(
+    checked: Sequence[tuple[sel.Selector, dict[str, float] | None]],
+    paths: Sequence[str],
+    leaves: Sequence[Any],
+) -> list[int]:
+    """The index of the first rule matching each leaf; every rule must decide some leaf, every
+    leaf must be decided and something must train."""
+    rule_of_leaf = []
+    uncovered = []
+    first_hit: list[int | None] = [None] * len(checked)  # the first leaf each rule matches
+    for leaf_index, (path, leaf) in enumerate(zip(paths, leaves)):
+        hits = [i for i, (selector, _) in enumerate(checked) if selector(path, leaf)]
+        for i in hits:
+            if first_hit[i] is None:
+                first_hit[i] = leaf_index
+        if hits:
+            rule_of_leaf.append(hits[0])
+        else:
+            uncovered.append(path)
+            rule_of_leaf.append(None)
+    for index, hit in enumerate(first_hit):
+        if hit is None:
+            pattern = str(checked[index][0]).strip("'")
+            raise PlanError(
+                f"rule {index} ({checked[index][0]}) matches no parameter; closest paths:"
+                f" {', '.join(closest(pattern, paths))}"
+            )
+        if index not in rule_of_leaf:
+            earlier = rule_of_leaf[hit]
+            raise PlanError(
+                f"rule {index} ({checked[index][0]}) is shadowed: every parameter it matches was"
+                f" already decided by an earlier rule (e.g. {paths[hit]!r} by rule {earlier}"
+                f" ({checked[earlier][0]})); move it before rule {earlier} or remove it"
+            )
+    if uncovered:
+        shown = ", ".join(uncovered[:3]) + (", ..." if len(uncovered) > 3 else "")
+        raise PlanError(
+            f"{len(uncovered)} parameter leaves are covered by no rule ({shown}); add a"
+            " final catch-all rule such as ('.*', None) to freeze the rest"
+        )
+    if all(checked[r][1] is None for r in rule_of_leaf):
+        raise PlanError(
+            "every parameter is frozen; give at least one rule a setting dict to train it,"
+            " e.g. ('head/.*', {})"
+        )
+    return rule_of_leaf
 
 
 def plan(params: PyTree, rules: Sequence[Rule]) -> FreezePlan:
@@ -733,72 +474,18 @@ def plan(params: PyTree, rules: Sequence[Rule]) -> FreezePlan:
         raise PlanError(
             "the parameter tree has no leaves; pass variables['params'], not an empty tree"
         )
-    slots, treedef = flatten_slots(params)
-    if len(slots) != len(paths):
-        hole = next(p for p, s in zip(slot_paths(params), slots) if slot_value(s) is None)
+    found, treedef = flatten_slots(params)
+    if len(found) != len(paths):
+        hole = next(p for p, s in zip(slot_paths(params), found) if slot_value(s) is None)
         raise PlanError(
             f"the parameter tree has no value at {hole!r}; build the plan on the full params,"
             " not on a partition"
         )
-    prefixes = _module_prefixes(paths)
-    checked: list[tuple[sel.Selector, dict[str, float] | None]] = []
-    for index, rule in enumerate(rules):
-        if not isinstance(rule, (tuple, list)) or len(rule) != 2:
-            raise PlanError(
-                f"rule {index} is {rule!r}; each rule is a (pattern, setting) pair such as"
-                " ('stem/.*', None)"
-            )
-        pattern, setting = rule
-        try:
-            selector = sel.as_selector(pattern)
-        except sel.SelectorError as err:
-            raise PlanError(f"rule {index}: {err}") from None
-        for group in selector.groups:
-            _check_group(group, prefixes, paths, f"rule {index} ({selector}): ")
-        checked.append((selector, _check_setting(index, str(selector), setting)))
-
-    rule_of_leaf = []
-    uncovered = []
-    first_hit: list[int | None] = [None] * len(checked)  # the first leaf each rule matches
-    for leaf_index, (path, leaf) in enumerate(zip(paths, leaves)):
-        hits = [i for i, (selector, _) in enumerate(checked) if selector(path, leaf)]
-        for i in hits:
-            if first_hit[i] is None:
-                first_hit[i] = leaf_index
-        if hits:
-            rule_of_leaf.append(hits[0])
-        else:
-            uncovered.append(path)
-            rule_of_leaf.append(None)
-    for index, hit in enumerate(first_hit):
-        if hit is None:
-            pattern = str(checked[index][0]).strip("'")
-            raise PlanError(
-                f"rule {index} ({checked[index][0]}) matches no parameter; closest paths:"
-                f" {', '.join(_closest(pattern, paths))}"
-            )
-        if index not in rule_of_leaf:
-            earlier = rule_of_leaf[hit]
-            raise PlanError(
-                f"rule {index} ({checked[index][0]}) is shadowed: every parameter it matches was"
-                f" already decided by an earlier rule (e.g. {paths[hit]!r} by rule {earlier}"
-                f" ({checked[earlier][0]})); move it before rule {earlier} or remove it"
-            )
-    if uncovered:
-        shown = ", ".join(uncovered[:3]) + (", ..." if len(uncovered) > 3 else "")
-        raise PlanError(
-            f"{len(uncovered)} parameter leaves are covered by no rule ({shown}); add a"
-            " final catch-all rule such as ('.*', None) to freeze the rest"
-        )
-    if all(checked[r][1] is None for r in rule_of_leaf):
-        raise PlanError(
-            "every parameter is frozen; give at least one rule a setting dict to train it,"
-            " e.g. ('head/.*', {})"
-        )
+    checked = _check_rules(rules, paths)
     return FreezePlan(
         rules=tuple(checked),
         paths=tuple(paths),
-        rule_of_leaf=tuple(rule_of_leaf),
+        rule_of_leaf=tuple(_decide(checked, paths, leaves)),
         sizes=tuple(leaf_size(x) for x in leaves),
         nbytes=tuple(leaf_bytes(x) for x in leaves),
         treedef=treedef,
@@ -842,9 +529,9 @@ def layerwise_lr_rules(
     leaves: set[str] = set()
     if params is not None:
         paths = leaf_paths(_param_tree(params))
-        prefixes = _module_prefixes(paths)
+        prefixes = module_prefixes(paths)
         for group in layer_groups:
-            _check_group(group, prefixes, paths, "")
+            check_group(group, prefixes, paths, "")
         leaves = set(paths)
     n = len(layer_groups)
     return [
