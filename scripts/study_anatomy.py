@@ -12,6 +12,13 @@ training calls (each chunk record's ``seconds``); "chunk loop (Python)" is what 
 chunk loop spends around them (batch schedules, metrics callbacks). Inclusive times are in the
 JSON.
 
+Beside the rows, a ledger per part (experiment and model) splits its time into selection (the
+tuned grid on the selection seeds), source models on A and confirmation (the final runs on the
+reported seeds, their evaluation and records), and gives the marginal cost of one more
+confirmation seed: its final runs (confirmation time / confirmation seeds) plus its own source
+model (source time / every seed that got one). Compilation inside those spans is included, so on
+a cold cache it is an upper bound.
+
   $ python scripts/study_anatomy.py strategies --set protocol.name=fixed --fresh-cache
   $ python scripts/study_anatomy.py strategies --set protocol.name=fixed --json anatomy.json
 """
@@ -81,6 +88,15 @@ HOOKS = (
     ("jaxtl.report", "write_report", "report"),
 )
 CHECKPOINT_METHODS = ("save", "restore_latest", "close")
+# (module, attribute, ledger phase): where a cell's work splits by what the seeds are for.
+PHASES = (
+    ("jaxtl.runner.cell", "choose_hyperparameters", "selection"),
+    ("jaxtl.runner.cell", "source_models", "source models"),
+    ("jaxtl.runner.cell", "_train_final", "confirmation"),
+    ("jaxtl.runner.cell", "_accuracies", "confirmation"),
+    ("jaxtl.runner.cell", "_write_results", "confirmation"),
+)
+RUN_CELL = ("jaxtl.runner.experiment", "run_cell")
 CHUNK_LOOP = ("jaxtl.train.driver", "_train_chunks", "chunk loop (Python)")
 
 
@@ -194,6 +210,84 @@ class Anatomy:
         return rows
 
 
+class SeedLedger:
+    """Inclusive seconds per part and phase (selection, source models, confirmation), and the
+    marginal cost of one more confirmation seed per part.
+
+    Example:
+      >>> ledger = SeedLedger(clock=iter([0.0, 4.0, 4.0, 6.0]).__next__)
+      >>> ledger.part, ledger.seeds["p"] = "p", {"confirmation": 2, "source models": 2}
+      >>> ledger.wrap("confirmation", lambda: None)()
+      >>> ledger.wrap("source models", lambda: None)()
+      >>> ledger.marginal()["p"]
+      3.0
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.part = "?"
+        self.seconds: dict[str, collections.Counter[str]] = collections.defaultdict(
+            collections.Counter
+        )
+        self.seeds: dict[str, dict[str, int]] = {}
+        self._inside = False  # phases nest (source models inside a cell's run): count once
+
+    def wrap(self, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            if self._inside:
+                return fn(*args, **kwargs)
+            self._inside, started = True, self.clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._inside = False
+                self.seconds[self.part][phase] += self.clock() - started
+
+        return timed
+
+    def wrap_run_cell(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``run_cell(config, cell, ...)`` with the part it belongs to noted."""
+
+        @functools.wraps(fn)
+        def noted(config, *args, **kwargs):
+            self.part = f"{config.experiment} ({config.model.name})"
+            tuned = config.protocol.name == "tuned"
+            selection = len(config.protocol.selection_seeds) if tuned else 0
+            self.seeds[self.part] = {
+                "confirmation": len(config.seeds),
+                "source models": len(config.seeds) + selection,
+            }
+            return fn(config, *args, **kwargs)
+
+        return noted
+
+    def marginal(self) -> dict[str, float]:
+        """Seconds one more confirmation seed adds, per part."""
+        return {
+            part: sum(
+                self.seconds[part][phase] / max(self.seeds[part][phase], 1)
+                for phase in ("confirmation", "source models")
+            )
+            for part in self.seeds
+        }
+
+    def table(self) -> str:
+        lines = [
+            "| part | selection s | source models s | confirmation s | confirmation seeds |"
+            " one more confirmation seed s |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        marginal = self.marginal()
+        for part, phases in self.seeds.items():
+            s = self.seconds[part]
+            lines.append(
+                f"| {part} | {s['selection']:.1f} | {s['source models']:.1f} |"
+                f" {s['confirmation']:.1f} | {phases['confirmation']} | {marginal[part]:.1f} |"
+            )
+        return "\n".join(lines)
+
+
 def chunk_loop_wrapper(anatomy: Anatomy, fn: Callable[..., Any], row: str) -> Callable[..., Any]:
     """The driver's chunk loop, with its chunks' compiled-call seconds booked as training."""
 
@@ -211,11 +305,25 @@ def chunk_loop_wrapper(anatomy: Anatomy, fn: Callable[..., Any], row: str) -> Ca
     return timed
 
 
-def install(anatomy: Anatomy) -> list[str]:
+def install(anatomy: Anatomy, ledger: SeedLedger | None = None) -> list[str]:
     """Patches the engine's hooks and JAX's listeners; returns the hooks that were missing."""
     import jax
 
     missing = []
+    # The ledger's wrappers go on first, so the anatomy's spans (installed over them) still see
+    # every call.
+    for module_name, attr, phase in PHASES if ledger is not None else ():
+        module = importlib.import_module(module_name)
+        if not hasattr(module, attr):
+            missing.append(f"{module_name}.{attr}")
+            continue
+        setattr(module, attr, ledger.wrap(phase, getattr(module, attr)))
+    if ledger is not None:
+        module = importlib.import_module(RUN_CELL[0])
+        if hasattr(module, RUN_CELL[1]):
+            setattr(module, RUN_CELL[1], ledger.wrap_run_cell(getattr(module, RUN_CELL[1])))
+        else:
+            missing.append(".".join(RUN_CELL))
     for module_name, attr, row in HOOKS:
         module = importlib.import_module(module_name)
         if not hasattr(module, attr):
@@ -274,7 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     imports = time.perf_counter() - imports_started
     anatomy = Anatomy()
-    missing = install(anatomy)
+    ledger = SeedLedger()
+    missing = install(anatomy, ledger)
     overrides = list(args.set)
     temporary = []
     if args.fresh_cache:
@@ -327,6 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": rows,
         "off_main_thread_s": dict(anatomy.off_thread),
         "missing_hooks": missing,
+        "seed_ledger": {
+            part: {**ledger.seconds[part], "seeds": ledger.seeds[part]} for part in ledger.seeds
+        },
+        "marginal_confirmation_seed_s": ledger.marginal(),
     }
     print(
         f"{args.config} {' '.join(args.set)} ({result['cache']} compilation cache),"
@@ -342,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" wall; training {100 * summary['training_share']:.1f}%; imports {imports:.1f} s"
         " before the wall clock"
     )
+    print("\nwhere the seeds' time goes, per part:\n" + ledger.table())
     if missing:
         print(f"note: hooks not found (engine changed?): {', '.join(missing)}", file=sys.stderr)
     if args.json:

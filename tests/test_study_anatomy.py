@@ -79,10 +79,42 @@ def test_chunk_seconds_are_booked_as_training_not_loop(anatomy_lib):
 def test_every_hook_names_an_engine_function(anatomy_lib):
     from jaxtl.train.checkpoint import Checkpointer
 
-    for module_name, attr, _ in (*anatomy_lib.HOOKS, anatomy_lib.CHUNK_LOOP):
+    hooks = (*anatomy_lib.HOOKS, anatomy_lib.CHUNK_LOOP, *anatomy_lib.PHASES)
+    for module_name, attr, *_ in (*hooks, anatomy_lib.RUN_CELL):
         assert callable(getattr(importlib.import_module(module_name), attr)), (module_name, attr)
     for method in anatomy_lib.CHECKPOINT_METHODS:
         assert callable(getattr(Checkpointer, method))
+
+
+def test_one_more_confirmation_seed_costs_its_final_runs_and_its_source_model(anatomy_lib):
+    clock = _Clock()
+    ledger = anatomy_lib.SeedLedger(clock)
+
+    def spend(seconds):
+        clock.now += seconds
+
+    part = types.SimpleNamespace(
+        experiment="strategies",
+        model=types.SimpleNamespace(name="cnn"),
+        seeds=[0, 1, 2, 3],
+        protocol=types.SimpleNamespace(name="tuned", selection_seeds=[1000, 1001, 1002, 1003]),
+    )
+    source = ledger.wrap("source models", lambda: spend(16.0))
+
+    def cell(config):
+        source()
+        ledger.wrap("selection", lambda: spend(30.0))()
+        ledger.wrap("confirmation", lambda: (spend(8.0), source()))()  # nested: counted once
+
+    ledger.wrap_run_cell(cell)(part)
+    assert dict(ledger.seconds["strategies (cnn)"]) == {
+        "source models": 16.0,
+        "selection": 30.0,
+        "confirmation": 24.0,
+    }
+    # 24 s over 4 confirmation seeds, plus 16 s of source models over the 8 seeds that got one.
+    assert ledger.marginal() == {"strategies (cnn)": 6.0 + 2.0}
+    assert "| strategies (cnn) | 30.0 | 16.0 | 24.0 | 4 | 8.0 |" in ledger.table()
 
 
 def test_compile_event_names_exist_in_jax(anatomy_lib):
