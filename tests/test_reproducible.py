@@ -185,3 +185,25 @@ def test_settings_changed_back_and_forth_retrain_each_time_and_keep_every_old_ru
     )
     assert all((p / "results.json").is_file() for p in stale.glob("seed_*"))
     assert not list(stale.glob("*/seed_*"))  # none nested inside another
+
+
+@pytest.mark.parametrize("damage", ["", '{"fingerprint": '], ids=["empty", "truncated"])
+def test_a_damaged_results_file_retrains_from_step_0_and_keeps_the_old_run(
+    runs, tmp_path, tiny_overrides, capsys, damage
+):
+    out = tmp_path / "copy"
+    shutil.copytree(runs["one"], out)
+    (_seed_dir(out, 0) / "results.json").write_text(damage)
+    capsys.readouterr()
+
+    assert _run(out, tiny_overrides) == 0
+
+    # Not resumed from the finished checkpoint beside it: every record and the time are there.
+    assert _numbers(out, 0) == _numbers(runs["one"], 0)
+    assert _results(out, 0)["metrics"]["wall_time_s"] > 0
+    (stale,) = (out / "runs" / ".stale").glob("*/seed_0-unreadable")
+    assert (stale / "results.json").read_text() == damage
+    assert len(list(stale.parent.glob("checkpoints-*"))) == 1
+    (note,) = capsys.readouterr().err.splitlines()
+    assert note.startswith("jaxtl: note: ") and "seed 0: its results.json is unreadable" in note
+    assert cli.main(["report", str(out)]) == 0

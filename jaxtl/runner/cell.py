@@ -51,8 +51,10 @@ def _retire_stale(run: CellRun) -> None:
     """Moves finished runs made from other settings, data or code aside (never deletes them).
 
     Every ``seed_*`` directory of the cell is checked, not only the seeds asked for now, so a
-    cell never holds results of two settings side by side; a retired run's checkpoints go with
-    it, so coming back to its settings trains again instead of resuming a finished state.
+    cell never holds results of two settings side by side. Every checkpoint holding a retired
+    seed goes with it, whatever settings made it (a damaged results.json names none): resumed
+    without the metrics log it was written beside, a checkpoint would give a run with no
+    records before it (a finished one: one line, no training time).
     """
     stale = run.out_dir / "runs" / ".stale" / run.cell.id
     for path in sorted(run.cell_dir.glob("seed_*")):
@@ -65,8 +67,8 @@ def _retire_stale(run: CellRun) -> None:
         target = _vacant(stale / f"{path.name}-{old or 'unreadable'}")
         shutil.move(str(path), str(target))
         seed = path.name.removeprefix("seed_")
-        for checkpoints in run.cell_dir.glob(f"checkpoints-{(old or '')[:8]}*-seeds_*"):
-            if old and seed in checkpoints.name.split("-seeds_", 1)[1].split("_"):
+        for checkpoints in sorted(run.cell_dir.glob("checkpoints-*-seeds_*")):
+            if seed in checkpoints.name.split("-seeds_", 1)[1].split("_"):
                 shutil.move(str(checkpoints), str(_vacant(stale / checkpoints.name)))
         outputs.notice(
             f"{run.cell.id} {path.name.replace('_', ' ')}: {why}; retraining (old run moved to"
