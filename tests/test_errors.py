@@ -835,3 +835,42 @@ def test_a_run_that_fails_on_a_full_disk_says_so_once(capsys):
         warnings.warn(jax_says, stacklevel=1)
         raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.jsonl")
     assert capsys.readouterr().err == ""  # the command's error line says it
+
+
+@pytest.mark.parametrize(
+    "platforms, error, detail",
+    [
+        # jax skips "cuda" without a visible NVIDIA GPU, then asserts some backend started.
+        ("cuda", AssertionError(), "none of the backends it names started"),
+        (
+            "bogus",
+            RuntimeError(
+                "Unable to initialize backend 'bogus': unknown (set JAX_PLATFORMS='' to"
+                " automatically choose an available backend)"
+            ),
+            "Unable to initialize backend 'bogus': unknown",
+        ),
+    ],
+    ids=["cuda-without-a-gpu", "unknown"],
+)
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_a_backend_jax_cannot_start_is_one_line_before_any_work(
+    command, platforms, error, detail, tiny_overrides, tmp_path, capsys, monkeypatch
+):
+    def devices(*args, **kwargs):
+        raise error
+
+    monkeypatch.delenv("JAXTL_DEBUG", raising=False)
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    monkeypatch.setattr(jax, "devices", devices)
+    out = tmp_path / "out"
+    argv = {
+        "run": ["run", "strategies", "--out", str(out), "--set", *tiny_overrides],
+        "bench": ["bench", "--json", str(out / "bench.json")],
+    }[command]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"jaxtl: error: JAX_PLATFORMS={platforms!r}: no such backend on this machine ({detail});"
+        " unset JAX_PLATFORMS to use what is available, or set it to e.g. cpu\n"
+    )
+    assert not (out / "runs").exists() and not (out / "bench.json").exists()
