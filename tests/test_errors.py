@@ -726,15 +726,20 @@ def test_report_into_a_read_only_place_is_one_line(finished_run, tmp_path, capsy
     ), err
 
 
-def test_an_image_size_beyond_memory_is_one_line(tiny_overrides, tmp_path, capsys, monkeypatch):
+# 1024: each array alone fits in half of 64 GiB, all of them held while a run starts do not
+# (the OS killed such a run before it wrote a word).
+@pytest.mark.parametrize("size, gib", [(4096, "312.5"), (1024, "19.5")])
+def test_an_image_size_beyond_memory_is_one_line(
+    size, gib, tiny_overrides, tmp_path, capsys, monkeypatch
+):
     monkeypatch.delenv("JAXTL_DEBUG", raising=False)
     monkeypatch.setattr(dataset_lib, "memory_bytes", lambda: 64 * 2**30)
     argv = ["run", "strategies", "--out", str(tmp_path), "--set", *tiny_overrides]
-    assert cli.main([*argv, "data.resize=4096"]) == 2
+    assert cli.main([*argv, f"data.resize={size}"]) == 2
     assert capsys.readouterr().err == (
-        "jaxtl: error: resizing to 4096x4096: 4000 examples of 4096x4096x1 as float32 need"
-        " 251.7 GiB, more than half of this machine's 64.0 GiB of memory; choose a smaller size"
-        " (data.resize)\n"
+        f"jaxtl: error: data.resize={size}: 5000 images of {size}x{size}x1 as float32 take"
+        f" {gib} GiB, held about 6 times over while a run prepares them, more than this"
+        " machine's 64.0 GiB of memory; choose a smaller data.resize\n"
     )
 
 
