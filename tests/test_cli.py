@@ -251,3 +251,11 @@ def test_a_wrapper_config_that_unlocks_works(tmp_path, capsys):
     """)
     )
     assert _config_lines(capsys, str(path))["strategy_options.lp_ft.lp_fraction"] == "0.2"
+
+
+def test_run_help_states_the_fingerprints_trade_off_and_the_strict_mode(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "JAXTL_FINGERPRINT=strict hash every data file's contents on every run" in text
+    assert "with its old mtime restored (touch -r, rsync --times) is missed" in text
