@@ -235,6 +235,20 @@ _DATA_SPECS = {
 }
 
 
+# `jaxtl run --help`: what the environment changes, the fingerprint's trade-off first (a rerun
+# serves finished results whose data fingerprint is unchanged).
+_RUN_ENVIRONMENT = """\
+environment:
+  JAXTL_FINGERPRINT=strict  hash every data file's contents on every run. By default a file
+                            is hashed again only when its size, mtime or inode changed: a file
+                            rewritten in place to the same size with its old mtime restored
+                            (touch -r, rsync --times) is missed, and the rerun serves results
+                            of the old contents.
+  JAXTL_CACHE_DIR=DIR       where those hashes are kept (default ~/.cache/jaxtl)
+  JAXTL_DEBUG=1             a traceback instead of the one-line error
+"""
+
+
 def _dataset_lines() -> list[str]:
     from jaxtl import data
 
@@ -342,7 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jaxtl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run an experiment (name in experiments/ or a .py config)")
+    run = sub.add_parser(
+        "run",
+        help="run an experiment (name in experiments/ or a .py config)",
+        epilog=_RUN_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_config_arguments(run)
     run.add_argument("--out", help="output directory (default: runs/<config name>)")
     run.set_defaults(handler=_cmd_run)

@@ -120,7 +120,8 @@ def load_config(
         raise ConfigError(f"{path}, line {e.lineno}: {e.msg}{code}") from None
     except ConfigError:
         raise  # a config the file loads is wrong: that one's own line
-    except Exception as e:  # noqa: BLE001 - whatever the user's file raises is one line
+    # SystemExit too: a file that exits would end the command with no word of why.
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - whatever the user's file raises
         raise _config_file_error(path, e) from None
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
@@ -137,7 +138,7 @@ def load_config(
         config = get_config()
     except ConfigError:
         raise
-    except Exception as e:  # noqa: BLE001 - likewise
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - likewise
         raise _config_file_error(path, e) from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(
@@ -160,14 +161,22 @@ def _required_parameters(function: Any) -> list[str]:
     ]
 
 
-def _config_file_error(path: Path, error: Exception) -> ConfigError:
+def _config_file_error(path: Path, error: Exception | SystemExit) -> ConfigError:
     """One line for an exception a config file raised: the file's line that led to it."""
-    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if f.filename == str(path)]
+    # Resolved: a relative path on the command line may reach the frames as an absolute one.
+    ours = str(path.resolve())
+    frames = traceback.extract_tb(error.__traceback__)
+    lines = [f.lineno for f in frames if str(Path(f.filename).resolve()) == ours]
     where = f"{path}, line {lines[-1]}" if lines else str(path)
     if isinstance(error, RecursionError):
         return ConfigError(
             f"{where}: get_config() never returns (maximum recursion depth exceeded); does it"
             " call itself or load its own file?"
+        )
+    if isinstance(error, SystemExit):
+        return ConfigError(
+            f"{where}: exits (sys.exit({error.code!r})) while jaxtl reads it; a config file"
+            " defines get_config() returning a ConfigDict and does not exit"
         )
     locked = re.search(r'Key "([^"]+)" does not exist and cannot be added', str(error))
     if isinstance(error, AttributeError) and locked:

@@ -170,6 +170,16 @@ CONFIG_FILES = {
         5,
         "NameError: name 'seedz' is not defined",
     ),
+    "exits_at_import.py": (
+        "import sys\n\nsys.exit(3)\n",
+        3,
+        "exits (sys.exit(3)) while jaxtl reads it; a config file defines get_config()",
+    ),
+    "exits_in_get_config.py": (
+        'def get_config():\n    raise SystemExit("bye")\n',
+        2,
+        "exits (sys.exit('bye')) while jaxtl reads it",
+    ),
     "recurses.py": ("def get_config():\n    return get_config()\n", 2, "never returns"),
     "loads_itself.py": (
         (
@@ -206,6 +216,17 @@ def test_a_config_file_that_fails_is_one_line_naming_its_line(tmp_path, capsys, 
     assert error.startswith(f"{path}, line {line}: ") and message in error, error
 
 
+def test_a_config_file_at_a_relative_path_still_names_its_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    text, _, _ = CONFIG_FILES["name_error_in_get_config.py"]
+    (tmp_path / "configs" / "name_error.py").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["config", "configs/name_error.py"]) == 2
+    assert _one_error_line(capsys) == (
+        "configs/name_error.py, line 5: NameError: name 'seedz' is not defined"
+    )
+
+
 def test_get_config_taking_an_argument_is_one_line(tmp_path, capsys):
     path = tmp_path / "takes_arg.py"
     path.write_text("def get_config(arg):\n    return None\n")
@@ -230,3 +251,11 @@ def test_a_wrapper_config_that_unlocks_works(tmp_path, capsys):
     """)
     )
     assert _config_lines(capsys, str(path))["strategy_options.lp_ft.lp_fraction"] == "0.2"
+
+
+def test_run_help_states_the_fingerprints_trade_off_and_the_strict_mode(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "JAXTL_FINGERPRINT=strict hash every data file's contents on every run" in text
+    assert "with its old mtime restored (touch -r, rsync --times) is missed" in text

@@ -726,15 +726,20 @@ def test_report_into_a_read_only_place_is_one_line(finished_run, tmp_path, capsy
     ), err
 
 
-def test_an_image_size_beyond_memory_is_one_line(tiny_overrides, tmp_path, capsys, monkeypatch):
+# 1024: each array alone fits in half of 64 GiB, all of them held while a run starts do not
+# (the OS killed such a run before it wrote a word).
+@pytest.mark.parametrize("size, gib", [(4096, "312.5"), (1024, "19.5")])
+def test_an_image_size_beyond_memory_is_one_line(
+    size, gib, tiny_overrides, tmp_path, capsys, monkeypatch
+):
     monkeypatch.delenv("JAXTL_DEBUG", raising=False)
     monkeypatch.setattr(dataset_lib, "memory_bytes", lambda: 64 * 2**30)
     argv = ["run", "strategies", "--out", str(tmp_path), "--set", *tiny_overrides]
-    assert cli.main([*argv, "data.resize=4096"]) == 2
+    assert cli.main([*argv, f"data.resize={size}"]) == 2
     assert capsys.readouterr().err == (
-        "jaxtl: error: resizing to 4096x4096: 4000 examples of 4096x4096x1 as float32 need"
-        " 251.7 GiB, more than half of this machine's 64.0 GiB of memory; choose a smaller size"
-        " (data.resize)\n"
+        f"jaxtl: error: data.resize={size}: 5000 images of {size}x{size}x1 as float32 take"
+        f" {gib} GiB, held about 6 times over while a run prepares them, more than this"
+        " machine's 64.0 GiB of memory; choose a smaller data.resize\n"
     )
 
 
@@ -835,3 +840,42 @@ def test_a_run_that_fails_on_a_full_disk_says_so_once(capsys):
         warnings.warn(jax_says, stacklevel=1)
         raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.jsonl")
     assert capsys.readouterr().err == ""  # the command's error line says it
+
+
+@pytest.mark.parametrize(
+    "platforms, error, detail",
+    [
+        # jax skips "cuda" without a visible NVIDIA GPU, then asserts some backend started.
+        ("cuda", AssertionError(), "none of the backends it names started"),
+        (
+            "bogus",
+            RuntimeError(
+                "Unable to initialize backend 'bogus': unknown (set JAX_PLATFORMS='' to"
+                " automatically choose an available backend)"
+            ),
+            "Unable to initialize backend 'bogus': unknown",
+        ),
+    ],
+    ids=["cuda-without-a-gpu", "unknown"],
+)
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_a_backend_jax_cannot_start_is_one_line_before_any_work(
+    command, platforms, error, detail, tiny_overrides, tmp_path, capsys, monkeypatch
+):
+    def devices(*args, **kwargs):
+        raise error
+
+    monkeypatch.delenv("JAXTL_DEBUG", raising=False)
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    monkeypatch.setattr(jax, "devices", devices)
+    out = tmp_path / "out"
+    argv = {
+        "run": ["run", "strategies", "--out", str(out), "--set", *tiny_overrides],
+        "bench": ["bench", "--json", str(out / "bench.json")],
+    }[command]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"jaxtl: error: JAX_PLATFORMS={platforms!r}: no such backend on this machine ({detail});"
+        " unset JAX_PLATFORMS to use what is available, or set it to e.g. cpu\n"
+    )
+    assert not (out / "runs").exists() and not (out / "bench.json").exists()

@@ -156,3 +156,54 @@ def test_data_fixed_in_place_retrains_sources_and_runs(tmp_path, tiny_overrides,
         for x in notes
     ), err
     assert all(x.startswith("jaxtl: note:") for x in err), err
+
+
+def test_settings_changed_back_and_forth_retrain_each_time_and_keep_every_old_run(
+    runs, tmp_path, tiny_overrides, capsys
+):
+    # seeds=[0,1], then seeds=[0] at another lr (seed 1 is retired too: a cell never holds two
+    # settings), then the first lr again, then the other again: each command trains from step 0
+    # (never a finished checkpoint of the same settings) and every old run is kept apart.
+    out = tmp_path / "copy"
+    shutil.copytree(runs["two"], out)
+    keys = {"0.001": _results(out, 0)["fingerprint"]}
+    for lr in ("0.5", "0.001", "0.5"):
+        assert _run(out, tiny_overrides, f"train_b.lr={lr}") == 0
+        keys[lr] = _results(out, 0)["fingerprint"]
+        assert [p.name for p in _seed_dir(out, 0).parent.glob("seed_*")] == ["seed_0"]
+        assert _results(out, 0)["config"]["train_b"]["lr"] == float(lr)
+        assert _results(out, 0)["metrics"]["wall_time_s"] > 0
+        assert [r["step"] for r in _numbers(out, 0)[1]] == [10, 20, 20]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "seed 1: its settings, data or code changed" in err
+    assert _run(out, tiny_overrides, "train_b.lr=0.001") == 0
+    assert _numbers(out, 0) == _numbers(runs["two"], 0)  # back to the first settings' bits
+    (stale,) = (out / "runs" / ".stale").iterdir()
+    a, b = keys["0.001"], keys["0.5"]
+    assert sorted(p.name for p in stale.glob("seed_*")) == sorted(
+        [f"seed_1-{a}", f"seed_0-{a}", f"seed_0-{b}", f"seed_0-{a}-2", f"seed_0-{b}-2"]
+    )
+    assert all((p / "results.json").is_file() for p in stale.glob("seed_*"))
+    assert not list(stale.glob("*/seed_*"))  # none nested inside another
+
+
+@pytest.mark.parametrize("damage", ["", '{"fingerprint": '], ids=["empty", "truncated"])
+def test_a_damaged_results_file_retrains_from_step_0_and_keeps_the_old_run(
+    runs, tmp_path, tiny_overrides, capsys, damage
+):
+    out = tmp_path / "copy"
+    shutil.copytree(runs["one"], out)
+    (_seed_dir(out, 0) / "results.json").write_text(damage)
+    capsys.readouterr()
+
+    assert _run(out, tiny_overrides) == 0
+
+    # Not resumed from the finished checkpoint beside it: every record and the time are there.
+    assert _numbers(out, 0) == _numbers(runs["one"], 0)
+    assert _results(out, 0)["metrics"]["wall_time_s"] > 0
+    (stale,) = (out / "runs" / ".stale").glob("*/seed_0-unreadable")
+    assert (stale / "results.json").read_text() == damage
+    assert len(list(stale.parent.glob("checkpoints-*"))) == 1
+    (note,) = capsys.readouterr().err.splitlines()
+    assert note.startswith("jaxtl: note: ") and "seed 0: its results.json is unreadable" in note
+    assert cli.main(["report", str(out)]) == 0

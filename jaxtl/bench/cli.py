@@ -20,6 +20,7 @@ from jaxtl import models
 from jaxtl.bench.report import format_report
 from jaxtl.bench.suite import DTYPES, SIZES, run_benchmark
 from jaxtl.config import parse_value
+from jaxtl.train.outputs import check_backend
 
 
 def _model_option(text: str) -> tuple[str, Any]:
@@ -114,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     study_options: dict[str, dict[str, Any]] = {}
     for model, (key, value) in args.study_option:
         study_options.setdefault(model, {})[key] = value
+    check_backend()  # a JAX_PLATFORMS this machine lacks: one line, not a traceback
     start = time.perf_counter()
     result = run_benchmark(
         args.model or preset["model"],

@@ -51,8 +51,10 @@ def _retire_stale(run: CellRun) -> None:
     """Moves finished runs made from other settings, data or code aside (never deletes them).
 
     Every ``seed_*`` directory of the cell is checked, not only the seeds asked for now, so a
-    cell never holds results of two settings side by side; a retired run's checkpoints go with
-    it, so coming back to its settings trains again instead of resuming a finished state.
+    cell never holds results of two settings side by side. Every checkpoint holding a retired
+    seed goes with it, whatever settings made it (a damaged results.json names none): resumed
+    without the metrics log it was written beside, a checkpoint would give a run with no
+    records before it (a finished one: one line, no training time).
     """
     stale = run.out_dir / "runs" / ".stale" / run.cell.id
     for path in sorted(run.cell_dir.glob("seed_*")):
@@ -62,16 +64,32 @@ def _retire_stale(run: CellRun) -> None:
             continue
         old = (outputs.read_results_or_none(results) or {}).get("fingerprint")
         stale.mkdir(parents=True, exist_ok=True)
-        target = stale / f"{path.name}-{old or 'unreadable'}"
+        target = _vacant(stale / f"{path.name}-{old or 'unreadable'}")
         shutil.move(str(path), str(target))
         seed = path.name.removeprefix("seed_")
-        for checkpoints in run.cell_dir.glob(f"checkpoints-{(old or '')[:8]}*-seeds_*"):
-            if old and seed in checkpoints.name.split("-seeds_", 1)[1].split("_"):
-                shutil.move(str(checkpoints), str(stale / checkpoints.name))
+        for checkpoints in sorted(run.cell_dir.glob("checkpoints-*-seeds_*")):
+            if seed in checkpoints.name.split("-seeds_", 1)[1].split("_"):
+                shutil.move(str(checkpoints), str(_vacant(stale / checkpoints.name)))
         outputs.notice(
             f"{run.cell.id} {path.name.replace('_', ' ')}: {why}; retraining (old run moved to"
             f" {target})"
         )
+
+
+def _vacant(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... if taken: settings changed back and forth retire
+    runs of one fingerprint more than once, and ``shutil.move`` into an existing directory
+    would nest the run inside the older one (and fail the time after).
+
+    Example:
+      >>> _vacant(Path("runs/.stale/cell/seed_0-02164d91f442a997"))  # doctest: +SKIP
+      PosixPath('runs/.stale/cell/seed_0-02164d91f442a997-2')
+    """
+    candidate, n = path, 1
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 def _reinit_groups(variables: Mapping, init: Mapping, groups: Sequence[str]) -> dict:
