@@ -228,7 +228,7 @@ def _train_final(
 def _costs(run: CellRun, trained: TrainRun, batch_size: int) -> tuple[dict, list[dict]]:
     """The run's cost metrics (XLA FLOPs and memory of each phase's step, compute time without
     compilation, parameter counts) and one row per phase."""
-    model, job = run.model, trained.job
+    model, job = run.model_of(trained.job.strategy), trained.job
     costs = step_costs(trained, model, batch_size)
     phases = job.strategy.phases(model.layer_groups)
     budgets = dict(zip((p.name for p in phases), phase_steps(phases, run.config.train_b.steps)))
@@ -265,7 +265,7 @@ def _accuracies(run: CellRun, trained: Sequence[TrainRun]) -> list[dict[str, flo
     are evaluated side by side, a pack's width at a time."""
     model, tasks = run.model, run.tasks
     slots = slots_for(run.config, model)
-    variables = [t.variables for t in trained]
+    variables = [run.evaluable(t) for t in trained]
     acc = lambda m, vs, data: [r["acc"] for r in evaluate_many(m, vs, data, slots=slots)]
     acc_b = acc(model, variables, (tasks.b.x_test, tasks.b.y_test))
     acc_ood = acc(model, variables, tasks.ood_b)
@@ -279,8 +279,7 @@ def _accuracies(run: CellRun, trained: Sequence[TrainRun]) -> list[dict[str, flo
         model_a = model_for(run.config, tasks.a.num_classes)
         head = model.layer_groups[-1]
         with_a_head = [
-            _with_head(trained[i].variables, run.sources[trained[i].job.seed], head)
-            for i in retained
+            _with_head(variables[i], run.sources[trained[i].job.seed], head) for i in retained
         ]
         for i, a in zip(retained, acc(model_a, with_a_head, (tasks.a.x_test, tasks.a.y_test))):
             acc_a[i] = a
@@ -314,7 +313,7 @@ def _keep_weights(run: CellRun, trained: TrainRun, run_dir: outputs.RunDir) -> N
     """The final variables in ``seed_<k>/weights`` (``jaxtl.train.checkpoint.load_variables``)."""
     ckpt_lib.save_variables(
         run_dir.path / WEIGHTS_DIR,
-        trained.variables,
+        run.evaluable(trained),
         {
             "model": run.config.model.name,
             "num_classes": run.tasks.b.num_classes,
