@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -225,6 +226,16 @@ def _train_final(
     return run.train(jobs, batch_size, directory, (on_chunk, on_resume))
 
 
+def _optimizer_state_bytes(trained: TrainRun) -> int | None:
+    """Bytes of one model's optimizer state in its last phase, read from the trained state
+    (every leaf is stacked over the pack's slots); None when the state was released."""
+    state = trained.pack_state
+    if state is None:
+        return None
+    leaves = [x for x in jax.tree.leaves(state.opt_state) if hasattr(x, "nbytes")]
+    return int(sum(x.nbytes // max(x.shape[0], 1) if x.ndim else x.nbytes for x in leaves))
+
+
 def _costs(run: CellRun, trained: TrainRun, batch_size: int) -> tuple[dict, list[dict]]:
     """The run's cost metrics (XLA FLOPs and memory of each phase's step, compute time without
     compilation, parameter counts) and one row per phase."""
@@ -245,6 +256,7 @@ def _costs(run: CellRun, trained: TrainRun, batch_size: int) -> tuple[dict, list
         "peak_memory_bytes": int(max(_step_memory_bytes(c) for c in costs)),
         "trainable_params": final_plan.num_trainable,
         "total_params": final_plan.num_trainable + final_plan.num_frozen,
+        "optimizer_state_bytes": _optimizer_state_bytes(trained),
     }
     rows = [
         {
