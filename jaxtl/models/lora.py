@@ -13,6 +13,7 @@ parameter names and layer groups are unchanged; the names ``lora_a``/``lora_b`` 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import numbers
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -127,16 +128,22 @@ class LoRAModel(nn.Module):
         stop: int | None = None,
         inference_groups: Collection[int] = (),
     ) -> jax.Array:
-        """Runs the base model's ``__call__`` (same arguments) with the adapters added."""
+        """Runs the base model's ``__call__`` with the adapters added (of these arguments, the
+        ones the base takes: a user's model may take only ``x``)."""
+        given = {"train": train, "start": start, "stop": stop, "inference_groups": inference_groups}
+        takes = inspect.signature(type(self.base).__call__).parameters
         with nn.intercept_methods(_interceptor(self.lora)):
             # The base runs in this module's scope, so its parameters keep their own paths.
-            return self.base.clone(parent=self.scope, name=None)(
-                x, train=train, start=start, stop=stop, inference_groups=inference_groups
-            )
+            base = self.base.clone(parent=self.scope, name=None)
+            return base(x, **{k: v for k, v in given.items() if k in takes})
 
 
 def with_lora(
-    model: nn.Module, rank: int = 4, alpha: float = 8.0, groups: Sequence[str] | None = None
+    model: nn.Module,
+    rank: int = 4,
+    alpha: float = 8.0,
+    groups: Sequence[str] | None = None,
+    layer_groups: Sequence[str] | None = None,
 ) -> LoRAModel:
     """``model`` with LoRA adapters on the Dense/Conv kernels of ``groups``.
 
@@ -145,6 +152,7 @@ def with_lora(
       rank: adapter rank r.
       alpha: scale numerator (the update is ``alpha / rank * B A``).
       groups: groups to adapt; None = every group but the head (which a new task trains whole).
+      layer_groups: the model's groups, head last; None = ``model.layer_groups``.
 
     Returns:
       A :class:`LoRAModel`; initialise it like any model, then load the base weights into it
@@ -155,7 +163,7 @@ def with_lora(
       >>> lora.lora.groups
       ('layer0',)
     """
-    groups_all = tuple(model.layer_groups)
+    groups_all = tuple(model.layer_groups if layer_groups is None else layer_groups)
     chosen = groups_all[:-1] if groups is None else tuple(groups)
     unknown = [g for g in chosen if g not in groups_all]
     if unknown or not chosen:
