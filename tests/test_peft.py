@@ -20,7 +20,7 @@ from flax import nnx
 
 import jaxtl
 from jaxtl import cli, freeze, models, runner
-from jaxtl.config import apply_overrides, load_config
+from jaxtl.runner.experiment import load_experiment
 from jaxtl.train import get_strategy
 
 FAMILIES = {
@@ -193,8 +193,8 @@ def test_jaxtl_list_strategies_shows_them(capsys):
 
 
 def test_a_tiny_peft_run_reports_them_beside_full_ft_and_the_frozen_ones(tmp_path):
-    config = apply_overrides(
-        load_config("peft"),
+    config = load_experiment(
+        "peft",
         [
             "n_per_class=[5]",
             "seeds=[0]",

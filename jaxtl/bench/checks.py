@@ -25,7 +25,12 @@ SEEDS_VMAPPED_VS_FLOOR = 1.5
 # A head-only step skips the body's backward pass: at most half the all-trainable step's FLOPs.
 NNX_HEAD_ONLY_FLOPS = 0.5
 
-_OPS = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t, "==": lambda v, t: v == t}
+_OPS = {
+    "<=": lambda v, t: v <= t,
+    ">=": lambda v, t: v >= t,
+    ">": lambda v, t: v > t,
+    "==": lambda v, t: v == t,
+}
 
 
 def check(name: str, value: float | None, op: str, threshold: float, note: str) -> dict[str, Any]:
@@ -82,6 +87,18 @@ def strategy_checks(
             f"uncached / cached epoch over {lp_epoch['examples']} examples",
         )
     )
+    for row in rows:
+        if row.get("flops_vs_all_but_head") is not None:
+            out.append(
+                check(
+                    f"{row['strategy']}_flops_vs_head_only",
+                    row["flops_vs_all_but_head"],
+                    ">",
+                    1.0,
+                    "XLA FLOPs of the step / head-only step's: a few parameters in every layer"
+                    " still need the backward pass through the whole network",
+                )
+            )
     for row in rows:
         out.append(
             check(
