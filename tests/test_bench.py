@@ -89,6 +89,8 @@ def test_every_strategy_has_a_row_with_typed_fields(result):
         "linear_probe_cached",
         "lp_ft/ft",
         "lp_ft/lp",
+        "bitfit",
+        "lora",
     ]
     for row in result["rows"]:
         for key, kind in ROW_KEYS.items():

@@ -100,7 +100,16 @@ def test_study_answers_q1_to_q3_for_both_model_families_and_study_full_runs_ever
     assert parts == {"mlp:strategies", "cnn:strategies", "mlp:cross_domain", "cnn:cross_domain"}
     assert all(p.protocol.name == "tuned" and len(p.seeds) == 5 for p in runner.expand_parts(study))
     full = load_config("study_full")
-    assert list(full.parts) == [*study.parts, "yosinski", "yosinski_mnist1d", "surgical"]
+    assert list(full.parts) == [
+        *study.parts,
+        "yosinski",
+        "yosinski_mnist1d",
+        "surgical",
+        "peft_mlp",
+        "peft_cnn",
+    ]
+    # The parameter-efficient comparison runs in the full study, not in the default one.
+    assert not {"peft_mlp", "peft_cnn"} & set(study.parts)
 
 
 def test_settings_on_a_study_apply_to_every_part():
