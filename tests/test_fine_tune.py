@@ -149,9 +149,11 @@ def test_every_catalogue_strategy_trains_a_user_linen_model(strategy):
     moved = moved_leaves(before["params"], trained["params"])
     assert not any(m and f for m, f in zip(moved, frozen_throughout)), strategy
     assert all(moved_leaves(before["params"]["head"], result.variables["params"]["head"]))
-    # BatchNorm statistics of a group frozen in every phase are kept too.
+    # BatchNorm statistics of a group frozen whole in every phase are kept too (a group where
+    # BitFit, norm-only or LoRA trains a few leaves runs in train mode).
     for name in GROUPS[:-1]:
-        if all(p.is_frozen(f"{name}/Dense_0/kernel") for p in phases):
+        mine = [path for path in phases[0].paths if path.startswith(name + "/")]
+        if all(p.is_frozen(path) for p in phases for path in mine):
             assert bits(result.variables["batch_stats"][name]) == bits(before["batch_stats"][name])
     metrics = result.metrics
     phase_names = set(result.run.plans)
