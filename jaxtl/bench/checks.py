@@ -25,12 +25,11 @@ SEEDS_VMAPPED_VS_FLOOR = 1.5
 # A head-only step skips the body's backward pass: at most half the all-trainable step's FLOPs.
 NNX_HEAD_ONLY_FLOPS = 0.5
 
-_OPS = {
-    "<=": lambda v, t: v <= t,
-    ">=": lambda v, t: v >= t,
-    ">": lambda v, t: v > t,
-    "==": lambda v, t: v == t,
-}
+# A parameter-efficient step runs the forward and the backward pass of the activations through
+# every layer, where head-only training runs the forward and the head's backward: about 2x.
+PEFT_VS_HEAD_ONLY_FLOPS = 1.5
+
+_OPS = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t, "==": lambda v, t: v == t}
 
 
 def check(name: str, value: float | None, op: str, threshold: float, note: str) -> dict[str, Any]:
@@ -93,8 +92,8 @@ def strategy_checks(
                 check(
                     f"{row['strategy']}_flops_vs_head_only",
                     row["flops_vs_all_but_head"],
-                    ">",
-                    1.0,
+                    ">=",
+                    PEFT_VS_HEAD_ONLY_FLOPS,
                     "XLA FLOPs of the step / head-only step's: a few parameters in every layer"
                     " still need the backward pass through the whole network",
                 )
