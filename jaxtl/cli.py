@@ -298,9 +298,6 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         args.model, args.num_classes, **dict(map(_parse_option, args.model_option))
     )
     shape = tuple(int(s) for s in args.input_shape.split(","))
-    variables = jax.eval_shape(
-        lambda: models.init_variables(model, jax.random.key(0), jnp.zeros((1, *shape)))
-    )
     print(f"model {args.model}: layer groups {', '.join(model.layer_groups)}")
     if args.rules:
         phases = [("rules", [_parse_rule(r) for r in args.rules])]
@@ -309,6 +306,11 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         phases = [
             (p.name, p.rules(model.layer_groups)) for p in strategy.phases(model.layer_groups)
         ]
+        if strategy.lora is not None:  # its plan is over the model with adapters
+            model = models.with_lora(model, **strategy.lora)
+    variables = jax.eval_shape(
+        lambda: models.init_variables(model, jax.random.key(0), jnp.zeros((1, *shape)))
+    )
     for name, rules in phases:
         print(f"\n== phase {name} ==")
         print(freeze.plan(variables["params"], rules))

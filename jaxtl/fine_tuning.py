@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxtl import models
 from jaxtl import train as engine
 from jaxtl.adapters import grouped_model
 from jaxtl.train.optimizers import BaseOptimizer
@@ -168,6 +169,8 @@ def fine_tune(
     x, y = _examples("train", train, grouped, initial)
     if eval is not None:
         x_eval, y_eval = _examples("eval", eval, grouped, initial)
+    if chosen.lora is not None and isinstance(model, nn.Module):
+        grouped, initial = _with_adapters(model, initial, grouped.layer_groups, (chosen.lora, x))
     spec = config.spec(min(config.batch_size, len(y)))
     job = engine.Job(initial, chosen, x, y, seed=config.seed, lr=config.lr)
     entered: dict[str, PyTree] = {}
@@ -186,7 +189,22 @@ def fine_tune(
         params, batch_stats = grouped.states_of(run.variables)
         nnx.update(model, jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, batch_stats))
         return FineTuneResult(None, model, metrics, run)
-    return FineTuneResult(run.variables, model, metrics, run)
+    trained = run.variables
+    if chosen.lora is not None:  # the adapters folded in: variables of the model passed in
+        trained = jax.device_get(models.merge_lora(trained, chosen.lora["alpha"]))
+    return FineTuneResult(trained, model, metrics, run)
+
+
+def _with_adapters(
+    model: nn.Module, variables: Mapping[str, PyTree], layer_groups: Sequence[str], lora_x: tuple
+) -> tuple[Any, dict[str, PyTree]]:
+    """A Linen model with LoRA adapters (``lora_b = 0``) and its variables: ``variables`` for
+    every base leaf, so training starts at the model's own function (``lora_x``: the strategy's
+    LoRA settings and the training inputs)."""
+    lora, x = lora_x
+    adapted = models.with_lora(model, lora["rank"], lora["alpha"], lora["groups"], layer_groups)
+    init = models.init_variables(adapted, jax.random.key(0), jnp.asarray(x[:1]))
+    return grouped_model(adapted, models.load_base(init, variables), layer_groups)
 
 
 def _strategy(

@@ -89,6 +89,8 @@ def test_every_strategy_has_a_row_with_typed_fields(result):
         "linear_probe_cached",
         "lp_ft/ft",
         "lp_ft/lp",
+        "bitfit",
+        "lora",
     ]
     for row in result["rows"]:
         for key, kind in ROW_KEYS.items():
@@ -399,3 +401,25 @@ def test_colab_notebook_is_nbformat4_and_clones_repo_url():
     sources = ["".join(cell["source"]) for cell in notebook["cells"]]
     assert "REPO_URL" in sources[1] and any("git clone" in s and "$REPO_URL" in s for s in sources)
     assert any("jaxtl run cifar10_to_cifar100" in s for s in sources)
+
+
+def test_parameter_efficient_rows_and_checks(result):
+    rows = {r["strategy"]: r for r in result["rows"]}
+    measured = [n for n in ("bitfit", "norm_only", "lora") if n in rows]
+    # The tiny MLP has Dense biases but no norm layers: norm_only is skipped, in one line.
+    assert measured == ["bitfit", "lora"]
+    assert "norm_only: norm scales/offsets" in result["peft_skipped"]["norm_only"]
+    names = {c["name"]: c for c in result["checks"]}
+    for name in measured:
+        row = rows[name]
+        assert row["trainable_params"] < rows["full_ft"]["trainable_params"]
+        assert row["step_ms"] > 0 and row["flops_vs_full_ft"] > 0
+        assert names[f"{name}_flops_vs_head_only"]["passed"]
+        assert names[f"{name}_adam_state_per_trainable_byte"]["passed"]
+    # LoRA computes its adapters beside the frozen kernels: more FLOPs than BitFit's step.
+    assert rows["lora"]["flops"] > rows["bitfit"]["flops"]
+
+
+def test_bench_config_rejects_unknown_settings():
+    with pytest.raises(ValueError, match="unknown benchmark setting 'step'"):
+        bench.run_benchmark("mlp", step=3)

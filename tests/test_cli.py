@@ -122,7 +122,7 @@ def test_dataset_options_follow_the_dataset(capsys):
             (
                 "unknown strategy 'lp_fy' (did you mean 'lp_ft'?); valid strategies: scratch,"
                 " linear_probe, freeze_first_k, full_ft, lp_ft, gradual_unfreeze,"
-                " discriminative_lr, l2_sp, surgical, freezeout"
+                " discriminative_lr, l2_sp, surgical, freezeout, bitfit, norm_only, lora"
             ),
         ),
         (

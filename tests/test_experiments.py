@@ -103,7 +103,16 @@ def test_study_answers_q1_to_q3_for_both_model_families_and_study_full_runs_ever
         assert p.protocol.name == "tuned" and len(p.seeds) >= 20
         assert not set(p.seeds) & set(p.protocol.selection_seeds)
     full = load_config("study_full")
-    assert list(full.parts) == [*study.parts, "yosinski", "yosinski_mnist1d", "surgical"]
+    assert list(full.parts) == [
+        *study.parts,
+        "yosinski",
+        "yosinski_mnist1d",
+        "surgical",
+        "peft_mlp",
+        "peft_cnn",
+    ]
+    # The parameter-efficient comparison runs in the full study, not in the default one.
+    assert not {"peft_mlp", "peft_cnn"} & set(study.parts)
 
 
 def test_settings_on_a_study_apply_to_every_part():

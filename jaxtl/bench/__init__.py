@@ -22,7 +22,7 @@ from jaxtl.bench.checks import check
 from jaxtl.bench.cli import build_parser, main, write_json
 from jaxtl.bench.report import format_comparison, format_report
 from jaxtl.bench.seeds import STUDY_INPUTS, STUDY_MODELS
-from jaxtl.bench.suite import DTYPES, SIZES, run_benchmark
+from jaxtl.bench.suite import DTYPES, SIZES, BenchConfig, run_benchmark
 from jaxtl.bench.timing import interleaved_ms, machine_info, step_time_ms
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "SIZES",
     "STUDY_INPUTS",
     "STUDY_MODELS",
+    "BenchConfig",
     "build_parser",
     "check",
     "format_comparison",

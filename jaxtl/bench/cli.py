@@ -18,7 +18,7 @@ from typing import Any
 
 from jaxtl import models
 from jaxtl.bench.report import format_report
-from jaxtl.bench.suite import DTYPES, SIZES, run_benchmark
+from jaxtl.bench.suite import DTYPES, SIZES, BenchConfig, run_benchmark
 from jaxtl.config import parse_value
 from jaxtl.train.outputs import check_backend
 
@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-naive", action="store_true", help="skip the naive recipe")
     parser.add_argument("--no-seeds", action="store_true", help="skip the seeds checks")
     parser.add_argument("--no-nnx", action="store_true", help="skip the NNX step")
+    parser.add_argument(
+        "--no-peft", action="store_true", help="skip the BitFit, norm-only and LoRA rows"
+    )
     parser.add_argument("--peer", metavar="FILE", help="JSON from scripts/torch_peer.py to compare")
     parser.add_argument("--json", metavar="FILE", help="write the full result here")
     return parser
@@ -117,8 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         study_options.setdefault(model, {})[key] = value
     check_backend()  # a JAX_PLATFORMS this machine lacks: one line, not a traceback
     start = time.perf_counter()
-    result = run_benchmark(
-        args.model or preset["model"],
+    config = BenchConfig(
         batch_size=args.batch_size or preset["batch_size"],
         image_size=args.image_size or preset["image_size"],
         dtype=args.dtype or preset["dtype"],
@@ -132,6 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         include_naive=not args.no_naive,
         include_seeds=not args.no_seeds,
         include_nnx=not args.no_nnx,
+        include_peft=not args.no_peft,
+    )
+    result = run_benchmark(
+        args.model or preset["model"],
+        config,
         log=lambda line: print(
             f"[{time.perf_counter() - start:5.1f} s] {line}", file=sys.stderr, flush=True
         ),

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtl import freeze
+from jaxtl import freeze, models
 from jaxtl.bench.timing import (
     Stepper,
     interleaved_ms,
@@ -109,6 +109,33 @@ def strategy_plans(
         plan = freeze.plan(params, phase.rules(groups))
         k = len(frozen_groups(plan, groups))
         out.append((f"lp_ft/{phase.name}", k, plan, phase.lr))
+    return out
+
+
+PEFT_STRATEGIES = ("bitfit", "norm_only", "lora")
+
+
+def peft_plans(work: Workload) -> list[tuple[str, Workload, freeze.FreezePlan | str]]:
+    """(name, workload, plan) for BitFit, norm-only and LoRA (rank 4 on every group below the
+    head, on the model with adapters loaded with ``work``'s weights); instead of a plan, the
+    one-line reason when the model lacks what a strategy trains (e.g. norm_only without norms).
+    """
+    groups = work.net.layer_groups
+    out = []
+    for name in PEFT_STRATEGIES:
+        strategy = get_strategy(name)
+        here = work
+        if strategy.lora is not None:
+            net = models.with_lora(work.net, **strategy.lora)
+            init = models.init_variables(net, work.seed, work.x[:1])
+            here = dataclasses.replace(
+                work, net=net, variables=models.load_base(init, work.variables)
+            )
+        (phase,) = strategy.phases(groups)
+        try:
+            out.append((name, here, freeze.plan(here.variables["params"], phase.rules(groups))))
+        except freeze.PlanError as err:
+            out.append((name, here, str(err)))
     return out
 
 

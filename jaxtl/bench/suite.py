@@ -8,6 +8,7 @@ device lease, a timeout) keeps what it measured.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -60,57 +61,11 @@ def _choice_error(what: str, value: Any, choices: Sequence[str]) -> ValueError:
     )
 
 
-def _validate(
-    dtype: str, study_models: Sequence[str], warmup: int, lp_examples: int, **counts: int
-) -> None:
-    """One-line ValueErrors for arguments no measurement could use, before any is made."""
-    if dtype not in DTYPES:
-        raise _choice_error("unknown dtype", dtype, DTYPES)
-    for name in study_models:
-        if name not in seeds.STUDY_MODELS:
-            raise _choice_error("unknown study model", name, tuple(seeds.STUDY_MODELS))
-    for what, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{what} must be an int >= 1, got {value!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
-        raise ValueError(f"warmup must be an int >= 1 (the first call compiles), got {warmup!r}")
-    if lp_examples < counts["batch_size"]:
-        raise ValueError(
-            f"lp_examples={lp_examples} must be >= batch_size={counts['batch_size']} (one whole"
-            " batch)"
-        )
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What one benchmark run measures, and how long.
 
-
-def run_benchmark(
-    model: str = "cnn",
-    *,
-    batch_size: int = 32,
-    image_size: int = 16,
-    channels: int = 3,
-    num_classes: int = 10,
-    dtype: str = "float32",
-    steps: int = 20,
-    warmup: int = 3,
-    model_options: Mapping[str, Any] | None = None,
-    lp_examples: int = 2048,
-    lp_epochs: int = 3,
-    num_seeds: int = 8,
-    engine_seeds: int = 5,
-    loop_steps: int = 10,
-    seed_rounds: int = 5,
-    seed_models: Sequence[str] = tuple(seeds.STUDY_MODELS),
-    study_options: Mapping[str, Mapping[str, Any]] | None = None,
-    include_naive: bool = True,
-    include_seeds: bool = True,
-    include_nnx: bool = True,
-    seed: int = 0,
-    log: Callable[[str], None] | None = None,
-    on_partial: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Times every freezing strategy's train step against its limits and the naive recipe.
-
-    Args:
-      model: a name from ``jaxtl.models.names()``.
+    Attributes:
       batch_size: examples per step.
       image_size: height and width of the (random) input images.
       channels: input channels.
@@ -132,15 +87,102 @@ def run_benchmark(
       include_naive: also time the naive ``multi_transform`` recipe for each strategy.
       include_seeds: run the seeds checks.
       include_nnx: time the NNX head-only and all-trainable steps.
+      include_peft: time BitFit, norm-only and LoRA steps.
       seed: seeds the data and the parameter init.
+
+    Example:
+      >>> BenchConfig(batch_size=8).steps
+      20
+    """
+
+    batch_size: int = 32
+    image_size: int = 16
+    channels: int = 3
+    num_classes: int = 10
+    dtype: str = "float32"
+    steps: int = 20
+    warmup: int = 3
+    model_options: Mapping[str, Any] | None = None
+    lp_examples: int = 2048
+    lp_epochs: int = 3
+    num_seeds: int = 8
+    engine_seeds: int = 5
+    loop_steps: int = 10
+    seed_rounds: int = 5
+    seed_models: Sequence[str] = tuple(seeds.STUDY_MODELS)
+    study_options: Mapping[str, Mapping[str, Any]] | None = None
+    include_naive: bool = True
+    include_seeds: bool = True
+    include_nnx: bool = True
+    include_peft: bool = True
+    seed: int = 0
+
+    def validate(self) -> None:
+        """One-line ValueErrors for settings no measurement could use, before any is made."""
+        if self.dtype not in DTYPES:
+            raise _choice_error("unknown dtype", self.dtype, DTYPES)
+        for name in [*self.seed_models, *(self.study_options or {})]:
+            if name not in seeds.STUDY_MODELS:
+                raise _choice_error("unknown study model", name, tuple(seeds.STUDY_MODELS))
+        counts = ("batch_size", "image_size", "channels", "num_classes", "steps", "lp_epochs")
+        counts += ("num_seeds", "engine_seeds", "loop_steps", "seed_rounds")
+        for what in counts:
+            value = getattr(self, what)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{what} must be an int >= 1, got {value!r}")
+        warmup = self.warmup
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
+            raise ValueError(
+                f"warmup must be an int >= 1 (the first call compiles), got {warmup!r}"
+            )
+        if self.lp_examples < self.batch_size:
+            raise ValueError(
+                f"lp_examples={self.lp_examples} must be >= batch_size={self.batch_size} (one"
+                " whole batch)"
+            )
+
+    def record(self, model: str) -> dict[str, Any]:
+        """The result's "config" block."""
+        return {
+            "model": model,
+            "model_options": seeds.json_options(dict(self.model_options or {})),
+            "batch_size": self.batch_size,
+            "input_shape": [self.image_size, self.image_size, self.channels],
+            "num_classes": self.num_classes,
+            "dtype": self.dtype,
+            "optimizer": "adam(1e-3)",
+            "steps": self.steps,
+            "warmup": self.warmup,
+            "seed": self.seed,
+            "engine_seeds": self.engine_seeds,
+            "loop_steps": self.loop_steps,
+            "seed_rounds": self.seed_rounds,
+        }
+
+
+def run_benchmark(
+    model: str = "cnn",
+    config: BenchConfig | None = None,
+    *,
+    log: Callable[[str], None] | None = None,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Times every freezing strategy's train step against its limits and the naive recipe.
+
+    Args:
+      model: a name from ``jaxtl.models.names()``.
+      config: what to measure (:class:`BenchConfig`); None = ``BenchConfig(**settings)``.
       log: called with one line per finished measurement (progress); None is silent.
       on_partial: called with the result so far after each measurement ("complete" False until
         the last).
+      **settings: :class:`BenchConfig` fields, instead of ``config``.
 
     Returns:
       A JSON-ready dict: "machine", "config", "seeds_engine" and "seeds_vmapped" (None when
       skipped), "matmul_peak_flops_per_s", "nnx" (None when skipped), "forward", "rows" (one per
-      strategy step), "linear_probe_epoch", "checks" and "complete".
+      strategy step; BitFit, norm-only and LoRA among them), "linear_probe_epoch", "checks" and
+      "complete".
 
     Example:
       >>> result = run_benchmark("mlp", batch_size=8, image_size=8, steps=2, warmup=1,
@@ -149,97 +191,64 @@ def run_benchmark(
       >>> all(c["name"] for c in result["checks"])  # doctest: +SKIP
       True
     """
-    study_options = {name: dict(o) for name, o in (study_options or {}).items()}
-    _validate(
-        dtype=dtype,
-        study_models=[*seed_models, *study_options],
-        warmup=warmup,
-        lp_examples=lp_examples,
-        batch_size=batch_size,
-        image_size=image_size,
-        channels=channels,
-        num_classes=num_classes,
-        steps=steps,
-        lp_epochs=lp_epochs,
-        num_seeds=num_seeds,
-        engine_seeds=engine_seeds,
-        loop_steps=loop_steps,
-        seed_rounds=seed_rounds,
-    )
+    if config is not None and settings:
+        raise ValueError(f"pass either config or settings ({', '.join(settings)}), not both")
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(BenchConfig)})
+    if unknown:
+        fields = [f.name for f in dataclasses.fields(BenchConfig)]
+        raise _choice_error("unknown benchmark setting", unknown[0], fields)
+    config = BenchConfig(**settings) if config is None else config
+    config.validate()
     say = log or (lambda line: None)
     report_partial = on_partial or (lambda partial: None)
-    options = dict(model_options or {})
     result: dict[str, Any] = {
         "machine": machine_info(),
-        "config": {
-            "model": model,
-            "model_options": seeds.json_options(options),
-            "batch_size": batch_size,
-            "input_shape": [image_size, image_size, channels],
-            "num_classes": num_classes,
-            "dtype": dtype,
-            "optimizer": "adam(1e-3)",
-            "steps": steps,
-            "warmup": warmup,
-            "seed": seed,
-            "engine_seeds": engine_seeds,
-            "loop_steps": loop_steps,
-            "seed_rounds": seed_rounds,
-        },
+        "config": config.record(model),
         "seeds_engine": None,
         "seeds_vmapped": None,
         "nnx": None,
         "complete": False,
     }
     # Built first, so a bad model name or option fails before a minute of measurements.
-    net = models.create(model, num_classes, dtype=jnp.dtype(dtype), **options)
-    if include_seeds:
-        _run_seeds(
-            result,
-            {name: study_options.get(name) for name in seed_models},
-            engine_seeds,
-            num_seeds,
-            loop_steps,
-            seed_rounds,
-            warmup,
-            seed,
-            say,
-            report_partial,
-        )
-    if include_nnx:
-        result["nnx"] = nnx = _run_nnx(seed_rounds * 2, warmup, seed)
+    options = dict(config.model_options or {})
+    net = models.create(model, config.num_classes, dtype=jnp.dtype(config.dtype), **options)
+    if config.include_seeds:
+        _run_seeds(result, config, say, report_partial)
+    if config.include_nnx:
+        result["nnx"] = nnx = _run_nnx(config.seed_rounds * 2, config.warmup, config.seed)
         say(
             f"nnx head only: {nnx['head_only']['step_ms']:.2f} ms, all trainable:"
             f" {nnx['all_trainable']['step_ms']:.2f} ms"
         )
         report_partial(result)
-
-    work = _workload(net, batch_size, image_size, channels, num_classes, steps, warmup, seed)
-    _run_strategies(result, work, lp_examples, lp_epochs, include_naive, say, report_partial)
+    work = _workload(net, config)
+    _run_strategies(result, work, config, say, report_partial)
     result["checks"] = checks.all_checks(result)
     result["complete"] = True
     report_partial(result)
     return result
 
 
-def _workload(net, batch_size, image_size, channels, num_classes, rounds, warmup, seed):
-    rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.random((batch_size, image_size, image_size, channels), np.float32))
+def _workload(net, config: BenchConfig) -> freezing.Workload:
+    rng = np.random.default_rng(config.seed)
+    shape = (config.batch_size, config.image_size, config.image_size, config.channels)
+    x = jnp.asarray(rng.random(shape, np.float32))
     return freezing.Workload(
         net=net,
-        variables=models.init_variables(net, seed, x[:1]),
+        variables=models.init_variables(net, config.seed, x[:1]),
         x=x,
-        y=jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32),
-        key=jax.random.key(seed),
-        num_classes=num_classes,
-        seed=seed,
-        rounds=rounds,
-        warmup=warmup,
+        y=jnp.asarray(rng.integers(0, config.num_classes, config.batch_size), jnp.int32),
+        key=jax.random.key(config.seed),
+        num_classes=config.num_classes,
+        seed=config.seed,
+        rounds=config.steps,
+        warmup=config.warmup,
     )
 
 
-def _run_strategies(result, work, lp_examples, lp_epochs, include_naive, say, report) -> None:
-    """The forward, one row per strategy, then the linear-probe epoch and its cached row."""
+def _run_strategies(result, work, config: BenchConfig, say, report) -> None:
+    """The forward, one row per strategy, then the linear-probe epoch and its cached row, then
+    the parameter-efficient rows."""
     net = work.net
     result["forward"] = work.forward_row()
     say(f"forward: {result['forward']['ms']:.2f} ms")
@@ -249,12 +258,12 @@ def _run_strategies(result, work, lp_examples, lp_epochs, include_naive, say, re
     # Most frozen first: the device's peak is process-wide, so with the footprint growing row
     # by row the peak read after a row bounds that row's step (and its naive twin) from above.
     for name, k, plan, lr in freezing.strategy_plans(net.layer_groups, work.variables["params"]):
-        row = freezing.strategy_row(work, name, k, plan, lr, include_naive)
+        row = freezing.strategy_row(work, name, k, plan, lr, config.include_naive)
         rows.append(row)
         naive_note = "" if row["naive"] is None else f", naive {row['naive']['step_ms']:.2f} ms"
         say(f"{name}: {row['step_ms']:.2f} ms/step, forward {row['forward_ms']:.2f} ms{naive_note}")
         report(result)
-    cached_row, lp_epoch = freezing.linear_probe(work, lp_examples, lp_epochs)
+    cached_row, lp_epoch = freezing.linear_probe(work, config.lp_examples, config.lp_epochs)
     say(
         f"linear probe epoch: {lp_epoch['uncached_epoch_ms']:.1f} ms uncached,"
         f" {lp_epoch['cached_epoch_ms']:.2f} ms cached"
@@ -263,12 +272,45 @@ def _run_strategies(result, work, lp_examples, lp_epochs, include_naive, say, re
     # Measured most frozen first (see the device-peak note); reported from full_ft down.
     rows.sort(key=lambda r: ("/" in r["strategy"], r["strategy"] == "linear_probe_cached", r["k"]))
     result["linear_probe_epoch"] = lp_epoch
+    if config.include_peft:
+        _run_peft(result, work, say, report)
 
 
-def _run_seeds(
-    result, seed_models, engine_seeds, num_seeds, loop_steps, rounds, warmup, seed, say, report
-) -> None:
+def _run_peft(result, work, say, report) -> None:
+    """BitFit, norm-only and LoRA rows (no naive twin, no limit: nothing is a frozen prefix),
+    each with its step time and XLA FLOPs relative to full_ft and to head-only training."""
+    rows = result["rows"]
+    by_name = {r["strategy"]: r for r in rows}
+    result["peft_skipped"] = skipped = {}
+    for name, here, plan in freezing.peft_plans(work):
+        if isinstance(plan, str):
+            skipped[name] = plan
+            say(f"{name}: skipped ({plan})")
+            continue
+        row = freezing.strategy_row(here, name, 0, plan, 1.0, False)
+        for ref in ("full_ft", "all_but_head"):
+            row[f"step_vs_{ref}"] = row["step_ms"] / by_name[ref]["step_ms"]
+            row[f"flops_vs_{ref}"] = row["flops"] / by_name[ref]["flops"]
+        rows.append(row)
+        say(
+            f"{name}: {row['step_ms']:.2f} ms/step ({row['step_vs_full_ft']:.2f}x full_ft,"
+            f" {row['step_vs_all_but_head']:.2f}x head-only), FLOPs"
+            f" {row['flops_vs_full_ft']:.2f}x full_ft"
+        )
+        report(result)
+
+
+def _run_seeds(result, config: BenchConfig, say, report) -> None:
     """The engine seeds check per study model, then the vmapped-seeds floor check per input."""
+    study_options = {name: dict(o) for name, o in (config.study_options or {}).items()}
+    seed_models = {name: study_options.get(name) for name in config.seed_models}
+    engine_seeds, rounds, warmup, seed = (
+        config.engine_seeds,
+        config.seed_rounds,
+        config.warmup,
+        config.seed,
+    )
+    num_seeds, loop_steps = config.num_seeds, config.loop_steps
     result["seeds_engine"] = engine = []
     for name, options in seed_models.items():
         entry = seeds.seeds_engine(

@@ -9,6 +9,7 @@ Example:
 
 from jaxtl.models.base import NORMS, ClassifierHead, GroupedModel
 from jaxtl.models.convnet import CNN, CNN1D
+from jaxtl.models.lora import LoRAModel, base_model, load_base, merge_lora, with_lora
 from jaxtl.models.mlp import MLP
 from jaxtl.models.registry import create, default_options, init_variables, names
 from jaxtl.models.resnet import ResNet
@@ -21,10 +22,15 @@ __all__ = [
     "NORMS",
     "ClassifierHead",
     "GroupedModel",
+    "LoRAModel",
     "ResNet",
     "ViT",
+    "base_model",
     "create",
     "default_options",
     "init_variables",
+    "load_base",
+    "merge_lora",
     "names",
+    "with_lora",
 ]

@@ -16,10 +16,12 @@ from jaxtl.report.families import (
     YOSINSKI,
     answer_claims,
     family_counts,
+    is_peft,
     is_yosinski,
     problems,
     yosinski_name,
 )
+from jaxtl.report.peft import peft_lines
 from jaxtl.report.stats import ALPHA, POWER
 from jaxtl.report.wording import (
     METRIC_NAMES,
@@ -366,6 +368,11 @@ def answer_section(
         )
         lines += [f"### {q.key}: {q.title}", "", f"*Family {q.key}*: {size}.", ""]
         for problem, mine in grouped.items():
+            if is_peft(problem):
+                if q.key == "Q3":
+                    lines += [f"#### {problem_label(problem)} (exploratory)", ""]
+                    lines += peft_lines(mine)
+                continue
             here = [c for c in claims if c.problem == problem and c.question == q.key]
             lines += [f"#### {problem_label(problem)}", ""]
             lines += _question_lines(q.key, here, mine)

@@ -15,6 +15,11 @@ SIZE_PARAM = "n_per_class"
 CONTEXT_PARAMS = ("dataset_a", "dataset_b", "model")
 # Strategies whose final phase keeps some parameters frozen (Q1 "frozen" side).
 FROZEN_STRATEGIES = ("linear_probe", "freeze_first_k", "surgical")
+# Parameter-efficient strategies: they train a few parameters everywhere instead of a frozen
+# prefix, so they are neither Q1's "frozen" side nor Q3's "trains everything" side.
+PEFT_STRATEGIES = ("bitfit", "norm_only", "lora")
+# The experiment that compares them; its problems are exploratory (outside the Q1-Q3 families).
+PEFT_EXPERIMENT = "peft"
 
 
 class Cell(NamedTuple):

@@ -21,7 +21,16 @@ import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from jaxtl.report.cells import FROZEN_STRATEGIES, Cell, labeller, size_label, size_of, size_order
+from jaxtl.report.cells import (
+    FROZEN_STRATEGIES,
+    PEFT_EXPERIMENT,
+    PEFT_STRATEGIES,
+    Cell,
+    labeller,
+    size_label,
+    size_of,
+    size_order,
+)
 from jaxtl.report.claims import (
     Claim,
     DecisionTest,
@@ -78,6 +87,11 @@ def problems(cells: Sequence[Cell]) -> dict[tuple, list[Cell]]:
     return dict(sorted(grouped.items()))
 
 
+def is_peft(problem: tuple) -> bool:
+    """Whether a problem is the parameter-efficient comparison (``peft``), outside the families."""
+    return dict(problem).get("experiment") == PEFT_EXPERIMENT
+
+
 def is_yosinski(cells: Sequence[Cell]) -> bool:
     return any(c.strategy in YOSINSKI and "depth" in c.params for c in cells)
 
@@ -120,7 +134,7 @@ def _strategy_claims(problem: tuple, cells: list[Cell]) -> list[Claim]:
         scratch = ("scratch", pick_best(c for c in here if c.strategy == "scratch"))
         trains_all = (
             "best trains-everything",
-            pick_best(c for c in here if c.strategy not in FROZEN_STRATEGIES),
+            pick_best(c for c in here if c.strategy not in (*FROZEN_STRATEGIES, *PEFT_STRATEGIES)),
         )
         declared = [
             (("Q1", "best frozen vs full_ft", slot, "acc_b"), (frozen, full)),
@@ -179,6 +193,8 @@ def answer_claims(cells: Sequence[Cell], test: DecisionTest = "t") -> list[Claim
     """
     claims: list[Claim] = []
     for problem, mine in problems(cells).items():
+        if is_peft(problem):  # exploratory: its line under Q3 belongs to no family
+            continue
         build = _yosinski_claims if is_yosinski(mine) else _strategy_claims
         claims += build(problem, mine)
     return adjust_by_question(claims, test)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -243,10 +244,20 @@ def _train_final(
     return run.train(jobs, batch_size, directory, (on_chunk, on_resume))
 
 
+def _optimizer_state_bytes(trained: TrainRun) -> int | None:
+    """Bytes of one model's optimizer state in its last phase, read from the trained state
+    (every leaf is stacked over the pack's slots); None when the state was released."""
+    state = trained.pack_state
+    if state is None:
+        return None
+    leaves = [x for x in jax.tree.leaves(state.opt_state) if hasattr(x, "nbytes")]
+    return int(sum(x.nbytes // max(x.shape[0], 1) if x.ndim else x.nbytes for x in leaves))
+
+
 def _costs(run: CellRun, trained: TrainRun, batch_size: int) -> tuple[dict, list[dict]]:
     """The run's cost metrics (XLA FLOPs and memory of each phase's step, compute time without
     compilation, parameter counts) and one row per phase."""
-    model, job = run.model, trained.job
+    model, job = run.model_of(trained.job.strategy), trained.job
     costs = step_costs(trained, model, batch_size)
     phases = job.strategy.phases(model.layer_groups)
     budgets = dict(zip((p.name for p in phases), phase_steps(phases, run.config.train_b.steps)))
@@ -263,6 +274,7 @@ def _costs(run: CellRun, trained: TrainRun, batch_size: int) -> tuple[dict, list
         "peak_memory_bytes": int(max(_step_memory_bytes(c) for c in costs)),
         "trainable_params": final_plan.num_trainable,
         "total_params": final_plan.num_trainable + final_plan.num_frozen,
+        "optimizer_state_bytes": _optimizer_state_bytes(trained),
     }
     rows = [
         {
@@ -283,7 +295,7 @@ def _accuracies(run: CellRun, trained: Sequence[TrainRun]) -> list[dict[str, flo
     are evaluated side by side, a pack's width at a time."""
     model, tasks = run.model, run.tasks
     slots = slots_for(run.config, model)
-    variables = [t.variables for t in trained]
+    variables = [run.evaluable(t) for t in trained]
     acc = lambda m, vs, data: [r["acc"] for r in evaluate_many(m, vs, data, slots=slots)]
     acc_b = acc(model, variables, (tasks.b.x_test, tasks.b.y_test))
     acc_ood = acc(model, variables, tasks.ood_b)
@@ -297,8 +309,7 @@ def _accuracies(run: CellRun, trained: Sequence[TrainRun]) -> list[dict[str, flo
         model_a = model_for(run.config, tasks.a.num_classes)
         head = model.layer_groups[-1]
         with_a_head = [
-            _with_head(trained[i].variables, run.sources[trained[i].job.seed], head)
-            for i in retained
+            _with_head(variables[i], run.sources[trained[i].job.seed], head) for i in retained
         ]
         for i, a in zip(retained, acc(model_a, with_a_head, (tasks.a.x_test, tasks.a.y_test))):
             acc_a[i] = a
@@ -332,7 +343,7 @@ def _keep_weights(run: CellRun, trained: TrainRun, run_dir: outputs.RunDir) -> N
     """The final variables in ``seed_<k>/weights`` (``jaxtl.train.checkpoint.load_variables``)."""
     ckpt_lib.save_variables(
         run_dir.path / WEIGHTS_DIR,
-        trained.variables,
+        run.evaluable(trained),
         {
             "model": run.config.model.name,
             "num_classes": run.tasks.b.num_classes,

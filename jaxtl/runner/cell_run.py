@@ -13,8 +13,8 @@ import ml_collections
 from jaxtl import data as data_lib
 from jaxtl.runner.jobs import checkpoints_in, spec_for
 from jaxtl.runner.sweep import Cell
-from jaxtl.runner.tasks import Tasks
-from jaxtl.train import Callbacks, Job, TrainRun, get_strategy, outputs, train_jobs
+from jaxtl.runner.tasks import Tasks, evaluable, strategy_model, strategy_variables
+from jaxtl.train import Callbacks, Job, Strategy, TrainRun, get_strategy, outputs, train_jobs
 
 PackListener = Callable[[list[Job], dict], None]
 
@@ -28,7 +28,8 @@ class CellRun:
       cell: the cell.
       out_dir: the experiment's output directory.
       tasks: A and B.
-      model: the model every run of the cell trains.
+      model: the model every run of the cell trains (LoRA strategies: with adapters added per
+        setting, see :meth:`model_of`).
       key: the cell's fingerprint (what its results depend on).
       stop_requested: polled after every chunk (SIGINT/SIGTERM).
       show_progress: progress bars on (None: when stderr is a terminal).
@@ -61,14 +62,23 @@ class CellRun:
     def job(self, seed: int, setting: Mapping[str, Any], task: data_lib.Dataset) -> Job:
         """Seed ``seed`` of the cell at grid point ``setting`` on ``task``'s training examples."""
         options = {**dict(self.cell.options), **{k: v for k, v in setting.items() if k != "lr"}}
+        strategy = get_strategy(self.cell.strategy, **options)
         return Job(
-            self.starts[seed],
-            get_strategy(self.cell.strategy, **options),
+            strategy_variables(self.model, strategy, self.starts[seed], 2000 + seed, task.x_train),
+            strategy,
             task.x_train,
             task.y_train,
             seed=seed,
             lr=float(setting["lr"]),
         )
+
+    def model_of(self, strategy: Strategy) -> Any:
+        """The model ``strategy`` trains: the cell's, with LoRA adapters for a LoRA setting."""
+        return strategy_model(self.model, strategy)
+
+    def evaluable(self, trained: TrainRun) -> dict:
+        """A trained run's variables for the cell's model (LoRA adapters merged)."""
+        return evaluable(trained.job.strategy, trained.variables)
 
     def train(
         self,
@@ -78,12 +88,15 @@ class CellRun:
         listeners: tuple[PackListener, Callable[[list[Job], int | None], None] | None],
     ) -> list[TrainRun]:
         """Trains ``jobs`` on B with the config's spec, each pack checkpointing in
-        ``directory_of(pack)``; ``listeners`` are ``(on_chunk, on_resume)`` per pack."""
+        ``directory_of(pack)``; ``listeners`` are ``(on_chunk, on_resume)`` per pack.
+
+        Jobs of different models (LoRA ranks of a grid) train in one engine call per model;
+        the runs come back in the order of ``jobs``.
+        """
         on_chunk, on_resume = listeners
-        spec = spec_for(self.config, self.model, "b", batch_size=batch_size, pad_to=self.pad_to)
         # Model-steps (every job's steps, summed), so the ETA counts the work left, not packs.
         bar = outputs.progress(
-            len(jobs) * spec.steps,
+            len(jobs) * int(self.config.train_b.steps),
             desc=f"  {self.cell.id}",
             disable=None if self.show_progress is None else not self.show_progress,
         )
@@ -98,15 +111,24 @@ class CellRun:
                 on_resume(pack, step)
             bar.update((step or 0) * len(pack))
 
+        by_model: dict[Any, list[int]] = {}
+        for i, job in enumerate(jobs):
+            by_model.setdefault(self.model_of(job.strategy), []).append(i)
+        runs: list[TrainRun | None] = [None] * len(jobs)
         with bar:
-            return train_jobs(
-                self.model,
-                spec,
-                jobs,
-                checkpointer_for=checkpoints_in(self.config, directory_of),
-                callbacks_for=lambda pack: Callbacks(
-                    on_chunk=lambda r: heard_chunk(pack, r),
-                    on_resume=lambda step: heard_resume(pack, step),
-                    stop_requested=self.stop_requested,
-                ),
-            )
+            for model, indices in by_model.items():
+                spec = spec_for(self.config, model, "b", batch_size=batch_size, pad_to=self.pad_to)
+                trained = train_jobs(
+                    model,
+                    spec,
+                    [jobs[i] for i in indices],
+                    checkpointer_for=checkpoints_in(self.config, directory_of),
+                    callbacks_for=lambda pack: Callbacks(
+                        on_chunk=lambda r, pack=pack: heard_chunk(pack, r),
+                        on_resume=lambda step, pack=pack: heard_resume(pack, step),
+                        stop_requested=self.stop_requested,
+                    ),
+                )
+                for i, run in zip(indices, trained):
+                    runs[i] = run
+        return runs

@@ -491,7 +491,8 @@ def expand_parts(config: ml_collections.ConfigDict) -> list[ml_collections.Confi
     shared = {
         k: v
         for k, v in _flat(config).items()
-        if k not in ("experiment", "parts", "part_overrides") and defaults.get(k, v) != v
+        if k.split(".")[0] not in ("experiment", "parts", "part_overrides")
+        and (k not in defaults or defaults[k] != v)
     }
     parts = []
     for name in config.parts:

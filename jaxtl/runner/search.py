@@ -73,7 +73,7 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
         or on each seed's own."""
         done = [t for t in trained if id(t.job) not in diverged]
         data = shared if shared is not None else [per_seed[t.job.seed] for t in done]
-        measured = evaluate_many(run.model, [t.variables for t in done], data, slots=slots)
+        measured = evaluate_many(run.model, [run.evaluable(t) for t in done], data, slots=slots)
         got = dict(zip((id(t.job) for t in done), measured))
         rows = [jobs[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(settings))]
         return [[got.get(id(j)) for j in row] for row in rows]

@@ -17,11 +17,11 @@ from jaxtl.config import ConfigError
 from jaxtl.defaults import YOSINSKI_CONDITIONS
 from jaxtl.suggest import did_you_mean
 
-EXPERIMENTS = ("strategies", "yosinski", "surgical", "cross_domain", "study")
+EXPERIMENTS = ("strategies", "yosinski", "surgical", "cross_domain", "peft", "study")
 SHIFT_LEVELS = ("input", "feature", "output")
 # Experiments whose cells compare strategies: there each strategy's own knob may be tuned. In
 # Yosinski's and the surgical pipeline the knob (depth, group) is the experimental variable.
-TUNABLE_EXPERIMENTS = ("strategies", "cross_domain")
+TUNABLE_EXPERIMENTS = ("strategies", "cross_domain", "peft")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +92,7 @@ def experiment_cells(config: ml_collections.ConfigDict, layer_groups: Sequence[s
     build = {
         "strategies": _strategy_cells,
         "cross_domain": _strategy_cells,
+        "peft": _strategy_cells,
         "yosinski": _yosinski_cells,
         "surgical": _surgical_cells,
     }[config.experiment]
@@ -99,7 +100,8 @@ def experiment_cells(config: ml_collections.ConfigDict, layer_groups: Sequence[s
 
 
 def _strategy_cells(config, layer_groups, common) -> list[Cell]:
-    """Every strategy x data size (strategies, cross_domain); tuned knobs left to the protocol."""
+    """Every strategy x data size (strategies, cross_domain, peft); tuned knobs left to the
+    protocol."""
     options = lambda name: tuple(sorted(dict(config.strategy_options.get(name, {})).items()))
     cells = []
     for name in config.strategies:

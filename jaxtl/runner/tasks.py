@@ -246,6 +246,43 @@ def model_for(config: ml_collections.ConfigDict, num_classes: int):
     return _model(config.model.name, num_classes, json.dumps(options, sort_keys=True))
 
 
+@functools.lru_cache(maxsize=16)
+def _with_lora(model, rank: int, alpha: float, groups: tuple[str, ...] | None):
+    return models.with_lora(model, rank, alpha, groups)
+
+
+def strategy_model(model, strategy):
+    """The model ``strategy`` trains: ``model``, or it with the strategy's LoRA adapters (one
+    instance per setting, so grid points and seeds of one rank share their programs).
+
+    Example:
+      >>> strategy_model(model, get_strategy("lora", rank=4)).lora.rank  # doctest: +SKIP
+      4
+    """
+    if strategy.lora is None:
+        return model
+    lora = strategy.lora
+    return _with_lora(model, lora["rank"], lora["alpha"], lora["groups"])
+
+
+def strategy_variables(model, strategy, variables: dict, seed: int, x: np.ndarray) -> dict:
+    """``variables`` (of ``model``) as ``strategy_model(model, strategy)`` takes them: with
+    LoRA, the adapted model's init (adapters keyed by ``seed``) with every base leaf loaded
+    from ``variables``, so it starts at their function."""
+    adapted = strategy_model(model, strategy)
+    if adapted is model:
+        return variables
+    return models.load_base(init_variables(adapted, seed, x), variables)
+
+
+def evaluable(strategy, variables: dict) -> dict:
+    """Trained ``variables`` as the cell's base model takes them: LoRA adapters merged into the
+    kernels (for evaluation and export); other strategies' variables unchanged."""
+    if strategy.lora is None:
+        return variables
+    return models.merge_lora(variables, strategy.lora["alpha"])
+
+
 def init_variables(model, seed: int, x: np.ndarray) -> dict:
     """The model's initial variables for ``seed`` (one compiled initialiser per model)."""
     return models.init_variables(model, jax.random.key(seed), jnp.asarray(x[:1]))

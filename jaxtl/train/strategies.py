@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 
+from jaxtl.freeze import selectors
 from jaxtl.suggest import did_you_mean
 from jaxtl.train.schedules import GroupCosineDecay
 from jaxtl.train.steps import check_bn_policy
@@ -113,12 +114,16 @@ class Strategy:
       from_source: False when the model starts from its own init instead of A's weights
         ("scratch"); the runner decides which variables to pass to :func:`run_phases`.
       options: the options it was built with (for run records).
+      lora: the LoRA adapters its model needs, ``{"rank", "alpha", "groups"}`` (arguments of
+        :func:`jaxtl.models.with_lora`), or None: the strategy trains the model as it is. The
+        runner builds the adapted model and loads A's weights into it.
     """
 
     name: str
     build: Callable[[Sequence[str]], tuple[Phase, ...]]
     from_source: bool = True
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    lora: Mapping[str, Any] | None = None
 
     def phases(self, layer_groups: Sequence[str]) -> tuple[Phase, ...]:
         """The phases for a model's groups; every phase's rules are checked against them.
@@ -367,6 +372,111 @@ def freezeout(t0: float = 0.5, anneal: bool = True, scaled: bool = False) -> Str
     return Strategy("freezeout", build)
 
 
+def _head_and(selector_for: Callable[[str], selectors.Selector]) -> RulesFactory:
+    """Rules factory: the head and the leaves ``selector_for(head)`` picks outside it train; the
+    rest is frozen. A model where the selector picks nothing fails with the selector's name."""
+
+    def rules(layer_groups: Sequence[str]) -> Rules:
+        head = layer_groups[-1]
+        return [(_group_pattern(head), {}), (selector_for(head), {}), (".*", None)]
+
+    return rules
+
+
+def _leaf_name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+# Norm layers as Flax names them (BatchNorm_0, LayerNorm_1, GroupNorm_0) or as users often do
+# (norm, bn1, ln_f, final_norm).
+_NORM_MODULE = re.compile(r"(?i).*norm.*|bn\d*|ln(_?\w+)?")
+
+
+def _is_norm_param(path: str) -> bool:
+    parts = path.split("/")
+    return (
+        len(parts) > 1
+        and parts[-1] in ("scale", "bias")
+        and bool(_NORM_MODULE.fullmatch(parts[-2]))
+    )
+
+
+def biases(head: str) -> selectors.Selector:
+    """BitFit's leaves: every ``bias`` outside the head (Dense/Conv biases, norm offsets)."""
+    return selectors.predicate(
+        lambda p, _: _leaf_name(p) == "bias" and not p.startswith(head + "/"),
+        "bitfit: biases outside the head (Dense/Conv biases, norm offsets)",
+    )
+
+
+def norm_params(head: str) -> selectors.Selector:
+    """norm_only's leaves: normalisation scales and offsets outside the head."""
+    return selectors.predicate(
+        lambda p, _: _is_norm_param(p) and not p.startswith(head + "/"),
+        "norm_only: norm scales/offsets outside the head (BatchNorm, LayerNorm, GroupNorm)",
+    )
+
+
+def adapters(head: str) -> selectors.Selector:
+    """LoRA's leaves: every ``lora_a``/``lora_b`` (jaxtl.models.with_lora's and nnx.LoRA's)."""
+    return selectors.predicate(
+        lambda p, _: _leaf_name(p) in ("lora_a", "lora_b") and not p.startswith(head + "/"),
+        "lora: adapters lora_a/lora_b below the head (a model from"
+        " jaxtl.models.with_lora, or nnx.LoRA layers)",
+    )
+
+
+def bitfit() -> Strategy:
+    """BitFit (Ben Zaken et al.): only the biases train, with the head; every kernel is frozen.
+
+    Biases are those of Dense/Conv layers and the offsets of normalisation layers, as in the
+    paper; a model with neither outside its head fails with one line saying so.
+    """
+    return Strategy("bitfit", _fixed(Phase("bitfit", _head_and(biases))))
+
+
+def norm_only() -> Strategy:
+    """Only the normalisation layers' scales and offsets (BatchNorm, LayerNorm, GroupNorm) and
+    the head train; a model without norm layers outside its head fails with one line."""
+    return Strategy("norm_only", _fixed(Phase("norm_only", _head_and(norm_params))))
+
+
+def lora(rank: int = 4, alpha: float = 8.0, groups: Sequence[str] | None = None) -> Strategy:
+    """LoRA (Hu et al.): low-rank adapters on the Dense/Conv kernels of ``groups`` train, with
+    the head; the base kernels are frozen.
+
+    The model gets adapters from :func:`jaxtl.models.with_lora` (``lora_b = 0``, so training
+    starts exactly at A's function); :func:`jaxtl.models.merge_lora` folds them into the kernels.
+
+    Args:
+      rank: the adapters' rank.
+      alpha: their update is scaled by ``alpha / rank``.
+      groups: layer groups that get adapters; None = every group but the head.
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise StrategyError(f"rank={rank!r} must be an int >= 1, e.g. 4")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise StrategyError(f"alpha={alpha!r} must be a number > 0, e.g. 8")
+    if groups is not None and (
+        isinstance(groups, str) or not all(isinstance(g, str) for g in groups)
+    ):
+        raise StrategyError(f"groups={groups!r} must be a list of layer group names or None")
+    chosen = None if groups is None else tuple(groups)
+
+    def build(layer_groups: Sequence[str]) -> tuple[Phase, ...]:
+        if chosen is not None:
+            _check_groups(chosen, layer_groups)
+            if layer_groups[-1] in chosen or not chosen:
+                raise StrategyError(
+                    f"groups={list(chosen)} must name groups below the head"
+                    f" ({', '.join(layer_groups[:-1])}); the head trains whole"
+                )
+        return (Phase("lora", _head_and(adapters)),)
+
+    spec = {"rank": rank, "alpha": float(alpha), "groups": chosen}
+    return Strategy("lora", build, lora=spec)
+
+
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "scratch": scratch,
     "linear_probe": linear_probe,
@@ -378,6 +488,9 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "l2_sp": l2_sp,
     "surgical": surgical,
     "freezeout": freezeout,
+    "bitfit": bitfit,
+    "norm_only": norm_only,
+    "lora": lora,
 }
 
 
