@@ -224,3 +224,21 @@ def test_a_tiny_peft_run_reports_them_beside_full_ft_and_the_frozen_ones(tmp_pat
     text = report.read_text()
     assert "best parameter-efficient" in text and "best frozen prefix" in text
     assert "lora (rank=2)" in text
+
+
+def test_fine_tune_lora_on_an_nnx_model_trains_its_own_adapters_and_head_only():
+    from jaxtl.fine_tuning import FineTuneConfig
+
+    model = LoRANet(nnx.Rngs(0))
+    before = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    x = np.asarray(jax.random.normal(jax.random.key(0), (16, 8)))
+    y = np.arange(16) % 3
+    result = jaxtl.fine_tune(
+        model, None, (x, y), "lora", groups=["body", "head"], config=FineTuneConfig(steps=5)
+    )
+    assert result.model is model and result.variables is None  # trained in place
+    after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    base = lambda tree: [tree["body"]["kernel"], tree["body"]["bias"]]
+    assert bits(base(before)) == bits(base(after))
+    assert bits(before["body"]["lora"]) != bits(after["body"]["lora"])
+    assert bits(before["head"]) != bits(after["head"])
