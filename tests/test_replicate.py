@@ -128,3 +128,21 @@ def test_isa_reruns_the_command_in_a_child_with_the_xla_flag(monkeypatch, tmp_pa
 def test_fresh_seeds_skip_everything_taken():
     assert fresh_seeds(3, [0, 2, 4]) == [1, 3, 5]
     assert fresh_seeds(0, [0]) == []
+
+
+def test_kept_weights_reload_and_predict_the_reported_accuracy(replicated):
+    from jaxtl import models
+    from jaxtl.config import apply_overrides, load_config
+    from jaxtl.runner.tasks import build_tasks
+    from jaxtl.train import evaluate
+    from jaxtl.train.checkpoint import load_variables
+
+    first, _ = replicated
+    (seed_dir,) = [d for d in (first / "runs").glob("*full_ft*/seed_0")]
+    variables, meta = load_variables(seed_dir / "weights")
+    assert meta["strategy"] == "full_ft" and meta["seed"] == 0
+    model = models.create(meta["model"], meta["num_classes"], **meta["options"])
+    b = build_tasks(apply_overrides(load_config("strategies"), list(TINY))).b
+    reported = json.loads((seed_dir / "results.json").read_text())["metrics"]["acc_b"]
+    # A user's prediction from the kept weights gives the accuracy the run reported.
+    assert evaluate(model, variables, b.x_test, b.y_test)["acc"] == pytest.approx(reported, abs=0)
