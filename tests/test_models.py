@@ -367,5 +367,39 @@ def test_im2col_convolution_equals_xla_convolution_with_the_same_parameters():
     np.testing.assert_allclose(
         xla.apply(variables, images), im2col.apply(variables, images), atol=1e-5
     )
-    with pytest.raises(ValueError, match="unknown conv 'im2cl'.*choices: auto, xla, im2col"):
+    with pytest.raises(
+        ValueError, match="unknown conv 'im2cl'.*choices: auto, xla, xla_vjp, im2col"
+    ):
         models.create("cnn", 5, conv="im2cl")
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel_shape",
+    [((2, 7, 6, 3), (3, 3, 3, 4)), ((2, 9, 3), (5, 3, 4)), ((3, 6, 5, 4), (4, 2, 4, 2))],
+)
+def test_xla_vjp_convolution_has_xla_convolutions_value_and_gradients(x_shape, kernel_shape):
+    # Odd, even and 1-D windows; also vmapped over per-slot weights, as the engine trains.
+    from flax.linen.linear import _conv_dimension_numbers
+
+    from jaxtl.models.convnet import xla_vjp_conv
+
+    def xla(x, kernel):
+        numbers = _conv_dimension_numbers(x.shape)
+        return jax.lax.conv_general_dilated(
+            x, kernel, (1,) * (x.ndim - 2), "SAME", dimension_numbers=numbers
+        )
+
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    kernel = jax.random.normal(jax.random.key(1), kernel_shape)
+    loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
+    scale = lambda a: 1e-5 * float(jnp.max(jnp.abs(a)))
+    want = xla(x, kernel)
+    np.testing.assert_allclose(xla_vjp_conv(x, kernel), want, rtol=1e-5, atol=scale(want))
+    xs, ks = jnp.stack([x, x + 1]), jnp.stack([kernel, 2 * kernel])
+    for grads in (jax.grad, lambda f, argnums: jax.vmap(jax.grad(f, argnums))):
+        args = (x, kernel) if grads is jax.grad else (xs, ks)
+        got = grads(loss(xla_vjp_conv), (0, 1))(*args)
+        want_grads = grads(loss(xla), (0, 1))(*args)
+        for g, w in zip(got, want_grads):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=scale(w))

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jaxtl.models.base import ClassifierHead, GroupedModel, check_positive, choice_error, norm_layer
 
-CONV_IMPLS: tuple[str, ...] = ("auto", "xla", "im2col")
+CONV_IMPLS: tuple[str, ...] = ("auto", "xla", "xla_vjp", "im2col")
 
 
 def _resolve_impl(impl: str) -> str:
@@ -20,12 +20,64 @@ def _resolve_impl(impl: str) -> str:
         raise choice_error("unknown conv", impl, CONV_IMPLS)
     if impl != "auto":
         return impl
-    # XLA:CPU runs a native convolution inside a loop (the engine's compiled chunk of steps)
-    # ~7x slower than the same convolution called alone, and a vmapped one over per-model
-    # weights becomes a slow grouped convolution; as shifted slices + one matmul the same
-    # arithmetic runs at matmul speed in both cases (`jaxtl bench` measures it). Accelerators
-    # have fast native convolutions.
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
+    # Inside a loop (the engine's compiled chunk of steps) XLA:CPU gives the kernel gradient
+    # of a native convolution a layout its fast convolution path does not take, and that one
+    # convolution runs ~10x slower than the same program called once per step; the gradient
+    # written out as a convolution in the canonical layout (`xla_vjp`) keeps the whole step on
+    # the fast path, and beats the im2col form (shifted slices + a matmul, memory-bound at
+    # batch 64) at every study shape (`jaxtl bench` measures all three). Accelerators have fast
+    # native convolutions and gradients.
+    return "xla_vjp" if jax.default_backend() == "cpu" else "xla"
+
+
+def _same_padding(window: Sequence[int]) -> list[tuple[int, int]]:
+    return [((k - 1) // 2, k // 2) for k in window]
+
+
+def _conv(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]]) -> jax.Array:
+    numbers = nn.linear._conv_dimension_numbers(x.shape)  # channels last: NHWC, HWIO
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1,) * (x.ndim - 2), padding, dimension_numbers=numbers
+    )
+
+
+@jax.custom_vjp
+def xla_vjp_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A stride-1 "SAME" convolution (channels last) whose gradients are convolutions too.
+
+    Equal to ``lax.conv_general_dilated(x, kernel, 1, "SAME")`` in value and gradients; the
+    gradients are written out so that XLA:CPU runs all three convolutions on its fast path,
+    inside a compiled loop as well (see :func:`_resolve_impl`).
+
+    Example:
+      >>> xla_vjp_conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 5))).shape
+      (1, 4, 4, 5)
+    """
+    return _conv(x, kernel, _same_padding(kernel.shape[:-2]))
+
+
+def _xla_vjp_forward(x, kernel):
+    return xla_vjp_conv(x, kernel), (x, kernel)
+
+
+def _xla_vjp_backward(residuals, dy):
+    x, kernel = residuals
+    window = kernel.shape[:-2]
+    n = len(window)
+    # d/dx: the kernel flipped in space with in/out swapped, padded the other way round.
+    flipped = jnp.swapaxes(jnp.flip(kernel, tuple(range(n))), -1, -2)
+    dx = _conv(dy, flipped, [(hi, lo) for lo, hi in _same_padding(window)])
+    # d/dkernel: x's channels as the batch, its batch as the features, dy as a window the size
+    # of the image. The barrier keeps XLA from folding these transposes back into the
+    # convolution's dimension numbers, which is the layout the slow path gets.
+    xt = jnp.moveaxis(x, (0, -1), (-1, 0))  # (in, *spatial, batch)
+    dyt = jnp.moveaxis(dy, 0, -2)  # (*spatial, batch, out)
+    xt, dyt = jax.lax.optimization_barrier((xt, dyt))
+    dk = _conv(xt, dyt, _same_padding(window))  # (in, *window, out)
+    return dx, jnp.moveaxis(dk, 0, -2).astype(kernel.dtype)
+
+
+xla_vjp_conv.defvjp(_xla_vjp_forward, _xla_vjp_backward)
 
 
 def im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -53,7 +105,7 @@ def im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 class Conv(nn.Module):
     """A stride-1 "SAME" convolution with ``nn.Conv``'s parameters (names, shapes, init).
 
-    ``conv="auto"`` computes it with :func:`im2col_conv` on CPU and XLA's native convolution
+    ``conv="auto"`` computes it with :func:`xla_vjp_conv` on CPU and XLA's native convolution
     elsewhere; the parameters, and so checkpoints and transfer, are the same either way.
     """
 
@@ -77,8 +129,11 @@ class Conv(nn.Module):
             else None
         )
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        if _resolve_impl(self.conv) == "im2col":
+        impl = _resolve_impl(self.conv)
+        if impl == "im2col":
             y = im2col_conv(x, kernel)
+        elif impl == "xla_vjp":
+            y = xla_vjp_conv(x, kernel)
         else:
             n = len(self.kernel_size)
             y = jax.lax.conv_general_dilated(
@@ -135,8 +190,9 @@ class CNN(GroupedModel):
     Attributes:
       widths: channels per block (one block each).
       kernel_size: convolution window; its length is the number of spatial dimensions.
-      conv: "auto" (im2col on CPU, XLA's convolution elsewhere), "xla" or "im2col"; the
-        parameters are the same for all three.
+      conv: "auto" (xla_vjp on CPU, XLA's convolution elsewhere), "xla", "xla_vjp" (XLA's
+        convolution with its gradients written out, fast inside XLA:CPU loops) or "im2col";
+        the parameters are the same for all.
 
     Example:
       >>> CNN(num_classes=10, widths=(16, 32)).layer_groups
