@@ -7,8 +7,11 @@ never builds the gradient of a frozen weight (equinox's partition/combine).
 BatchNorm policy for frozen modules (``bn_policy``):
 
 * ``"frozen"`` (default): groups whose parameters are all frozen run in inference mode (running
-  averages, no dropout), and after the step the ``batch_stats`` of every frozen module are
-  restored, so a frozen module is bit-identical through training.
+  averages, no dropout); so does a frozen BatchNorm inside a group that trains (its scale and
+  offset frozen while adapters or kernels around it train, as under LoRA), which otherwise would
+  normalise with batch statistics in training and with stale running ones at evaluation. After
+  the step the ``batch_stats`` of every frozen module are restored, so a frozen module is
+  bit-identical through training.
 * ``"train"``: every module normalises with batch statistics and updates its running averages.
 * ``"adabn"``: like ``"frozen"`` during training; the running averages are first re-estimated on
   the target data with :func:`adabn` (the runner calls it before a phase with this policy).
@@ -25,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxtl.freeze import FreezePlan
+from jaxtl.freeze.batch_stats import module_frozen
 from jaxtl.suggest import did_you_mean
 from jaxtl.train.state import TrainState, TxFactory, variables_of
 
@@ -68,6 +72,25 @@ def _inference_groups(plan: FreezePlan, model: nn.Module, bn_policy: str) -> tup
     if check_bn_policy(bn_policy) == "train":
         return ()
     return frozen_groups(plan, model.layer_groups)
+
+
+def _frozen_norms_on_running_averages(plan: FreezePlan) -> Callable[..., Any]:
+    """A Linen method interceptor: a frozen BatchNorm that would normalise with batch statistics
+    (its group trains) runs on its running averages instead, and leaves them unchanged."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if (
+            context.method_name != "__call__"
+            or not isinstance(module, nn.BatchNorm)
+            or module.use_running_average
+            or not module_frozen(plan, "/".join(module.path))
+        ):
+            return next_fun(*args, **kwargs)
+        inference = module.clone(parent=None, use_running_average=True)
+        return inference.apply(dict(module.variables), *args, **kwargs)
+
+    return interceptor
 
 
 def cast_floating(tree: PyTree, dtype: Any) -> PyTree:
@@ -142,6 +165,9 @@ def build_step(
     fixed_tx = isinstance(tx, optax.GradientTransformation)
     fixed_optimizer = plan.optimizer(tx) if fixed_tx else None
     penalty_mask = _l2sp_mask(plan, model.layer_groups[-1]) if l2sp else None
+    # Under "train" every BatchNorm uses (and updates) batch statistics by definition.
+    norms = (lambda f, a, k, c: f(*a, **k)) if bn_policy == "train" else None
+    norms = norms or _frozen_norms_on_running_averages(plan)
 
     def loss_fn(trainable, frozen, batch_stats, reference, alpha, x, y, rng):
         params = plan.merge(trainable, frozen)
@@ -153,15 +179,16 @@ def build_step(
         if compute_dtype is not None:
             params = cast_floating(params, compute_dtype)
             x = x.astype(compute_dtype)
-        logits, updates = model.apply(
-            variables_of(params, batch_stats),
-            x,
-            train=True,
-            start=start,
-            inference_groups=inference_groups,
-            rngs={"dropout": rng},
-            mutable=["batch_stats"],
-        )
+        with nn.intercept_methods(norms):
+            logits, updates = model.apply(
+                variables_of(params, batch_stats),
+                x,
+                train=True,
+                start=start,
+                inference_groups=inference_groups,
+                rngs={"dropout": rng},
+                mutable=["batch_stats"],
+            )
         logits = logits.astype(jnp.float32)
         loss = cross_entropy(logits, y).mean()
         acc = jnp.mean(jnp.argmax(logits, -1) == y)
