@@ -37,7 +37,7 @@ from jaxtl.runner.tasks import Tasks, build_tasks, file_source, model_for, with_
 from jaxtl.suggest import did_you_mean
 from jaxtl.train import STRATEGIES, Interrupted, get_strategy, outputs
 from jaxtl.train.outputs import notice
-from jaxtl.train.sharding import maybe_initialize_distributed
+from jaxtl.train.sharding import maybe_initialize_distributed, use_cpu_devices
 from jaxtl.train.steps import check_bn_policy
 
 # What compute_dtype may name: "" computes in float32 like "float32".
@@ -213,6 +213,10 @@ def run_experiment(
       The path of the report.
     """
     maybe_initialize_distributed(config.distributed.to_dict())
+    try:
+        use_cpu_devices(config.cpu_devices)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     outputs.check_backend()
     out_dir = Path(out_dir)
     outputs.RunDir(out_dir)  # validates the output directory before any work

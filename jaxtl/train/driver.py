@@ -308,6 +308,15 @@ class _Pack:
         """A per-model host function (AdaBN, feature caching) of every slot, on its own rows."""
         return [fn(unstack_tree(variables, i), np.asarray(j.x)) for i, j in enumerate(self.jobs)]
 
+    def place(self, tree: PyTree) -> PyTree:
+        """Puts per-slot arrays where the pack trains: replicated over a data-parallel mesh, the
+        slot axis split over the local devices (:func:`jaxtl.train.sharding.slot_sharding`),
+        or on the default device."""
+        if self.spec.mesh is not None:
+            return sharding.put_replicated(self.spec.mesh, tree)
+        slots = sharding.slot_sharding(len(self.jobs))
+        return jax.device_put(tree) if slots is None else jax.device_put(tree, slots)
+
     def pad(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Per-slot arrays padded to the spec's rows and stacked."""
         return np.stack([pad_rows(a, self.spec.pad_to) for a in arrays])
@@ -335,11 +344,9 @@ def _prepare(model: nn.Module, spec: TrainSpec, jobs: list[Job], listeners: tupl
             [j.variables["params"] if j.reference is None else j.reference for j in jobs]
         )
     pad = lambda arrays: np.stack([pad_rows(a, spec.pad_to) for a in arrays])
-    # Host arrays in, so every process of a multi-host run builds the same replicated copy.
-    x, y = sharding.put_replicated(spec.mesh, (pad([j.x for j in jobs]), pad([j.y for j in jobs])))
     rng = jnp.stack([jax.random.fold_in(jax.random.key(j.seed), 1) for j in jobs])
     one_params = unstack_tree(variables["params"], 0)
-    return _Pack(
+    pack = _Pack(
         model=model,
         spec=spec,
         jobs=jobs,
@@ -347,10 +354,13 @@ def _prepare(model: nn.Module, spec: TrainSpec, jobs: list[Job], listeners: tupl
         plans=[freeze.plan(one_params, p.rules(model.layer_groups)) for p in layout.phases],
         variables=variables,
         reference=reference,
-        data=(x, y, rng),
+        data=(),
         checkpointer=listeners[0],
         callbacks=listeners[1],
     )
+    # Host arrays in, so every process of a multi-host run builds the same replicated copy.
+    pack.data = pack.place((pad([j.x for j in jobs]), pad([j.y for j in jobs]), rng))
+    return pack
 
 
 def _train_pack(
@@ -463,8 +473,8 @@ def _enter_phase(
             lambda v, xs: np.asarray(features_lib.compute_features(pack.model, v, xs, stop=start)),
             variables,
         )
-        inputs = sharding.put_replicated(pack.spec.mesh, pack.pad(features))
-    return sharding.put_replicated(pack.spec.mesh, state), step, variables, inputs
+        inputs = pack.place(pack.pad(features))
+    return pack.place(state), step, variables, inputs
 
 
 def _resume_point(pack: _Pack) -> tuple[int, TrainState] | None:
@@ -498,6 +508,7 @@ def _train_chunks(
         idx = np.concatenate(
             [idx, np.zeros((idx.shape[0], per_call - chunk, idx.shape[2]), np.int32)], 1
         )
+        idx = pack.place(idx)
         args = (state, inputs, labels, idx, np.int32(chunk), rng)
         call = phase_step.loop(args)
         started = time.perf_counter()

@@ -11,14 +11,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import functools
+
 import jax
-from jax.sharding import Mesh
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtl.data.pipeline import data_mesh, device_put_sharded_batch, replicated_sharding
 
 PyTree = Any
 
-__all__ = ["data_mesh", "maybe_initialize_distributed", "put_replicated", "shard_batch"]
+__all__ = [
+    "data_mesh",
+    "maybe_initialize_distributed",
+    "put_replicated",
+    "shard_batch",
+    "slot_sharding",
+    "use_cpu_devices",
+]
 
 
 def shard_batch(mesh: Mesh | None, batch: PyTree) -> PyTree:
@@ -41,6 +51,56 @@ def put_replicated(mesh: Mesh | None, tree: PyTree) -> PyTree:
     if mesh is None:
         return jax.device_put(tree)
     return jax.device_put(tree, replicated_sharding(mesh))
+
+
+def use_cpu_devices(count: int) -> None:
+    """Asks JAX for ``count`` CPU devices (``jax_num_cpu_devices``); 0 leaves JAX's default.
+
+    Must run before JAX starts its backend (the first ``jax.devices()`` or computation).
+
+    Raises:
+      ValueError: ``count`` is negative, or the backend already started with another count.
+
+    Example:
+      >>> use_cpu_devices(0)  # JAX's default: nothing changes
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"cpu_devices={count!r} must be an int >= 0 (0 = JAX's default, one)")
+    if count == 0:
+        return
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        have = len(jax.devices("cpu"))
+        if have != count:
+            raise ValueError(
+                f"cpu_devices={count}: JAX's backend already started with {have} CPU device(s);"
+                " set it before any JAX computation (a fresh process, e.g. `jaxtl run`)"
+            )
+        return
+    jax.config.update("jax_num_cpu_devices", count)
+
+
+@functools.cache
+def _slot_mesh(count: int) -> Mesh:
+    return Mesh(np.array(jax.local_devices()[:count]), ("slots",))
+
+
+def slot_sharding(slots: int) -> NamedSharding | None:
+    """Where models trained side by side live: their slot axis split over this process's devices.
+
+    With several local devices (GPUs, or CPU devices from ``jax_num_cpu_devices``) and a slot
+    count they divide, each device trains its own slots; XLA partitions the one vmapped program
+    (nothing is exchanged between slots). None on one device, or when the slots do not divide.
+
+    Example:
+      >>> slot_sharding(1) is None
+      True
+    """
+    count = jax.local_device_count()
+    if count < 2 or slots % count:
+        return None
+    return NamedSharding(_slot_mesh(count), PartitionSpec("slots"))
 
 
 def maybe_initialize_distributed(config: Mapping[str, Any]) -> bool:

@@ -54,8 +54,10 @@ def slot_count(model: nn.Module, platform: str | None = None) -> int:
     convolution over per-slot weights becomes a grouped convolution that runs no faster than
     the slots one after another, so conv nets (and ResNets, ViTs) get one slot; dense models
     amortise per-step overhead over 5 slots. Accelerators, which one small model leaves idle,
-    get 8. The count is part of what a result depends on (XLA batches differently per count),
-    so runs record it and caches are keyed by it.
+    get 8. Those are per device: with several local devices (``cpu_devices``, GPUs) each trains
+    its own share (:func:`jaxtl.train.sharding.slot_sharding`). The count is part of what a
+    result depends on (XLA batches differently per count), so runs record it and caches are
+    keyed by it.
 
     Example:
       >>> slot_count(jaxtl.models.create("mlp", 10), "cpu")  # doctest: +SKIP
@@ -63,8 +65,12 @@ def slot_count(model: nn.Module, platform: str | None = None) -> int:
     """
     platform = platform or jax.default_backend()
     if platform == "cpu":
-        return 1 if _has_convolutions(model) else 5
-    return 8
+        per_device = 1 if _has_convolutions(model) else 5
+    else:
+        per_device = 8
+    # Several local devices (jax_num_cpu_devices, GPUs) each train their own slots
+    # (jaxtl.train.sharding.slot_sharding).
+    return per_device * jax.local_device_count()
 
 
 def batch_schedule(

@@ -1,0 +1,78 @@
+"""Slots over several local devices: each device trains its own models of one partitioned program.
+
+JAX fixes its device count when its backend starts, so the two-device cases run in a fresh
+interpreter with ``jax_num_cpu_devices=2``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from jaxtl.train import sharding
+
+TWO_DEVICES = textwrap.dedent(
+    """
+    import jax
+    jax.config.update("jax_num_cpu_devices", 2)
+    import numpy as np
+    from jaxtl import models
+    from jaxtl.train import Job, TrainSpec, get_strategy, slot_count, train_jobs
+
+    model = models.create("mlp", 3, widths=(8, 8))
+    assert slot_count(model, "cpu") == 10, slot_count(model, "cpu")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4, 4, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 40).astype(np.int32)
+    variables = models.init_variables(model, 0, x[:1])
+    # Two phases (the probe's frozen prefix is cached), so features, carry-over and a
+    # partial chunk all go through the sharded placement.
+    jobs = [Job(variables, get_strategy("lp_ft"), x, y, seed=s, lr=1e-3) for s in range(3)]
+    spec = TrainSpec(steps=10, batch_size=8, steps_per_call=4, slots=2, cache_features=True)
+    first = train_jobs(model, spec, [jobs[0], jobs[1]])
+    other = train_jobs(model, spec, [jobs[0], jobs[2]])
+    alone = train_jobs(model, TrainSpec(steps=10, batch_size=8, steps_per_call=4,
+                                        cache_features=True), [jobs[0]])
+    devices = {d for leaf in jax.tree.leaves(first[0].pack_state.params)
+               for d in leaf.sharding.device_set}
+    assert len(devices) == 2, devices  # both devices trained
+    same = lambda a, b: all(np.array_equal(u, v) for u, v in
+                            zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    # A model's bits never depend on its neighbour.
+    assert same(first[0].variables, other[0].variables)
+    assert not same(first[0].variables, first[1].variables)
+    # ... and match the model trained alone, up to float rounding.
+    for u, v in zip(jax.tree.leaves(first[0].variables), jax.tree.leaves(alone[0].variables)):
+        scale = max(float(np.max(np.abs(v))), 1e-6)
+        assert np.max(np.abs(np.asarray(u) - np.asarray(v))) <= 1e-5 * scale
+    print("OK")
+    """
+)
+
+
+def test_slots_split_over_two_cpu_devices_train_independently():
+    done = subprocess.run(
+        [sys.executable, "-c", TWO_DEVICES], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("OK")
+
+
+def test_one_device_or_slots_it_cannot_divide_stay_unsharded():
+    assert sharding.slot_sharding(1) is None
+    assert sharding.slot_sharding(5) is None  # this process has one CPU device
+
+
+def test_cpu_devices_after_the_backend_started_is_a_one_line_error():
+    import jax
+
+    jax.devices()  # the backend has started with one CPU device
+    sharding.use_cpu_devices(0)
+    sharding.use_cpu_devices(1)
+    with pytest.raises(ValueError, match=r"cpu_devices=2: JAX's backend already started with 1"):
+        sharding.use_cpu_devices(2)
+    with pytest.raises(ValueError, match=r"cpu_devices=-1 must be an int >= 0"):
+        sharding.use_cpu_devices(-1)
