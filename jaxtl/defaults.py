@@ -83,8 +83,8 @@ def _engine_defaults(c: ml_collections.ConfigDict) -> None:
     # accelerators). Results depend on it, so it is part of every cache key.
     c.slots = 0
     # CPU devices JAX presents (jax_num_cpu_devices), each training its own share of the slots
-    # in the one partitioned program (jax.sharding); 0 = JAX's default (one). On a 2-core
-    # machine 2 lets both cores work on separate models. Set before JAX starts its backend.
+    # in the one partitioned program (jax.sharding); 0 = JAX's default (one). Measured slower
+    # for the study's CNN on 2 cores (docs/scaling.md), so off. Set before JAX's backend starts.
     c.cpu_devices = 0
     # Data parallel over every local device (jax.sharding, batch split on a "data" mesh axis);
     # with slots=1. Multi-host (TPU pods, several GPU hosts): distributed.distributed.
