@@ -380,3 +380,30 @@ def test_the_freezing_core_imports_no_flax():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_frozen_batchnorm_in_a_trained_group_trains_on_its_running_averages():
+    # A user's model that decides use_running_average at the call (as many Flax models do),
+    # with only its BatchNorm frozen inside a group that trains: the step normalises with the
+    # running averages (its loss equals the inference loss) and keeps them bit-identical.
+    from jaxtl.train import create_train_state, make_train_step
+
+    class Net(nn.Module):
+        layer_groups = ("body", "head")
+
+        @nn.compact
+        def __call__(self, x, train=False, start=0, inference_groups=(), stop=None):
+            h = nn.BatchNorm(name="bn")(nn.Dense(4, name="body")(x), use_running_average=not train)
+            return nn.Dense(3, name="head")(h)
+
+    net = Net()
+    x = jnp.arange(8.0).reshape(4, 2)
+    y = jnp.array([0, 1, 2, 0])
+    variables = net.init(jax.random.key(0), x)
+    plan = freeze.plan(variables["params"], [("bn/.*", None), (".*", {})])
+    state = create_train_state(variables, plan, optax.sgd(0.1))
+    new, metrics = make_train_step(net, plan, optax.sgd(0.1))(state, x, y, jax.random.key(0))
+    want = float(optax.softmax_cross_entropy_with_integer_labels(net.apply(variables, x), y).mean())
+    assert abs(float(metrics["loss"]) - want) <= 1e-6 * abs(want)
+    for a, b in zip(jax.tree.leaves(new.batch_stats), jax.tree.leaves(variables["batch_stats"])):
+        np.testing.assert_array_equal(a, b)

@@ -80,13 +80,16 @@ def _frozen_norms_on_running_averages(plan: FreezePlan) -> Callable[..., Any]:
 
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
+        if context.method_name != "__call__" or not isinstance(module, nn.BatchNorm):
+            return next_fun(*args, **kwargs)
+        # Flax lets a model decide use_running_average at the call instead of the constructor.
         if (
-            context.method_name != "__call__"
-            or not isinstance(module, nn.BatchNorm)
-            or module.use_running_average
+            kwargs.get("use_running_average", module.use_running_average)
+            or len(args) > 1
             or not module_frozen(plan, "/".join(module.path))
         ):
             return next_fun(*args, **kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k != "use_running_average"}
         inference = module.clone(parent=None, use_running_average=True)
         return inference.apply(dict(module.variables), *args, **kwargs)
 
