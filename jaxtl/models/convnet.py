@@ -135,14 +135,7 @@ class Conv(nn.Module):
         elif impl == "xla_vjp":
             y = xla_vjp_conv(x, kernel)
         else:
-            n = len(self.kernel_size)
-            y = jax.lax.conv_general_dilated(
-                x,
-                kernel,
-                (1,) * n,
-                "SAME",
-                dimension_numbers=nn.linear._conv_dimension_numbers(x.shape),
-            )
+            y = _conv(x, kernel, _same_padding(self.kernel_size))
         return y if bias is None else y + bias
 
 

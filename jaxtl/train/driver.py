@@ -309,13 +309,8 @@ class _Pack:
         return [fn(unstack_tree(variables, i), np.asarray(j.x)) for i, j in enumerate(self.jobs)]
 
     def place(self, tree: PyTree) -> PyTree:
-        """Puts per-slot arrays where the pack trains: replicated over a data-parallel mesh, the
-        slot axis split over the local devices (:func:`jaxtl.train.sharding.slot_sharding`),
-        or on the default device."""
-        if self.spec.mesh is not None:
-            return sharding.put_replicated(self.spec.mesh, tree)
-        slots = sharding.slot_sharding(len(self.jobs))
-        return jax.device_put(tree) if slots is None else jax.device_put(tree, slots)
+        """Puts per-slot arrays where the pack trains (:func:`_place`)."""
+        return _place(self.spec, len(self.jobs), tree)
 
     def pad(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Per-slot arrays padded to the spec's rows and stacked."""
@@ -329,6 +324,16 @@ class _Pack:
                 for job in self.jobs
             ]
         )
+
+
+def _place(spec: TrainSpec, slots: int, tree: PyTree) -> PyTree:
+    """Per-slot arrays where a pack of ``slots`` trains: replicated over a data-parallel mesh,
+    the slot axis split over the local devices (:func:`jaxtl.train.sharding.slot_sharding`), or
+    on the default device."""
+    if spec.mesh is not None:
+        return sharding.put_replicated(spec.mesh, tree)
+    split = sharding.slot_sharding(slots)
+    return jax.device_put(tree) if split is None else jax.device_put(tree, split)
 
 
 def _prepare(model: nn.Module, spec: TrainSpec, jobs: list[Job], listeners: tuple) -> _Pack:
@@ -345,8 +350,10 @@ def _prepare(model: nn.Module, spec: TrainSpec, jobs: list[Job], listeners: tupl
         )
     pad = lambda arrays: np.stack([pad_rows(a, spec.pad_to) for a in arrays])
     rng = jnp.stack([jax.random.fold_in(jax.random.key(j.seed), 1) for j in jobs])
+    # Host arrays in, so every process of a multi-host run builds the same replicated copy.
+    data = _place(spec, len(jobs), (pad([j.x for j in jobs]), pad([j.y for j in jobs]), rng))
     one_params = unstack_tree(variables["params"], 0)
-    pack = _Pack(
+    return _Pack(
         model=model,
         spec=spec,
         jobs=jobs,
@@ -354,13 +361,10 @@ def _prepare(model: nn.Module, spec: TrainSpec, jobs: list[Job], listeners: tupl
         plans=[freeze.plan(one_params, p.rules(model.layer_groups)) for p in layout.phases],
         variables=variables,
         reference=reference,
-        data=(),
+        data=data,
         checkpointer=listeners[0],
         callbacks=listeners[1],
     )
-    # Host arrays in, so every process of a multi-host run builds the same replicated copy.
-    pack.data = pack.place((pad([j.x for j in jobs]), pad([j.y for j in jobs]), rng))
-    return pack
 
 
 def _train_pack(

@@ -8,10 +8,9 @@ all-reduce, so the compiled step is the single-device step.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
-
-import functools
 
 import jax
 import numpy as np

@@ -19,6 +19,7 @@ BatchNorm policy for frozen modules (``bn_policy``):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -169,8 +170,7 @@ def build_step(
     fixed_optimizer = plan.optimizer(tx) if fixed_tx else None
     penalty_mask = _l2sp_mask(plan, model.layer_groups[-1]) if l2sp else None
     # Under "train" every BatchNorm uses (and updates) batch statistics by definition.
-    norms = (lambda f, a, k, c: f(*a, **k)) if bn_policy == "train" else None
-    norms = norms or _frozen_norms_on_running_averages(plan)
+    frozen_norms = None if bn_policy == "train" else _frozen_norms_on_running_averages(plan)
 
     def loss_fn(trainable, frozen, batch_stats, reference, alpha, x, y, rng):
         params = plan.merge(trainable, frozen)
@@ -182,7 +182,7 @@ def build_step(
         if compute_dtype is not None:
             params = cast_floating(params, compute_dtype)
             x = x.astype(compute_dtype)
-        with nn.intercept_methods(norms):
+        with nn.intercept_methods(frozen_norms) if frozen_norms else contextlib.nullcontext():
             logits, updates = model.apply(
                 variables_of(params, batch_stats),
                 x,
