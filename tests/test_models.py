@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -403,3 +404,23 @@ def test_xla_vjp_convolution_has_xla_convolutions_value_and_gradients(x_shape, k
         for g, w in zip(got, want_grads):
             assert g.shape == w.shape
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=scale(w))
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8, 4), (2, 7, 5, 3), (2, 1, 1, 2), (4, 9, 3)])
+def test_max_pool_2x_equals_flax_max_pool_bit_for_bit_ties_included(shape):
+    # Rounded ReLU outputs: many windows hold equal maxima (zeros above all), where the
+    # gradient must go to the first one as XLA's select_and_scatter sends it. Odd sides pad.
+    from jaxtl.models.convnet import max_pool_2x
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(np.maximum(rng.normal(size=shape), 0).round(1), jnp.float32)
+    window = (2,) * (x.ndim - 2)
+    flax_pool = lambda x: nn.max_pool(x, window, strides=window, padding="SAME")
+    want, flax_vjp = jax.vjp(flax_pool, x)
+    got, vjp = jax.vjp(max_pool_2x, x)
+    np.testing.assert_array_equal(got, want)
+    dy = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    np.testing.assert_array_equal(vjp(dy)[0], flax_vjp(dy)[0])
+    # Vmapped over slots, as the engine trains.
+    per_slot = jax.vmap(lambda x, dy: jax.vjp(max_pool_2x, x)[1](dy)[0])
+    np.testing.assert_array_equal(per_slot(x[:, None], dy[:, None])[:, 0], flax_vjp(dy)[0])
