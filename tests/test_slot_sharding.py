@@ -1,4 +1,4 @@
-"""Slots over several local devices: each device trains its own models of one partitioned program.
+"""Slots over several local devices: each device trains (and evaluates) its own models.
 
 JAX fixes its device count when its backend starts, so the two-device cases run in a fresh
 interpreter with ``jax_num_cpu_devices=2``.
@@ -48,6 +48,15 @@ TWO_DEVICES = textwrap.dedent(
     for u, v in zip(jax.tree.leaves(first[0].variables), jax.tree.leaves(alone[0].variables)):
         scale = max(float(np.max(np.abs(v))), 1e-6)
         assert np.max(np.abs(np.asarray(u) - np.asarray(v))) <= 1e-5 * scale
+    # Evaluation side by side: each device its own slots (shared data, and each model its own
+    # data), equal to evaluating each model alone; an odd count pads the last pair.
+    from jaxtl.train.inference import evaluate, evaluate_many
+    trained = [first[0].variables, first[1].variables, other[1].variables]
+    alone_evals = [evaluate(model, v, x, y) for v in trained]
+    for data in ((x, y), [(x, y)] * 3):
+        for got, want in zip(evaluate_many(model, trained, data, slots=2), alone_evals):
+            assert got["acc"] == want["acc"], (got, want)
+            assert abs(got["loss"] - want["loss"]) <= 1e-5 * max(1.0, want["loss"]), (got, want)
     print("OK")
     """
 )

@@ -8,6 +8,19 @@ from typing import Any
 import jax
 
 
+# Nothing compiled here runs, so LLVM need not optimise it: XLA's HLO passes (fusion, layout,
+# buffer assignment: what FLOPs and memory are read from) run all the same, and a train step
+# compiles in about half the time (the study CNN's: 2.4 s -> 1.2 s, analysis identical).
+_ANALYSIS_ONLY = {"xla_backend_optimization_level": 0}
+
+
+def _compile_for_analysis(lowered: Any) -> Any:
+    try:
+        return lowered.compile(compiler_options=_ANALYSIS_ONLY)
+    except jax.errors.JaxRuntimeError:  # an XLA build that does not know the option
+        return lowered.compile()
+
+
 def cost(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, float]:
     """Compiles ``fn`` for ``args`` and returns XLA's cost and memory analysis.
 
@@ -29,7 +42,7 @@ def cost(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, float]:
       True
     """
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
-    compiled = jitted.lower(*args, **kwargs).compile()
+    compiled = _compile_for_analysis(jitted.lower(*args, **kwargs))
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jaxlibs return one dict per device program
         analysis = analysis[0] if analysis else {}

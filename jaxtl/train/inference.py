@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtl.freeze import flatten_with_paths
+from jaxtl.train import sharding
 from jaxtl.train.phase import batch_stats_program, eval_program
 
 PyTree = Any
@@ -128,6 +129,9 @@ def evaluate_many(
             lambda *leaves: np.stack([np.asarray(x) for x in leaves]),
             *[dict(variables[i]) for i in group],
         )
+        split = sharding.slot_sharding(slots)
+        if split is not None:  # each device evaluates its own slots, as they trained
+            stacked = jax.device_put(stacked, split)
         sums = _slot_sums(model, stacked, [per_model[i] for i in group], shared, batch_size)
         n = len(per_model[group[0]][1])
         out += [
