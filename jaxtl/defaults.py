@@ -82,9 +82,10 @@ def _engine_defaults(c: ml_collections.ConfigDict) -> None:
     # measured rule (jaxtl.train.slot_count: 1 for conv nets on CPU, 5 for dense ones, 8 on
     # accelerators). Results depend on it, so it is part of every cache key.
     c.slots = 0
-    # CPU devices JAX presents (jax_num_cpu_devices), each training its own share of the slots
-    # in the one partitioned program (jax.sharding); 0 = JAX's default (one). Measured slower
-    # for the study's CNN on 2 cores (docs/scaling.md), so off. Set before JAX's backend starts.
+    # CPU devices JAX presents (jax_num_cpu_devices), each training its own slots of a conv net
+    # (jax.shard_map); 0 = one per core (at most 8; a backend already started keeps what it
+    # has), 1 = one device. On 2 cores the study's CNN part ran 1.14x and 1.49x faster on
+    # two (docs/benchmarks.md). Takes effect only before JAX's backend starts (`jaxtl run`).
     c.cpu_devices = 0
     # Data parallel over every local device (jax.sharding, batch split on a "data" mesh axis);
     # with slots=1. Multi-host (TPU pods, several GPU hosts): distributed.distributed.

@@ -6,12 +6,18 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 
 from jaxtl import models
 from jaxtl.config import apply_overrides, load_config
+
+# In-process tests share one JAX backend with one CPU device. Started here, whatever test comes
+# first: a run's cpu_devices=0 (one device per core) then keeps it, as it keeps any started
+# backend; multi-device cases run in fresh interpreters (run_on_cpu_devices).
+jax.devices()
 
 # One cell, one seed, a one-hidden-layer MLP and a few steps: an end-to-end run in seconds.
 TINY_OVERRIDES = (

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import numpy as np
 import pytest
 
 from jaxtl.train import sharding
@@ -23,7 +25,8 @@ TWO_DEVICES = textwrap.dedent(
     from jaxtl.train import Job, TrainSpec, get_strategy, slot_count, train_jobs
 
     model = models.create("mlp", 3, widths=(8, 8))
-    assert slot_count(model, "cpu") == 10, slot_count(model, "cpu")
+    assert slot_count(model, "cpu") == 5, slot_count(model, "cpu")  # dense: one device
+    assert slot_count(models.create("cnn", 3, widths=(4,)), "cpu") == 2  # one per device
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 4, 4, 1)).astype(np.float32)
     y = rng.integers(0, 3, 40).astype(np.int32)
@@ -70,17 +73,56 @@ def test_slots_split_over_two_cpu_devices_train_independently():
     assert done.stdout.strip().endswith("OK")
 
 
+CNN_JOBS = textwrap.dedent(
+    """
+    import numpy as np
+    from jaxtl import models
+    from jaxtl.train import Job, TrainSpec, get_strategy, train_jobs
+
+    model = models.create("cnn", 3, widths=(4, 8))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 24).astype(np.int32)
+    variables = models.init_variables(model, 0, x[:1])
+    jobs = [Job(variables, get_strategy("full_ft"), x, y, seed=s, lr=1e-3) for s in range(2)]
+    spec = TrainSpec(steps=6, batch_size=8, steps_per_call=4)  # the engine's slot count
+    runs = train_jobs(model, spec, jobs)
+    """
+)
+
+
+def test_a_conv_nets_bits_do_not_depend_on_the_number_of_cpu_devices(tmp_path):
+    # One model per device runs the one-device program, so the study's CNN numbers are the same
+    # on one CPU device and on two (cpu_devices=0 gives one per core).
+    leaves = {}
+    for devices in (1, 2):
+        out = tmp_path / f"{devices}.npz"
+        script = (
+            f'import jax\njax.config.update("jax_num_cpu_devices", {devices})\n'
+            + CNN_JOBS
+            + f"assert len(jax.devices()) == {devices}\n"
+            + f"np.savez({str(out)!r}, *[a for r in runs for a in jax.tree.leaves(r.variables)])"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], check=False, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        leaves[devices] = np.load(out)
+    assert leaves[1].files == leaves[2].files
+    for name in leaves[1].files:
+        np.testing.assert_array_equal(leaves[2][name], leaves[1][name])
+
+
 def test_one_device_or_slots_it_cannot_divide_stay_unsharded():
     assert sharding.slot_sharding(1) is None
     assert sharding.slot_sharding(5) is None  # this process has one CPU device
 
 
 def test_cpu_devices_after_the_backend_started_is_a_one_line_error():
-    import jax
-
     jax.devices()  # the backend has started with one CPU device
-    sharding.use_cpu_devices(0)
+    sharding.use_cpu_devices(0)  # one per core, unless the backend started: it keeps its one
     sharding.use_cpu_devices(1)
+    assert len(jax.devices("cpu")) == 1
     with pytest.raises(ValueError, match=r"cpu_devices=2: JAX's backend already started with 1"):
         sharding.use_cpu_devices(2)
     with pytest.raises(ValueError, match=r"cpu_devices=-1 must be an int >= 0"):

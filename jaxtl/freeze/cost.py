@@ -7,7 +7,6 @@ from typing import Any
 
 import jax
 
-
 # Nothing compiled here runs, so LLVM need not optimise it: XLA's HLO passes (fusion, layout,
 # buffer assignment: what FLOPs and memory are read from) run all the same, and a train step
 # compiles in about half the time (the study CNN's: 2.4 s -> 1.2 s, analysis identical).

@@ -9,6 +9,7 @@ all-reduce, so the compiled step is the single-device step.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ from jaxtl.data.pipeline import data_mesh, device_put_sharded_batch, replicated_
 PyTree = Any
 
 __all__ = [
+    "auto_cpu_devices",
     "data_mesh",
     "maybe_initialize_distributed",
     "put_replicated",
@@ -52,32 +54,46 @@ def put_replicated(mesh: Mesh | None, tree: PyTree) -> PyTree:
     return jax.device_put(tree, replicated_sharding(mesh))
 
 
-def use_cpu_devices(count: int) -> None:
-    """Asks JAX for ``count`` CPU devices (``jax_num_cpu_devices``); 0 leaves JAX's default.
+AUTO_CPU_DEVICES_MAX = 8
 
-    Must run before JAX starts its backend (the first ``jax.devices()`` or computation).
+
+def auto_cpu_devices() -> int:
+    """``cpu_devices=0``'s count: one CPU device per core this process may use, at most
+    :data:`AUTO_CPU_DEVICES_MAX`.
+
+    Example:
+      >>> 1 <= auto_cpu_devices() <= AUTO_CPU_DEVICES_MAX
+      True
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, AUTO_CPU_DEVICES_MAX))
+
+
+def use_cpu_devices(count: int) -> None:
+    """Asks JAX for ``count`` CPU devices (``jax_num_cpu_devices``); 0 = :func:`auto_cpu_devices`.
+
+    Must run before JAX starts its backend (the first ``jax.devices()`` or computation); with
+    0, a backend that already started keeps the devices it has.
 
     Raises:
       ValueError: ``count`` is negative, or the backend already started with another count.
 
     Example:
-      >>> use_cpu_devices(0)  # JAX's default: nothing changes
+      >>> use_cpu_devices(0)  # one per core, or what a started backend has
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise ValueError(f"cpu_devices={count!r} must be an int >= 0 (0 = JAX's default, one)")
-    if count == 0:
-        return
+        raise ValueError(f"cpu_devices={count!r} must be an int >= 0 (0 = one per core)")
     from jax._src import xla_bridge
 
     if xla_bridge.backends_are_initialized():
-        have = len(jax.devices("cpu"))
-        if have != count:
+        if count and len(jax.devices("cpu")) != count:
             raise ValueError(
-                f"cpu_devices={count}: JAX's backend already started with {have} CPU device(s);"
-                " set it before any JAX computation (a fresh process, e.g. `jaxtl run`)"
+                f"cpu_devices={count}: JAX's backend already started with"
+                f" {len(jax.devices('cpu'))} CPU device(s); set it before any JAX computation"
+                " (a fresh process, e.g. `jaxtl run`)"
             )
         return
-    jax.config.update("jax_num_cpu_devices", count)
+    jax.config.update("jax_num_cpu_devices", count or auto_cpu_devices())
 
 
 @functools.cache

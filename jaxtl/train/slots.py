@@ -50,26 +50,26 @@ def _has_convolutions(model: nn.Module) -> bool:
 def slot_count(model: nn.Module, platform: str | None = None) -> int:
     """How many models train side by side in one compiled program on ``platform``.
 
-    The one place this is decided, from ``jaxtl bench``'s seeds check: on a CPU a vmapped
-    convolution over per-slot weights becomes a grouped convolution that runs no faster than
-    the slots one after another, so conv nets (and ResNets, ViTs) get one slot; dense models
-    amortise per-step overhead over 5 slots. Accelerators, which one small model leaves idle,
-    get 8. Those are per device: with several local devices (``cpu_devices``, GPUs) each trains
-    its own share (:func:`jaxtl.train.sharding.slot_sharding`). The count is part of what a
-    result depends on (XLA batches differently per count), so runs record it and caches are
-    keyed by it.
+    The one place this is decided, from measurements (``jaxtl bench``'s seeds check, the
+    study's parts): on a CPU a vmapped convolution over per-slot weights becomes a grouped
+    convolution that runs no faster than the slots one after another, so conv nets (and
+    ResNets, ViTs) get one slot per device, and with several CPU devices (``cpu_devices``)
+    each device trains its own model at once, which XLA's intra-op threads do not make of one
+    small convolution; dense models amortise per-step overhead over 5 slots on one device (their
+    step is bound by memory traffic the cores already share; split over two CPU devices the
+    MLP's strategies part ran slower). Accelerators, which one small model leaves idle, get 8
+    per device. Split slots go through :func:`jaxtl.train.sharding.slot_sharding`. The count is
+    part of what a result depends on (XLA batches differently per count), so runs record it
+    and caches are keyed by it.
 
     Example:
       >>> slot_count(jaxtl.models.create("mlp", 10), "cpu")  # doctest: +SKIP
       5
     """
     platform = platform or jax.default_backend()
-    if platform == "cpu":
-        per_device = 1 if _has_convolutions(model) else 5
-    else:
-        per_device = 8
-    # Several local devices (jax_num_cpu_devices, GPUs) each train their own slots
-    # (jaxtl.train.sharding.slot_sharding).
+    if platform == "cpu" and not _has_convolutions(model):
+        return 5
+    per_device = 1 if platform == "cpu" else 8
     return per_device * jax.local_device_count()
 
 
