@@ -79,8 +79,8 @@ def _engine_defaults(c: ml_collections.ConfigDict) -> None:
     c.keep_weights = True
     c.tensorboard = False  # also write TensorBoard events per run (needs tensorboardX)
     # Models trained side by side in one vmapped program (seeds, grid points); 0 = the engine's
-    # measured rule (jaxtl.train.slot_count: 1 for conv nets on CPU, 5 for dense ones, 8 on
-    # accelerators). Results depend on it, so it is part of every cache key.
+    # measured rule (jaxtl.train.slot_count: 1 per CPU device for conv nets, 5 for dense ones
+    # on CPU, 8 per accelerator). Results depend on it, so it is part of every cache key.
     c.slots = 0
     # CPU devices JAX presents (jax_num_cpu_devices), each training its own slots of a conv net
     # (jax.shard_map); 0 = one per core (at most 8; a backend already started keeps what it

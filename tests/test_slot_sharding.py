@@ -91,9 +91,10 @@ CNN_JOBS = textwrap.dedent(
 )
 
 
-def test_a_conv_nets_bits_do_not_depend_on_the_number_of_cpu_devices(tmp_path):
-    # One model per device runs the one-device program, so the study's CNN numbers are the same
-    # on one CPU device and on two (cpu_devices=0 gives one per core).
+def test_a_small_conv_net_trains_the_same_bits_on_one_and_two_cpu_devices(tmp_path):
+    # One model per device runs the one-device program (shard_map, not a partitioned rewrite).
+    # At the study's larger shapes XLA:CPU divides a convolution's work over the shared cores
+    # differently with two devices, and the bits move within rounding (docs/scaling.md).
     leaves = {}
     for devices in (1, 2):
         out = tmp_path / f"{devices}.npz"
