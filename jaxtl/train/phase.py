@@ -249,8 +249,9 @@ class PhaseStep:
     def loop(self, args: tuple) -> Callable[..., tuple[TrainState, dict]]:
         """The chunk loop compiled for the shapes (and placement) of ``args`` (see
         :func:`_chunk_loop`)."""
+        # The placement is part of the compiled signature, so the key need not name the mesh.
         slots = slot_mesh_of(args[1])
-        return PROGRAMS.compiled(("loop", self, slots), lambda: _chunk_loop(self, slots), args)
+        return PROGRAMS.compiled(("loop", self), lambda: _chunk_loop(self, slots), args)
 
     def cost(self, state: PyTree, x_shape: tuple[int, ...]) -> dict[str, float]:
         """XLA's cost and memory analysis of one step exactly as it trains (one model, no slots).
@@ -380,8 +381,7 @@ def eval_program(
         return jax.jit(over_slots(eval_step, slot_axes, slots))
 
     slots = None if slot_axes is None else slot_mesh_of(args[0])
-    key = ("eval", model, compute_dtype, start, slot_axes, slots)
-    return PROGRAMS.compiled(key, jitted, args)
+    return PROGRAMS.compiled(("eval", model, compute_dtype, start, slot_axes), jitted, args)
 
 
 def prefix_program(model: nn.Module, stop: int, args: tuple) -> Callable[..., jax.Array]:
