@@ -14,7 +14,9 @@ import jax
 import numpy as np
 import pytest
 
+from jaxtl import models
 from jaxtl.train import sharding
+from jaxtl.train.slots import slot_placement
 
 TWO_DEVICES = textwrap.dedent(
     """
@@ -24,12 +26,23 @@ TWO_DEVICES = textwrap.dedent(
     from jaxtl import models
     from jaxtl.train import Job, TrainSpec, get_strategy, slot_count, train_jobs
 
-    model = models.create("mlp", 3, widths=(8, 8))
-    assert slot_count(model, "cpu") == 5, slot_count(model, "cpu")  # dense: one device
-    assert slot_count(models.create("cnn", 3, widths=(4,)), "cpu") == 2  # one per device
+    from jaxtl.train.slots import slot_placement
+
+    mlp = models.create("mlp", 3, widths=(8, 8))
+    model = models.create("cnn", 3, widths=(4,))
+    assert slot_count(mlp, "cpu") == 5, slot_count(mlp, "cpu")  # dense: one device
+    assert slot_count(model, "cpu") == 2  # one per device
+    # Dense slots stay on one device even where their count divides the devices (as on a
+    # machine whose core count divides 5); conv slots spread.
+    assert slot_placement(mlp, 2) is None and slot_placement(model, 2) is not None
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 4, 4, 1)).astype(np.float32)
     y = rng.integers(0, 3, 40).astype(np.int32)
+    dense = [Job(models.init_variables(mlp, 0, x[:1]), get_strategy("full_ft"), x, y, seed=s,
+                 lr=1e-3) for s in range(2)]
+    kept = train_jobs(mlp, TrainSpec(steps=4, batch_size=8, steps_per_call=4, slots=2), dense)
+    assert {d for leaf in jax.tree.leaves(kept[0].pack_state.params)
+            for d in leaf.sharding.device_set} == {jax.devices()[0]}
     variables = models.init_variables(model, 0, x[:1])
     # Two phases (the probe's frozen prefix is cached), so features, carry-over and a
     # partial chunk all go through the sharded placement.
@@ -117,6 +130,7 @@ def test_a_small_conv_net_trains_the_same_bits_on_one_and_two_cpu_devices(tmp_pa
 def test_one_device_or_slots_it_cannot_divide_stay_unsharded():
     assert sharding.slot_sharding(1) is None
     assert sharding.slot_sharding(5) is None  # this process has one CPU device
+    assert slot_placement(models.create("cnn", 3, widths=(4,)), 2) is None
 
 
 def test_cpu_devices_after_the_backend_started_is_a_one_line_error():

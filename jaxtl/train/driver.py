@@ -32,7 +32,13 @@ from jaxtl.train import sharding
 from jaxtl.train.inference import adabn
 from jaxtl.train.optimizers import HPARAM_DEFAULTS
 from jaxtl.train.phase import PhaseStep
-from jaxtl.train.slots import batch_schedule, pad_rows, stack_trees, unstack_tree
+from jaxtl.train.slots import (
+    batch_schedule,
+    pad_rows,
+    slot_placement,
+    stack_trees,
+    unstack_tree,
+)
 from jaxtl.train.spec import Job, TrainSpec
 from jaxtl.train.state import TrainState
 from jaxtl.train.strategies import Phase, StrategyError, phase_steps
@@ -310,7 +316,7 @@ class _Pack:
 
     def place(self, tree: PyTree) -> PyTree:
         """Puts per-slot arrays where the pack trains (:func:`_place`)."""
-        return _place(self.spec, len(self.jobs), tree)
+        return _place(self.spec, self.model, len(self.jobs), tree)
 
     def pad(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Per-slot arrays padded to the spec's rows and stacked."""
@@ -326,13 +332,13 @@ class _Pack:
         )
 
 
-def _place(spec: TrainSpec, slots: int, tree: PyTree) -> PyTree:
-    """Per-slot arrays where a pack of ``slots`` trains: replicated over a data-parallel mesh,
-    the slot axis split over the local devices (:func:`jaxtl.train.sharding.slot_sharding`), or
-    on the default device."""
+def _place(spec: TrainSpec, model: nn.Module, slots: int, tree: PyTree) -> PyTree:
+    """Per-slot arrays where a pack of ``slots`` models trains: replicated over a data-parallel
+    mesh, the slot axis split over the local devices
+    (:func:`jaxtl.train.slots.slot_placement`), or on the default device."""
     if spec.mesh is not None:
         return sharding.put_replicated(spec.mesh, tree)
-    split = sharding.slot_sharding(slots)
+    split = slot_placement(model, slots)
     return jax.device_put(tree) if split is None else jax.device_put(tree, split)
 
 
@@ -351,7 +357,7 @@ def _prepare(model: nn.Module, spec: TrainSpec, jobs: list[Job], listeners: tupl
     pad = lambda arrays: np.stack([pad_rows(a, spec.pad_to) for a in arrays])
     rng = jnp.stack([jax.random.fold_in(jax.random.key(j.seed), 1) for j in jobs])
     # Host arrays in, so every process of a multi-host run builds the same replicated copy.
-    data = _place(spec, len(jobs), (pad([j.x for j in jobs]), pad([j.y for j in jobs]), rng))
+    data = _place(spec, model, len(jobs), (pad([j.x for j in jobs]), pad([j.y for j in jobs]), rng))
     one_params = unstack_tree(variables["params"], 0)
     return _Pack(
         model=model,

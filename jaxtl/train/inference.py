@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtl.freeze import flatten_with_paths
-from jaxtl.train import sharding
 from jaxtl.train.phase import batch_stats_program, eval_program
+from jaxtl.train.slots import slot_placement
 
 PyTree = Any
 
@@ -129,7 +129,7 @@ def evaluate_many(
             lambda *leaves: np.stack([np.asarray(x) for x in leaves]),
             *[dict(variables[i]) for i in group],
         )
-        split = sharding.slot_sharding(slots)
+        split = slot_placement(model, slots)
         if split is not None:  # each device evaluates its own slots, as they trained
             stacked = jax.device_put(stacked, split)
         sums = _slot_sums(model, stacked, [per_model[i] for i in group], shared, batch_size)

@@ -14,8 +14,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
 
 from jaxtl.data.pipeline import batch_indices
+from jaxtl.train import sharding
 
 PyTree = Any
 
@@ -58,7 +60,7 @@ def slot_count(model: nn.Module, platform: str | None = None) -> int:
     small convolution; dense models amortise per-step overhead over 5 slots on one device (their
     step is bound by memory traffic the cores already share; split over two CPU devices the
     MLP's strategies part ran slower). Accelerators, which one small model leaves idle, get 8
-    per device. Split slots go through :func:`jaxtl.train.sharding.slot_sharding`. The count is
+    per device. Split slots go through :func:`slot_placement`. The count is
     part of what a result depends on (XLA batches differently per count), so runs record it
     and caches are keyed by it.
 
@@ -67,10 +69,37 @@ def slot_count(model: nn.Module, platform: str | None = None) -> int:
       5
     """
     platform = platform or jax.default_backend()
-    if platform == "cpu" and not _has_convolutions(model):
+    if not slots_spread(model, platform):
         return 5
     per_device = 1 if platform == "cpu" else 8
     return per_device * jax.local_device_count()
+
+
+def slots_spread(model: nn.Module, platform: str | None = None) -> bool:
+    """Whether ``model``'s slots are spread over the local devices (each device training its
+    own) or all stay on one: dense models on a CPU stay together (:func:`slot_count`).
+
+    Example:
+      >>> slots_spread(jaxtl.models.create("mlp", 10), "cpu")  # doctest: +SKIP
+      False
+    """
+    platform = platform or jax.default_backend()
+    return platform != "cpu" or _has_convolutions(model)
+
+
+def slot_placement(model: nn.Module, slots: int) -> NamedSharding | None:
+    """Where ``slots`` models of ``model`` trained side by side live: their slot axis split over
+    the local devices (:func:`jaxtl.train.sharding.slot_sharding`) when the model's slots
+    spread (:func:`slots_spread`), else None (the default device).
+
+    Decided by the model, not by whether the count divides the devices: five dense slots on a
+    five-core machine still share one device, as :func:`slot_count` counted them.
+
+    Example:
+      >>> slot_placement(jaxtl.models.create("mlp", 10), 5) is None  # doctest: +SKIP
+      True
+    """
+    return sharding.slot_sharding(slots) if slots_spread(model) else None
 
 
 def batch_schedule(
