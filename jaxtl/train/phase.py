@@ -360,6 +360,7 @@ def eval_program(
 
     Sums (not means) so that padded final batches (``mask`` False) average correctly.
     """
+    slots = None if slot_axes is None else slot_mesh_of(args[0])
 
     def jitted():
         def eval_step(variables, x, y, mask):
@@ -380,7 +381,6 @@ def eval_program(
             return jax.jit(eval_step)
         return jax.jit(over_slots(eval_step, slot_axes, slots))
 
-    slots = None if slot_axes is None else slot_mesh_of(args[0])
     return PROGRAMS.compiled(("eval", model, compute_dtype, start, slot_axes), jitted, args)
 
 

@@ -102,11 +102,13 @@ def _slot_mesh(count: int) -> Mesh:
 
 
 def slot_sharding(slots: int) -> NamedSharding | None:
-    """Where models trained side by side live: their slot axis split over this process's devices.
+    """The slot axis of models trained side by side, split over this process's devices.
 
     With several local devices (GPUs, or CPU devices from ``jax_num_cpu_devices``) and a slot
-    count they divide, each device trains its own slots; XLA partitions the one vmapped program
-    (nothing is exchanged between slots). None on one device, or when the slots do not divide.
+    count they divide, each device holds and trains its own slots (the programs run them
+    through ``jax.shard_map``, :func:`jaxtl.train.phase.over_slots`). None on one device, or
+    when the slots do not divide. Whether a model's slots spread at all is the model's rule:
+    call :func:`jaxtl.train.slots.slot_placement`.
 
     Example:
       >>> slot_sharding(1) is None
