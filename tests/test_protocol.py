@@ -16,7 +16,7 @@ from jaxtl import runner
 from jaxtl.config import ConfigError, apply_overrides
 from jaxtl.defaults import base_config
 from jaxtl.runner import cell as cell_lib
-from jaxtl.runner.protocol import check_protocol, grid, select, val_split
+from jaxtl.runner.protocol import check_protocol, grid, screen, screening, select, val_split
 from jaxtl.runner.sweep import tuned_knobs
 
 # ---- val_split -----------------------------------------------------------------------------------
@@ -152,6 +152,25 @@ def test_select_reports_the_margin_over_the_runner_up_in_standard_errors():
     assert select(settings[:1], [[0.5, 0.5]]).runner_up is None
 
 
+def test_screening_applies_only_where_it_screens_something_out():
+    seeds = [1000, 1001, 1002, 1003, 1004]
+    assert screening(seeds, settings=6, screen_seeds=2, keep=2) == [1000, 1001]
+    assert screening(seeds, settings=3, screen_seeds=2, keep=2) == [1000, 1001]
+    assert screening(seeds, settings=2, screen_seeds=2, keep=2) == seeds  # keeps everything
+    assert screening(seeds, settings=6, screen_seeds=0, keep=2) == seeds  # off
+    assert screening(seeds, settings=6, screen_seeds=5, keep=2) == seeds  # no seed left over
+    assert screening(seeds[:2], settings=6, screen_seeds=2, keep=2) == seeds[:2]
+
+
+def test_screen_keeps_the_lowest_pooled_losses_in_grid_order_never_a_diverged_one():
+    rows = [[0.9, 0.8], [0.5, 0.6], [0.7, 0.4], [0.5, 0.7]]  # pooled 0.85, 0.55, 0.55, 0.6
+    assert screen(rows, keep=2) == [1, 2]
+    assert screen(rows, keep=1) == [1]  # the exact tie goes to the earlier setting
+    assert screen(rows, keep=3) == [1, 2, 3]
+    assert screen([[0.1, math.nan], [0.9, 0.9], [math.inf, 0.2]], keep=1) == [1]
+    assert screen([[0.5], [0.4]], keep=5) == [0, 1]
+
+
 # ---- end to end through the runner ------------------------------------------------------------
 
 E2E = (
@@ -268,6 +287,65 @@ def test_results_and_report_carry_the_tuned_protocol(clean):
     report = clean["report"]
     assert f"- **Protocol**: tuned per cell: {rule} (see Hyperparameters)" in report
     assert "## Hyperparameters" in report
+
+
+SCREENED = (*E2E, "protocol.selection_seeds=[1000,1001,1002]", "protocol.screen_seeds=1")
+
+
+@pytest.fixture(scope="module")
+def screened(tiny_config, tmp_path_factory):
+    return run(tiny_config(*SCREENED), tmp_path_factory.mktemp("screened"))
+
+
+def test_a_screened_grid_trains_the_best_two_on_the_other_seeds_and_chooses_among_them(screened):
+    selection = screened["selection"]
+    assert selection["screen"]["seeds"] == [1000]
+    first = [g["val_loss"][0] for g in selection["grid"]]  # every point has seed 1000
+    kept = sorted(sorted(range(3), key=lambda i: (first[i], i))[:2])
+    assert selection["screen"]["kept"] == [selection["grid"][i]["setting"] for i in kept]
+    (out,) = set(range(3)) - set(kept)
+    for field in ("val_loss", "val_acc", "test_acc"):
+        assert selection["grid"][out][field][1:] == [None, None]  # never trained there
+        assert all(v is not None for i in kept for v in selection["grid"][i][field])
+    pooled = {i: float(np.mean(selection["grid"][i]["val_loss"])) for i in kept}
+    best = min(kept, key=lambda i: (pooled[i], i))
+    assert selection["selected"] == selection["grid"][best]["setting"]
+    assert selection["runner_up"] == selection["grid"][(set(kept) - {best}).pop()]["setting"]
+    assert selection["selected_score"] == pytest.approx(pooled[best])
+    assert selection["selection"].endswith(
+        "; every grid point screened on seeds 1000, the 2 best there trained on the others"
+    )
+    for record in screened["results"].values():
+        assert record["protocol"]["screen"] == selection["screen"]
+        assert record["protocol"]["selected"] == selection["selected"]
+
+
+def test_a_screened_selection_never_reads_confirmation_seeds_or_test_labels(
+    screened, tiny_config, tmp_path, monkeypatch
+):
+    tasks, subset = _poisoned(cell_lib.build_tasks, cell_lib.data_lib.few_shot, {0, 1})
+    monkeypatch.setattr(cell_lib, "build_tasks", tasks)
+    monkeypatch.setattr(cell_lib.data_lib, "few_shot", subset)
+    poisoned = run(tiny_config(*SCREENED), tmp_path / "poisoned")
+    before, after = screened["selection"], poisoned["selection"]
+    for field in ("selected", "screen"):
+        assert after[field] == before[field]
+    for field in ("val_loss", "val_acc"):
+        assert [g[field] for g in after["grid"]] == [g[field] for g in before["grid"]]
+    assert [g["test_acc"] for g in after["grid"]] != [g["test_acc"] for g in before["grid"]]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("protocol.screen_seeds=-1", "protocol.screen_seeds=-1 must be an int >= 0, e.g. 2"),
+        ("protocol.screen_keep=0", "protocol.screen_keep=0 must be an int >= 1, e.g. 2"),
+    ],
+)
+def test_screening_settings_are_checked(tiny_config, override, message):
+    with pytest.raises(ConfigError) as err:
+        check_protocol(tiny_config(override))
+    assert str(err.value) == message
 
 
 def test_fixed_protocol_writes_no_selection_and_a_bare_block(tiny_config, tmp_path):

@@ -212,7 +212,8 @@ def lr_curve(cell: Cell) -> tuple[list[float], list[float], list[float]] | None:
     """Pooled validation loss and mean grid test accuracy vs learning rate, for the plot.
 
     At each learning rate the other knobs take the setting with the lowest pooled validation
-    loss (the selection's own rule), and test accuracy is read at that same setting.
+    loss (the selection's own rule), and test accuracy is read at that same setting. A screened
+    grid (successive halving) is pooled over its screening seeds, the ones every point has.
 
     Returns:
       ``(lrs, val_loss, test_acc)`` sorted by lr (nan where every setting at that lr
@@ -225,7 +226,8 @@ def lr_curve(cell: Cell) -> tuple[list[float], list[float], list[float]] | None:
     block = selection_block(cell)
     if block is None:
         return None
-    seeds = len(block["selection_seeds"])
+    pool = set((block.get("screen") or {}).get("seeds") or block["selection_seeds"])
+    on = lambda values: {s: v for s, v in values.items() if s in pool}
     loss, test = grid_values(cell, "val_loss"), grid_values(cell, "test_acc")
     best: dict[float, tuple[float, float]] = {}
     for point in block["grid"]:
@@ -233,7 +235,7 @@ def lr_curve(cell: Cell) -> tuple[list[float], list[float], list[float]] | None:
         if LR not in setting:
             return None
         key, lr = setting_key(setting), float(setting[LR])
-        here = (_pooled(loss[key], seeds), _pooled(test[key], seeds))
+        here = (_pooled(on(loss[key]), len(pool)), _pooled(on(test[key]), len(pool)))
         if lr not in best or here[0] < best[lr][0] or math.isnan(best[lr][0]):
             best[lr] = here
     lrs = sorted(best)

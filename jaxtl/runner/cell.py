@@ -125,8 +125,8 @@ def _protocol_block(selection: dict | None) -> dict[str, Any]:
     reported seed: the grid ran on the selection seeds)."""
     if selection is None:
         return {"name": "fixed"}
-    keep = ("seeds", "score", "selected", "selected_score", "runner_up", "margin_se")
-    block = {k: selection[k] for k in keep}
+    keep = ("seeds", "score", "selected", "selected_score", "runner_up", "margin_se", "screen")
+    block = {k: selection[k] for k in keep if k in selection}
     block["selection_seeds"] = block.pop("seeds")
     return {
         "name": "tuned",

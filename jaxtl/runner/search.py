@@ -41,7 +41,8 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
     directory): ``seeds`` (the selection seeds), ``grid`` (per setting: validation loss and
     accuracy and grid-model test accuracy, one value per selection seed), ``selected``,
     ``selected_score``, ``runner_up``, ``margin_se``, ``selection`` (the rule in words),
-    ``val_examples`` (per seed).
+    ``val_examples`` (per seed), ``screen`` (the seeds that scored every grid point and the
+    settings kept for the others; a screened-out setting's values on those others are null).
     """
     config, key, cell_dir = run.config, run.key, run.cell_dir
     path = cell_dir / "selection.json"
@@ -52,8 +53,15 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
     seeds = list(config.protocol.selection_seeds)
     settings = protocol_lib.grid(config, run.cell.strategy, run.cell.tuned_knobs)
     fraction = config.protocol.val_fraction
+    keep = int(config.protocol.get("screen_keep", 2))
+    screened = protocol_lib.screening(
+        seeds, len(settings), int(config.protocol.get("screen_seeds", 0)), keep
+    )
     splits = {s: protocol_lib.val_split(run.subsets[s], fraction, s) for s in seeds}
+    # Job i * len(seeds) + j is setting i on seed j, whichever rung trains it: a pack's
+    # directory name (below) is the same on a rerun, so an interrupted search resumes.
     jobs = [run.job(s, setting, splits[s][0]) for setting in settings for s in seeds]
+    at = lambda i, j: jobs[i * len(seeds) + j]
     diverged: set[int] = set()
     position = {id(job): i for i, job in enumerate(jobs)}
 
@@ -65,25 +73,40 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
     directory = lambda pack: (
         cell_dir / (f"selection-{key[:8]}-jobs_{'_'.join(str(position[id(j)]) for j in pack)}")
     )
-    trained = run.train(jobs, cell_batch_size(run), directory, (on_chunk, None))
     slots = slots_for(config, run.model)
+    batch_size = cell_batch_size(run)
+    trained: list = []
 
-    def scores(shared=None, per_seed=None) -> list[list[dict[str, float] | None]]:
-        """Per setting and seed: loss and accuracy (None if diverged) on data every job shares,
-        or on each seed's own."""
-        done = [t for t in trained if id(t.job) not in diverged]
-        data = shared if shared is not None else [per_seed[t.job.seed] for t in done]
+    def rung(pairs: list[tuple[int, int]]) -> dict[int, dict[str, float] | None]:
+        """Trains (setting, seed-index) pairs; their validation scores by job (None: diverged)."""
+        got = run.train([at(i, j) for i, j in pairs], batch_size, directory, (on_chunk, None))
+        trained.extend(got)
+        done = [t for t in got if id(t.job) not in diverged]
+        data = [(splits[t.job.seed][1].x_train, splits[t.job.seed][1].y_train) for t in done]
         measured = evaluate_many(run.model, [run.evaluable(t) for t in done], data, slots=slots)
-        got = dict(zip((id(t.job) for t in done), measured))
-        rows = [jobs[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(settings))]
-        return [[got.get(id(j)) for j in row] for row in rows]
+        scored = dict(zip((id(t.job) for t in done), measured))
+        return {id(t.job): scored.get(id(t.job)) for t in got}
 
-    val = scores(per_seed={s: (splits[s][1].x_train, splits[s][1].y_train) for s in seeds})
-    val_loss = [[math.inf if v is None else v["loss"] for v in row] for row in val]
-    chosen = protocol_lib.select(settings, val_loss)
+    first = range(len(screened))
+    val = rung([(i, j) for i in range(len(settings)) for j in first])
+    loss = lambda i, js: [
+        math.inf if val[id(at(i, j))] is None else val[id(at(i, j))]["loss"] for j in js
+    ]
+    kept = list(range(len(settings)))
+    if len(screened) < len(seeds):
+        kept = protocol_lib.screen([loss(i, first) for i in kept], keep)
+        val |= rung([(i, j) for i in kept for j in range(len(screened), len(seeds))])
+    every = range(len(seeds))
+    chosen = protocol_lib.select([settings[i] for i in kept], [loss(i, every) for i in kept])
     # Only now, after the choice, do the grid models meet the test set.
-    test = scores(shared=(run.tasks.b.x_test, run.tasks.b.y_test))
+    done = [t for t in trained if id(t.job) not in diverged]
+    shared = (run.tasks.b.x_test, run.tasks.b.y_test)
+    measured = evaluate_many(run.model, [run.evaluable(t) for t in done], shared, slots=slots)
+    test = dict(zip((id(t.job) for t in done), measured))
     finite = lambda v: v if v is not None and math.isfinite(v) else None
+    field = lambda scores, i, name: [
+        None if scores.get(id(at(i, j))) is None else scores[id(at(i, j))][name] for j in every
+    ]
     record = {
         "fingerprint": key,
         "seeds": seeds,
@@ -91,18 +114,19 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
         "grid": [
             {
                 "setting": setting,
-                "val_loss": [finite(v["loss"]) if v else None for v in v_row],
-                "val_acc": [v["acc"] if v else None for v in v_row],
-                "test_acc": [t["acc"] if t else None for t in t_row],
+                "val_loss": [finite(v) for v in field(val, i, "loss")],
+                "val_acc": field(val, i, "acc"),
+                "test_acc": field(test, i, "acc"),
             }
-            for setting, v_row, t_row in zip(settings, val, test)
+            for i, setting in enumerate(settings)
         ],
-        "selected": settings[chosen.index],
+        "screen": {"seeds": screened, "kept": [settings[i] for i in kept]},
+        "selected": settings[kept[chosen.index]],
         "selected_score": finite(chosen.score),
-        "runner_up": None if chosen.runner_up is None else settings[chosen.runner_up],
+        "runner_up": None if chosen.runner_up is None else settings[kept[chosen.runner_up]],
         "margin": chosen.margin,
         "margin_se": None if chosen.margin_se is None else _json_number(chosen.margin_se),
-        "selection": protocol_lib.describe(seeds, fraction),
+        "selection": protocol_lib.describe(seeds, fraction, screened, keep),
         "val_examples": [len(splits[s][1].y_train) for s in seeds],
     }
     outputs.atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
