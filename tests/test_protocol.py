@@ -16,7 +16,16 @@ from jaxtl import runner
 from jaxtl.config import ConfigError, apply_overrides
 from jaxtl.defaults import base_config
 from jaxtl.runner import cell as cell_lib
-from jaxtl.runner.protocol import check_protocol, grid, screen, screening, select, val_split
+from jaxtl.runner.protocol import (
+    at_lr,
+    beyond_edge,
+    check_protocol,
+    grid,
+    screen,
+    screening,
+    select,
+    val_split,
+)
 from jaxtl.runner.sweep import tuned_knobs
 
 # ---- val_split -----------------------------------------------------------------------------------
@@ -152,6 +161,26 @@ def test_select_reports_the_margin_over_the_runner_up_in_standard_errors():
     assert select(settings[:1], [[0.5, 0.5]]).runner_up is None
 
 
+def test_the_grid_grows_past_the_edge_the_best_learning_rate_sits_on():
+    config = base_config()  # train_b.lr 1e-3; lr_extend low [0.1, 0.03], high [10, 30]
+    grid_lrs = [3e-4, 1e-3, 3e-3]
+    assert beyond_edge(config, grid_lrs, best=3e-3) == pytest.approx(1e-2)
+    assert beyond_edge(config, grid_lrs, best=3e-4) == pytest.approx(1e-4)
+    assert beyond_edge(config, grid_lrs, best=1e-3) is None  # inside: tuned
+    assert beyond_edge(config, [*grid_lrs, 1e-2], best=1e-2) == pytest.approx(3e-2)
+    assert beyond_edge(config, [*grid_lrs, 1e-2, 3e-2], best=3e-2) is None  # list ran out
+    assert beyond_edge(config, [1e-4, *grid_lrs], best=1e-4) == pytest.approx(3e-5)
+    assert beyond_edge(config, [1e-3], best=1e-3) == pytest.approx(1e-2)  # one point: both
+    off = apply_overrides(
+        base_config(), ["protocol.lr_extend.low=[]", "protocol.lr_extend.high=[]"]
+    )
+    assert beyond_edge(off, grid_lrs, best=3e-3) is None
+    assert at_lr(config, "l2_sp", ("alpha",), 0.01) == [
+        {"lr": 0.01, "alpha": 1e-4},
+        {"lr": 0.01, "alpha": 1e-2},
+    ]
+
+
 def test_screening_applies_only_where_it_screens_something_out():
     seeds = [1000, 1001, 1002, 1003, 1004]
     assert screening(seeds, settings=6, screen_seeds=2, keep=2) == [1000, 1001]
@@ -265,9 +294,18 @@ def test_results_and_report_carry_the_tuned_protocol(clean):
     selection = clean["selection"]
     assert selection["seeds"] == [1000, 1001] and selection["score"] == "val_loss"
     lrs = [1e-3 * f for f in (0.3, 1.0, 3.0)]
-    assert [g["setting"] for g in selection["grid"]] == [{"lr": lr} for lr in lrs]
+    tried = [g["setting"]["lr"] for g in selection["grid"]]
+    assert [g["setting"] for g in selection["grid"]] == [{"lr": lr} for lr in tried]
+    assert tried[:3] == lrs
+    for n in range(3, len(tried)):  # each one beyond the edge the best sat on, then
+        best = tried[int(np.argmin([np.mean(g["val_loss"]) for g in selection["grid"][:n]]))]
+        assert best in (min(tried[:n]), max(tried[:n]))
+        assert tried[n] == pytest.approx(1e-3 * (0.1 if best == min(tried[:n]) else 10.0))
     pooled = [float(np.mean(g["val_loss"])) for g in selection["grid"]]
     assert selection["selected"] == selection["grid"][int(np.argmin(pooled))]["setting"]
+    inside = min(tried) < selection["selected"]["lr"] < max(tried)
+    assert selection["lr_at_edge"] == (None if inside else selection["lr_at_edge"])
+    assert inside or len(tried) == 5  # an edge only once lr_extend ran out on that side
     assert selection["selected_score"] == pytest.approx(min(pooled))
     rule = (
         "lowest validation cross-entropy pooled over selection seeds 1000,1001 (80/20 split of"
@@ -301,11 +339,14 @@ def test_a_screened_grid_trains_the_best_two_on_the_other_seeds_and_chooses_amon
     selection = screened["selection"]
     assert selection["screen"]["seeds"] == [1000]
     first = [g["val_loss"][0] for g in selection["grid"]]  # every point has seed 1000
-    kept = sorted(sorted(range(3), key=lambda i: (first[i], i))[:2])
+    n = len(first)
+    assert n >= 3
+    kept = sorted(sorted(range(n), key=lambda i: (first[i], i))[:2])
     assert selection["screen"]["kept"] == [selection["grid"][i]["setting"] for i in kept]
-    (out,) = set(range(3)) - set(kept)
+    for out in set(range(n)) - set(kept):
+        for field in ("val_loss", "val_acc", "test_acc"):
+            assert selection["grid"][out][field][1:] == [None, None]  # never trained there
     for field in ("val_loss", "val_acc", "test_acc"):
-        assert selection["grid"][out][field][1:] == [None, None]  # never trained there
         assert all(v is not None for i in kept for v in selection["grid"][i][field])
     pooled = {i: float(np.mean(selection["grid"][i]["val_loss"])) for i in kept}
     best = min(kept, key=lambda i: (pooled[i], i))
@@ -340,6 +381,11 @@ def test_a_screened_selection_never_reads_confirmation_seeds_or_test_labels(
     [
         ("protocol.screen_seeds=-1", "protocol.screen_seeds=-1 must be an int >= 0, e.g. 2"),
         ("protocol.screen_keep=0", "protocol.screen_keep=0 must be an int >= 1, e.g. 2"),
+        (
+            "protocol.lr_extend.high=[10,0]",
+            "protocol.lr_extend.high=[10, 0] must be low/high lists of positive factors of"
+            ' train_b.lr, e.g. {"low": [0.1], "high": [10.0]}',
+        ),
     ],
 )
 def test_screening_settings_are_checked(tiny_config, override, message):

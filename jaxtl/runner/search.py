@@ -58,12 +58,19 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
         seeds, len(settings), int(config.protocol.get("screen_seeds", 0)), keep
     )
     splits = {s: protocol_lib.val_split(run.subsets[s], fraction, s) for s in seeds}
-    # Job i * len(seeds) + j is setting i on seed j, whichever rung trains it: a pack's
-    # directory name (below) is the same on a rerun, so an interrupted search resumes.
-    jobs = [run.job(s, setting, splits[s][0]) for setting in settings for s in seeds]
-    at = lambda i, j: jobs[i * len(seeds) + j]
+    # Job i * len(seeds) + j is setting i on seed j, whichever rung trains it (settings past
+    # the grid's edge are appended in the order they are tried): a pack's directory name
+    # (below) is the same on a rerun, so an interrupted search resumes.
+    jobs: dict[tuple[int, int], Any] = {}
+    position: dict[int, int] = {}
+
+    def at(i: int, j: int):
+        if (i, j) not in jobs:
+            jobs[i, j] = run.job(seeds[j], settings[i], splits[seeds[j]][0])
+            position[id(jobs[i, j])] = i * len(seeds) + j
+        return jobs[i, j]
+
     diverged: set[int] = set()
-    position = {id(job): i for i, job in enumerate(jobs)}
 
     def on_chunk(pack, record):
         diverged.update(id(pack[i]) for i, _ in non_finite(record, pack))
@@ -92,6 +99,17 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
     loss = lambda i, js: [
         math.inf if val[id(at(i, j))] is None else val[id(at(i, j))]["loss"] for j in js
     ]
+    lrs = lambda: [float(setting["lr"]) for setting in settings]
+    # While the best learning rate on the screening seeds is on the grid's edge, the grid
+    # grows past it: a boundary optimum means the strategy is not yet tuned.
+    while True:
+        best = protocol_lib.screen([loss(i, first) for i in range(len(settings))], 1)[0]
+        lr = protocol_lib.beyond_edge(config, sorted(set(lrs())), lrs()[best])
+        if lr is None:
+            break
+        start = len(settings)
+        settings += protocol_lib.at_lr(config, run.cell.strategy, run.cell.tuned_knobs, lr)
+        val |= rung([(i, j) for i in range(start, len(settings)) for j in first])
     kept = list(range(len(settings)))
     if len(screened) < len(seeds):
         kept = protocol_lib.screen([loss(i, first) for i in kept], keep)
@@ -105,7 +123,11 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
     test = dict(zip((id(t.job) for t in done), measured))
     finite = lambda v: v if v is not None and math.isfinite(v) else None
     field = lambda scores, i, name: [
-        None if scores.get(id(at(i, j))) is None else scores[id(at(i, j))][name] for j in every
+        None if (i, j) not in jobs else (scores.get(id(jobs[i, j])) or {}).get(name) for j in every
+    ]
+    selected = settings[kept[chosen.index]]
+    edge = [
+        side for side, lr in (("low", min(lrs())), ("high", max(lrs()))) if lr == selected["lr"]
     ]
     record = {
         "fingerprint": key,
@@ -121,7 +143,10 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
             for i, setting in enumerate(settings)
         ],
         "screen": {"seeds": screened, "kept": [settings[i] for i in kept]},
-        "selected": settings[kept[chosen.index]],
+        "selected": selected,
+        # The selected learning rate still on an edge of those tried (lr_extend ran out): the
+        # optimum may lie beyond it.
+        "lr_at_edge": edge[0] if len(set(lrs())) > 1 and edge else None,
         "selected_score": finite(chosen.score),
         "runner_up": None if chosen.runner_up is None else settings[kept[chosen.runner_up]],
         "margin": chosen.margin,
