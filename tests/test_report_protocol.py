@@ -23,6 +23,7 @@ from jaxtl.report.answer import answer_section
 from jaxtl.report.cells import group_cells
 from jaxtl.report.protocol import (
     lr_curve,
+    lr_on_edge,
     margin_se,
     robustness,
     selection_block,
@@ -114,15 +115,36 @@ def test_report_lists_chosen_hyperparameters_with_margins_and_plots_sensitivity(
     text = write_report(write(tmp_path, records + inf)).read_text()
     assert f"**Protocol**: tuned per cell: {SELECTION}" in text
     row = "| strategies: a → b (cnn) | {} | {} | {} | 2 | {} | {} | {} | 5 | 10 |"
-    assert row.format("full_ft", "5/class", "lr=0.003", "0.500", "lr=0.001", "2.5") in text
+    # Two-point grids: every choice is on an edge of the learning rates tried, marked ‡.
+    assert row.format("full_ft", "5/class", "lr=0.003 ‡", "0.500", "lr=0.001", "2.5") in text
     # Under 1 SE the runner-up is within the selection's noise: marked †.
-    assert row.format("scratch", "5/class", "lr=0.001", "0.900", "lr=0.01", "0.6 †") in text
-    assert row.format("scratch", "20/class", "lr=0.001", "0.900", "lr=0.01", "∞") in text
+    assert row.format("scratch", "5/class", "lr=0.001 ‡", "0.900", "lr=0.01", "0.6 †") in text
+    assert row.format("scratch", "20/class", "lr=0.001 ‡", "0.900", "lr=0.01", "∞") in text
+    assert "‡ marks a learning rate on the edge of those tried" in text
     assert "| margin (SE) | selection seeds |" in text
     png = tmp_path / "sensitivity_strategies-a-b-cnn.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png.name})" in text
     assert "**Selection seeds**: 1000, 1001, 1002, 1003, 1004" in text
     assert "tuned per cell by validation loss on selection seeds 1000–1004" in text
+
+
+def test_a_learning_rate_is_on_the_edge_only_at_the_lowest_or_highest_one_tried():
+    points = lambda *lrs: [({"lr": lr}, [0.5] * 5, [0.8] * 5) for lr in lrs]
+    on_edge = lambda selected, *lrs: lr_on_edge(
+        _cells(
+            cell(
+                "strategies",
+                "scratch",
+                PARAMS,
+                0.7,
+                protocol=tuned_block({"lr": selected}, points(*lrs)),
+            )
+        )[0]
+    )
+    assert not on_edge(1e-3, 3e-4, 1e-3, 3e-3)
+    assert on_edge(3e-3, 3e-4, 1e-3, 3e-3) and on_edge(3e-4, 3e-4, 1e-3, 3e-3)
+    assert not on_edge(3e-3, 3e-4, 1e-3, 3e-3, 1e-2)  # the grid grew past it
+    assert not on_edge(1e-3, 1e-3)  # a single learning rate has no edge to move past
 
 
 def test_sensitivity_curve_takes_the_lowest_validation_loss_at_each_learning_rate():
@@ -164,7 +186,7 @@ def test_a_seed_with_another_selection_is_left_out_with_a_warning(tmp_path, caps
     warnings = text.split("## Warnings", 1)[1].split("\n## ", 1)[0]
     assert "strategies full_ft, 5/class, a → b (cnn): seed 0 left out" in warnings
     assert shown in warnings and shown in capsys.readouterr().err
-    assert "| strategies: a → b (cnn) | full_ft | 5/class | lr=0.003 |" in text
+    assert "| strategies: a → b (cnn) | full_ft | 5/class | lr=0.003 ‡ |" in text
 
 
 def test_the_selection_block_must_agree_across_seeds_of_a_cell():

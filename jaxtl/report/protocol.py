@@ -88,6 +88,21 @@ def selected_setting(cell: Cell) -> dict | None:
     return None if block is None else block["selected"]
 
 
+def lr_on_edge(cell: Cell) -> bool:
+    """Whether a tuned cell's selected learning rate is the lowest or highest its grid tried
+    (the optimum may lie beyond it: ``protocol.lr_extend`` ran out on that side).
+
+    Example:
+      >>> lr_on_edge(cell)  # doctest: +SKIP
+      False
+    """
+    block = selection_block(cell)
+    if block is None or LR not in block["selected"]:
+        return False
+    lrs = {float(point["setting"][LR]) for point in block["grid"] if LR in point["setting"]}
+    return len(lrs) > 1 and float(block["selected"][LR]) in (min(lrs), max(lrs))
+
+
 def selection_seeds(cell: Cell) -> tuple[int, ...] | None:
     """The seeds a tuned cell's hyperparameters were chosen on; None when not tuned."""
     block = selection_block(cell)

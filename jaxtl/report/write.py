@@ -46,6 +46,7 @@ from jaxtl.report.plots import (
 from jaxtl.report.protocol import (
     has_grid,
     lr_curve,
+    lr_on_edge,
     margin_se,
     protocol_name,
     selection_block,
@@ -75,7 +76,7 @@ def _hyperparameter_row(problem: tuple, label: str, cell: Cell) -> list[str]:
         problem_label(problem),
         label,
         size_label(size_of(cell)),
-        setting_label(block.get("selected")),
+        setting_label(block.get("selected")) + (" ‡" if lr_on_edge(cell) else ""),
         str(len(block.get("grid", []))),
         "–" if score is None else f"{score:.3f}",
         setting_label(block.get("runner_up")),
@@ -126,7 +127,8 @@ def hyperparameters_section(cells: list[Cell], out: Path) -> str:
         "(SE)*: the runner-up's pooled loss minus the selected one's, in standard errors of "
         "their per-selection-seed differences; † marks a margin under 1 SE, where the "
         "runner-up is within the selection's noise and another draw of selection seeds could "
-        "choose it.",
+        "choose it. ‡ marks a learning rate on the edge of those tried: the grid grew past "
+        "its edge as far as `protocol.lr_extend` allows and the optimum may lie beyond it.",
         "",
     ]
     rows = []
@@ -142,8 +144,9 @@ def hyperparameters_section(cells: list[Cell], out: Path) -> str:
         (
             "Sensitivity: validation cross-entropy pooled over the selection seeds (top) and mean "
             "test accuracy of the grid models over the selection seeds (bottom, trained on the 80% "
-            "splits) vs learning rate; at each learning rate the other knobs take the setting "
-            "with the lowest validation loss."
+            "splits) vs learning rate, over the screening seeds where the grid was screened (the "
+            "seeds every point trained on); at each learning rate the other knobs take the "
+            "setting with the lowest validation loss."
         ),
         "",
     ]

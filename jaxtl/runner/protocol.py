@@ -18,7 +18,7 @@ choice is made among those on every selection seed. In the 20-seed study of 2026
 setting chosen on all five seeds ranked first or second on the first two in 44 of 46 cells.
 Where the best learning rate on the screening seeds is on the grid's edge, the grid grows past
 that edge (``protocol.lr_extend``, :func:`beyond_edge`) before anything is kept: in that study
-33 of 46 cells had chosen an edge of the fixed 3-point grid.
+32 of 46 cells had chosen an edge of the fixed 3-point grid.
 """
 
 from __future__ import annotations
