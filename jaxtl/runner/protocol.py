@@ -17,7 +17,8 @@ lowest pooled validation loss there (:func:`screen`) go on to the other selectio
 choice is made among those on every selection seed. In the 20-seed study of 2026-12-03 the
 setting chosen on all five seeds ranked first or second on the first two in 44 of 46 cells.
 Where the best learning rate on the screening seeds is on the grid's edge, the grid grows past
-that edge (``protocol.lr_extend``, :func:`beyond_edge`) before anything is kept: in that study
+that edge (``protocol.lr_extend``, :func:`beyond_edge`) before anything is kept, and again on
+every selection seed where the final choice lands on an edge: in that study
 32 of 46 cells had chosen an edge of the fixed 3-point grid.
 """
 

@@ -115,7 +115,18 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
         kept = protocol_lib.screen([loss(i, first) for i in kept], keep)
         val |= rung([(i, j) for i in kept for j in range(len(screened), len(seeds))])
     every = range(len(seeds))
+    survivors = [settings[i] for i in kept]
     chosen = protocol_lib.select([settings[i] for i in kept], [loss(i, every) for i in kept])
+    # The choice on every seed may still land on an edge the screening seeds did not favour:
+    # the grid grows past it there too, on every selection seed.
+    while lr := protocol_lib.beyond_edge(
+        config, sorted(set(lrs())), float(settings[kept[chosen.index]]["lr"])
+    ):
+        start = len(settings)
+        settings += protocol_lib.at_lr(config, run.cell.strategy, run.cell.tuned_knobs, lr)
+        kept += range(start, len(settings))
+        val |= rung([(i, j) for i in range(start, len(settings)) for j in every])
+        chosen = protocol_lib.select([settings[i] for i in kept], [loss(i, every) for i in kept])
     # Only now, after the choice, do the grid models meet the test set.
     done = [t for t in trained if id(t.job) not in diverged]
     shared = (run.tasks.b.x_test, run.tasks.b.y_test)
@@ -142,7 +153,7 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
             }
             for i, setting in enumerate(settings)
         ],
-        "screen": {"seeds": screened, "kept": [settings[i] for i in kept]},
+        "screen": {"seeds": screened, "kept": survivors},
         "selected": selected,
         # The selected learning rate still on an edge of those tried (lr_extend ran out): the
         # optimum may lie beyond it.
