@@ -162,7 +162,9 @@ def test_select_reports_the_margin_over_the_runner_up_in_standard_errors():
 
 
 def test_the_grid_grows_past_the_edge_the_best_learning_rate_sits_on():
-    config = base_config()  # train_b.lr 1e-3; lr_extend low [0.1, 0.03], high [10, 30]
+    assert base_config().protocol.lr_extend.to_dict() == {"low": [], "high": [10.0, 30.0]}
+    assert beyond_edge(base_config(), [3e-4, 1e-3, 3e-3], best=3e-4) is None  # not downward
+    config = apply_overrides(base_config(), ["protocol.lr_extend.low=[0.1, 0.03]"])
     grid_lrs = [3e-4, 1e-3, 3e-3]
     assert beyond_edge(config, grid_lrs, best=3e-3) == pytest.approx(1e-2)
     assert beyond_edge(config, grid_lrs, best=3e-4) == pytest.approx(1e-4)
@@ -297,15 +299,15 @@ def test_results_and_report_carry_the_tuned_protocol(clean):
     tried = [g["setting"]["lr"] for g in selection["grid"]]
     assert [g["setting"] for g in selection["grid"]] == [{"lr": lr} for lr in tried]
     assert tried[:3] == lrs
-    for n in range(3, len(tried)):  # each one beyond the edge the best sat on, then
+    for n in range(3, len(tried)):  # each one above the highest, where the best sat, then
         best = tried[int(np.argmin([np.mean(g["val_loss"]) for g in selection["grid"][:n]]))]
-        assert best in (min(tried[:n]), max(tried[:n]))
-        assert tried[n] == pytest.approx(1e-3 * (0.1 if best == min(tried[:n]) else 10.0))
+        assert best == max(tried[:n]) and tried[n] == pytest.approx(1e-3 * (10.0, 30.0)[n - 3])
     pooled = [float(np.mean(g["val_loss"])) for g in selection["grid"]]
     assert selection["selected"] == selection["grid"][int(np.argmin(pooled))]["setting"]
-    inside = min(tried) < selection["selected"]["lr"] < max(tried)
-    assert selection["lr_at_edge"] == (None if inside else selection["lr_at_edge"])
-    assert inside or len(tried) == 5  # an edge only once lr_extend ran out on that side
+    lr = selection["selected"]["lr"]
+    edge = "low" if lr == min(tried) else "high" if lr == max(tried) else None
+    assert selection["lr_at_edge"] == edge
+    assert edge != "high" or len(tried) == 5  # the top edge only once lr_extend ran out
     assert selection["selected_score"] == pytest.approx(min(pooled))
     rule = (
         "lowest validation cross-entropy pooled over selection seeds 1000,1001 (80/20 split of"
@@ -335,6 +337,7 @@ SCREENED = (
     "protocol.selection_seeds=[1000,1001,1002]",
     "protocol.screen_seeds=1",
     "train_b.lr=0.03",
+    "protocol.lr_extend.low=[0.1, 0.03]",
 )
 
 

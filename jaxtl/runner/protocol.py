@@ -151,7 +151,7 @@ def beyond_edge(
     """The next learning rate to try when the best so far sits on an edge of those tried.
 
     ``protocol.lr_extend`` lists factors of ``train_b.lr`` beyond each edge, outward
-    ({"low": [0.1, 0.03], "high": [10, 30]}): while the best learning rate (on the screening
+    (e.g. {"low": [0.1, 0.03], "high": [10, 30]}): while the best learning rate (on the screening
     seeds) is the lowest (highest) tried, the next untried low (high) factor is tried, so a
     choice on the grid's boundary, which says the optimum may lie outside it, is followed until
     it is inside or the list ends. None when the best is inside or nothing is left to try.
@@ -159,6 +159,8 @@ def beyond_edge(
     Example:
       >>> beyond_edge(base_config(), [3e-4, 1e-3, 3e-3], best=3e-3)  # doctest: +SKIP
       0.01
+      >>> beyond_edge(base_config(), [3e-4, 1e-3, 3e-3], best=3e-4) is None  # doctest: +SKIP
+      True
     """
     extend = dict(config.protocol.get("lr_extend", {}))
     base = float(config.train_b.lr)
