@@ -23,6 +23,7 @@ from jaxtl.runner.protocol import (
     grid,
     screen,
     screening,
+    search,
     select,
     val_split,
 )
@@ -183,6 +184,82 @@ def test_the_grid_grows_past_the_edge_the_best_learning_rate_sits_on():
     ]
 
 
+def _search(loss, *overrides, strategy="full_ft", knobs=()):
+    """:func:`search` over five selection seeds with a synthetic validation loss(lr, seed
+    position); returns the outcome and every (lr, seed position) that was scored."""
+    config = apply_overrides(base_config(), list(overrides))
+    scored = []
+
+    def score(settings, pairs):
+        scored.extend((settings[i]["lr"], j) for i, j in pairs)
+        return {(i, j): loss(settings[i]["lr"], j) for i, j in pairs}
+
+    found = search(config, strategy, knobs, [1000, 1001, 1002, 1003, 1004], score)
+    return found, scored
+
+
+def _lr_at(found, i):
+    return pytest.approx(found.settings[i]["lr"])
+
+
+def test_search_grows_past_the_top_edge_on_the_screening_seeds_before_it_keeps_two():
+    found, scored = _search(lambda lr, j: (math.log10(lr) + 2) ** 2)  # best at lr 1e-2
+    lrs = [s["lr"] for s in found.settings]
+    assert lrs == pytest.approx([3e-4, 1e-3, 3e-3, 1e-2, 3e-2])  # grown twice, then inside
+    assert found.screened == [0, 1]
+    assert [lrs[i] for i in found.survivors] == pytest.approx([1e-2, 3e-2])
+    assert found.candidates == found.survivors
+    assert lrs[found.candidates[found.chosen.index]] == pytest.approx(1e-2)
+    # Screened-out settings ran on the two screening seeds only; survivors on all five.
+    for lr in (3e-4, 1e-3, 3e-3):
+        assert sorted(j for x, j in scored if x == pytest.approx(lr)) == [0, 1]
+    for lr in (1e-2, 3e-2):
+        assert sorted(j for x, j in scored if x == pytest.approx(lr)) == [0, 1, 2, 3, 4]
+    assert len(scored) == len(set(scored)) == 5 * 2 + 2 * 3
+
+
+def test_search_grows_where_the_choice_on_every_seed_lands_on_the_edge():
+    # The screening seeds favour lr 1e-3, the other three lr ~5e-3: pooled over all five the
+    # choice is 3e-3, the top edge, so 1e-2 is tried on every seed; 3e-3 stays the choice.
+    loss = lambda lr, j: (math.log10(lr) + (3.0 if j < 2 else 2.3)) ** 2
+    found, scored = _search(loss)
+    lrs = [s["lr"] for s in found.settings]
+    assert lrs == pytest.approx([3e-4, 1e-3, 3e-3, 1e-2])
+    assert [lrs[i] for i in found.survivors] == pytest.approx([1e-3, 3e-3])
+    assert found.candidates == [*found.survivors, 3]
+    assert lrs[found.candidates[found.chosen.index]] == pytest.approx(3e-3)
+    assert sorted(j for x, j in scored if x == pytest.approx(1e-2)) == [0, 1, 2, 3, 4]
+    assert sorted(j for x, j in scored if x == pytest.approx(3e-4)) == [0, 1]
+
+
+def test_search_never_grows_downward_by_default_and_stops_at_a_diverged_setting():
+    found, _ = _search(lambda lr, j: math.log10(lr))  # the lower, the better
+    assert [s["lr"] for s in found.settings] == pytest.approx([3e-4, 1e-3, 3e-3])
+    assert found.settings[found.candidates[found.chosen.index]]["lr"] == pytest.approx(3e-4)
+    down, _ = _search(lambda lr, j: math.log10(lr), "protocol.lr_extend.low=[0.1]")
+    assert [s["lr"] for s in down.settings] == pytest.approx([3e-4, 1e-3, 3e-3, 1e-4])
+    # Diverged (inf) past the top edge: the best is no longer on the edge, so growth stops.
+    up, _ = _search(lambda lr, j: math.inf if lr > 5e-3 else -math.log10(lr))
+    assert [s["lr"] for s in up.settings] == pytest.approx([3e-4, 1e-3, 3e-3, 1e-2])
+    assert up.settings[up.candidates[up.chosen.index]]["lr"] == pytest.approx(3e-3)
+
+
+def test_search_grows_with_every_value_of_the_strategys_knob_and_without_a_screen():
+    found, scored = _search(
+        lambda lr, j: -math.log10(lr) if lr < 5e-2 else 9.0,
+        "protocol.screen_seeds=0",
+        strategy="l2_sp",
+        knobs=("alpha",),
+    )
+    tried = [(s["lr"], s["alpha"]) for s in found.settings]
+    assert tried[6:] == [(pytest.approx(1e-2), 1e-4), (pytest.approx(1e-2), 1e-2)] + [
+        (pytest.approx(3e-2), 1e-4),
+        (pytest.approx(3e-2), 1e-2),
+    ]
+    assert found.screened == [0, 1, 2, 3, 4] and found.survivors == list(range(10))
+    assert len(scored) == 10 * 5
+
+
 def test_screening_applies_only_where_it_screens_something_out():
     seeds = [1000, 1001, 1002, 1003, 1004]
     assert screening(seeds, settings=6, screen_seeds=2, keep=2) == [1000, 1001]
@@ -329,9 +406,9 @@ def test_results_and_report_carry_the_tuned_protocol(clean):
     assert "## Hyperparameters" in report
 
 
-# At train_b.lr=0.03 the grid grows on both rungs: the screening seed's best (lr 0.009) is the
-# lowest tried, so 0.003 is added; the choice on every seed is then 0.003, an edge again, so
-# 0.0009 trains on every seed.
+# With train_b.lr=0.03 and the grid free to grow downward, the grid grew on both rungs when
+# this was written (the rule itself is pinned by the synthetic tests above; which rung grows
+# here depends on the CPU's arithmetic).
 SCREENED = (
     *E2E,
     "protocol.selection_seeds=[1000,1001,1002]",
@@ -361,7 +438,6 @@ def test_a_screened_grid_trains_the_best_two_on_the_other_seeds_and_chooses_amon
     # The two lowest on the screening seed, of the points tried before the rest of the seeds.
     before = range(min([i for i in everywhere if i not in kept], default=n))
     assert kept == sorted(sorted(before, key=lambda i: (first[i], i))[:2])
-    assert len(everywhere) > len(kept)
     for i in everywhere[len(kept) :]:  # grown past the edge the choice on every seed sat on
         lrs = [g["setting"]["lr"] for g in grid[:i]]
         assert not min(lrs) <= grid[i]["setting"]["lr"] <= max(lrs)

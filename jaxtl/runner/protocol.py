@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import ml_collections
@@ -258,6 +258,95 @@ def screen(val_loss: Sequence[Sequence[float]], keep: int) -> list[int]:
     pooled = [float(np.mean(r)) if np.all(np.isfinite(r)) else math.inf for r in rows]
     order = sorted(range(len(pooled)), key=lambda i: (pooled[i], i))
     return sorted(order[:keep])
+
+
+class Search(NamedTuple):
+    """The outcome of :func:`search`.
+
+    Attributes:
+      settings: every setting tried, the grid's first, then those past its edge in the order
+        they were tried.
+      screened: the selection seeds (positions in ``seeds``) that scored every setting.
+      survivors: the settings (indices) the screen kept for the other seeds.
+      candidates: the settings scored on every selection seed: the survivors, then any added
+        past the edge the choice on every seed landed on.
+      chosen: :func:`select` over the candidates (its ``index`` and ``runner_up`` index
+        ``candidates``).
+      losses: ``{(setting, seed position): validation loss}`` of every run (inf: diverged).
+    """
+
+    settings: list[dict[str, Any]]
+    screened: list[int]
+    survivors: list[int]
+    candidates: list[int]
+    chosen: Selection
+    losses: dict[tuple[int, int], float]
+
+
+def search(
+    config: ml_collections.ConfigDict,
+    strategy: str,
+    knobs: Sequence[str],
+    seeds: Sequence[int],
+    score: Callable[[list[dict[str, Any]], list[tuple[int, int]]], Mapping[tuple[int, int], float]],
+) -> Search:
+    """The tuned protocol's search for one cell, given a way to score runs.
+
+    Every grid point is scored on the screening seeds (:func:`screening`); while the best
+    learning rate there is on the grid's edge, the grid grows past it (:func:`beyond_edge`);
+    the ``protocol.screen_keep`` best (:func:`screen`) are scored on the other seeds; the choice
+    among them on every seed (:func:`select`) grows the grid again, on every seed, wherever it
+    lands on an edge.
+
+    Args:
+      config: the experiment config (``train_b.lr`` and ``protocol``).
+      strategy: the cell's strategy.
+      knobs: the strategy's tuned knobs.
+      seeds: the selection seeds.
+      score: trains ``(setting index, seed position)`` pairs and returns each one's validation
+        loss (inf for a diverged run); ``settings`` is the list those indices refer to.
+
+    Example:
+      >>> found = search(config, "full_ft", (), [1000, 1001], score)  # doctest: +SKIP
+      >>> found.settings[found.candidates[found.chosen.index]]
+      {'lr': 0.001}
+    """
+    settings = grid(config, strategy, knobs)
+    keep = int(config.protocol.get("screen_keep", 2))
+    screened = screening(
+        range(len(seeds)), len(settings), int(config.protocol.get("screen_seeds", 0)), keep
+    )
+    losses: dict[tuple[int, int], float] = {}
+    run = lambda pairs: losses.update(score(settings, pairs))
+    loss = lambda i, js: [losses[i, j] for j in js]
+    lrs = lambda: [float(setting["lr"]) for setting in settings]
+
+    def grow(best: int, positions: Sequence[int]) -> range:
+        """The settings added past the edge ``best`` sits on, scored on ``positions``."""
+        lr = beyond_edge(config, sorted(set(lrs())), lrs()[best])
+        start = len(settings)
+        if lr is not None:
+            settings.extend(at_lr(config, strategy, knobs, lr))
+            run([(i, j) for i in range(start, len(settings)) for j in positions])
+        return range(start, len(settings))
+
+    run([(i, j) for i in range(len(settings)) for j in screened])
+    # A boundary optimum means the strategy is not yet tuned: grow before anything is kept.
+    while grow(screen([loss(i, screened) for i in range(len(settings))], 1)[0], screened):
+        pass
+    candidates = list(range(len(settings)))
+    if len(screened) < len(seeds):
+        candidates = screen([loss(i, screened) for i in candidates], keep)
+        run([(i, j) for i in candidates for j in range(len(screened), len(seeds))])
+    survivors = list(candidates)
+    every = range(len(seeds))
+    choose = lambda: select([settings[i] for i in candidates], [loss(i, every) for i in candidates])
+    chosen = choose()
+    # The choice on every seed may land on an edge the screening seeds did not favour.
+    while added := grow(candidates[chosen.index], every):
+        candidates += added
+        chosen = choose()
+    return Search(settings, list(screened), survivors, candidates, chosen, losses)
 
 
 def describe(
