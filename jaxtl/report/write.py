@@ -127,8 +127,10 @@ def hyperparameters_section(cells: list[Cell], out: Path) -> str:
         "(SE)*: the runner-up's pooled loss minus the selected one's, in standard errors of "
         "their per-selection-seed differences; † marks a margin under 1 SE, where the "
         "runner-up is within the selection's noise and another draw of selection seeds could "
-        "choose it. ‡ marks a learning rate on the edge of those tried: the grid grew past "
-        "its edge as far as `protocol.lr_extend` allows and the optimum may lie beyond it.",
+        "choose it. ‡ marks a learning rate on the edge of those tried, where the optimum may "
+        "lie beyond it: the grid grows past its top edge as far as `protocol.lr_extend` allows, "
+        "and by default not below its bottom one (there, validation cross-entropy on a few "
+        "examples per class favours the least-trained model).",
         "",
     ]
     rows = []
