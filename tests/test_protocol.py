@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -470,6 +471,40 @@ def test_a_screened_selection_never_reads_confirmation_seeds_or_test_labels(
     assert [g["test_acc"] for g in after["grid"]] != [g["test_acc"] for g in before["grid"]]
 
 
+def test_a_search_stopped_in_its_second_rung_resumes_to_the_same_choice(
+    screened, tiny_config, tmp_path, monkeypatch
+):
+    # SIGTERM recorded as the first pack of the other seeds starts: the engine saves a
+    # checkpoint after its first chunk and stops; the rerun resumes the search.
+    from jaxtl import interrupts
+    from jaxtl.runner.cell_run import CellRun
+    from jaxtl.train import Interrupted
+
+    train, stopped = CellRun.train, []
+
+    def train_then_stop(self, jobs, *args, **kwargs):
+        if not stopped and any(job.seed != 1000 for job in jobs) and self.cell.source is not None:
+            stopped.append(sorted({job.seed for job in jobs}))
+            interrupts.record(signal.SIGTERM)
+        return train(self, jobs, *args, **kwargs)
+
+    monkeypatch.setattr(CellRun, "train", train_then_stop)
+    out = tmp_path / "stopped"
+    with pytest.raises(Interrupted, match="stopped at step 10; checkpoint saved in"):
+        run(tiny_config(*SCREENED), out)
+    assert stopped and 1000 not in stopped[0]
+    (cell_dir,) = (out / "runs").iterdir()
+    assert list(cell_dir.glob("selection-*-jobs_*")) and not (cell_dir / "selection.json").exists()
+    monkeypatch.setattr(CellRun, "train", train)
+    resumed = run(tiny_config(*SCREENED), out)
+    assert resumed["selection"] == screened["selection"]
+    for seed in (0, 1):
+        assert resumed["losses"][seed] == screened["losses"][seed]
+        mine, theirs = resumed["results"][seed]["metrics"], screened["results"][seed]["metrics"]
+        assert all(mine[k] == theirs[k] for k in ("acc_b", "acc_a", "acc_ood"))
+    assert not list(cell_dir.glob("selection-*-jobs_*"))  # gone once the choice is recorded
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -477,8 +512,10 @@ def test_a_screened_selection_never_reads_confirmation_seeds_or_test_labels(
         ("protocol.screen_keep=0", "protocol.screen_keep=0 must be an int >= 1, e.g. 2"),
         (
             "protocol.lr_extend.high=[10,0]",
-            "protocol.lr_extend.high=[10, 0] must be low/high lists of positive factors of"
-            ' train_b.lr, e.g. {"low": [0.1], "high": [10.0]}',
+            (
+                "protocol.lr_extend.high=[10, 0] must be low/high lists of positive factors of"
+                ' train_b.lr, e.g. {"low": [0.1], "high": [10.0]}'
+            ),
         ),
     ],
 )
