@@ -336,13 +336,19 @@ def _poisoned(build_tasks, few_shot, confirmation):
     return poisoned_tasks, poisoned_subset
 
 
-def test_selection_never_reads_confirmation_seeds_or_test_labels(
-    clean, tiny_config, tmp_path, monkeypatch
-):
+def _run_poisoned(config, out: Path, monkeypatch) -> dict:
+    """:func:`run` with B's test labels and confirmation seeds 0 and 1's training labels
+    poisoned (:func:`_poisoned`)."""
     tasks, subset = _poisoned(cell_lib.build_tasks, cell_lib.data_lib.few_shot, {0, 1})
     monkeypatch.setattr(cell_lib, "build_tasks", tasks)
     monkeypatch.setattr(cell_lib.data_lib, "few_shot", subset)
-    poisoned = run(tiny_config(*E2E), tmp_path / "poisoned")
+    return run(config, out)
+
+
+def test_selection_never_reads_confirmation_seeds_or_test_labels(
+    clean, tiny_config, tmp_path, monkeypatch
+):
+    poisoned = _run_poisoned(tiny_config(*E2E), tmp_path / "poisoned", monkeypatch)
     before, after = clean["selection"], poisoned["selection"]
     assert after["selected"] == before["selected"]
     assert [g["setting"] for g in after["grid"]] == [g["setting"] for g in before["grid"]]
@@ -459,10 +465,7 @@ def test_a_screened_grid_trains_the_best_two_on_the_other_seeds_and_chooses_amon
 def test_a_screened_selection_never_reads_confirmation_seeds_or_test_labels(
     screened, tiny_config, tmp_path, monkeypatch
 ):
-    tasks, subset = _poisoned(cell_lib.build_tasks, cell_lib.data_lib.few_shot, {0, 1})
-    monkeypatch.setattr(cell_lib, "build_tasks", tasks)
-    monkeypatch.setattr(cell_lib.data_lib, "few_shot", subset)
-    poisoned = run(tiny_config(*SCREENED), tmp_path / "poisoned")
+    poisoned = _run_poisoned(tiny_config(*SCREENED), tmp_path / "poisoned", monkeypatch)
     before, after = screened["selection"], poisoned["selection"]
     for field in ("selected", "screen"):
         assert after[field] == before[field]

@@ -126,7 +126,7 @@ def _protocol_block(selection: dict | None) -> dict[str, Any]:
     if selection is None:
         return {"name": "fixed"}
     keep = ("seeds", "score", "selected", "selected_score", "runner_up", "margin_se", "screen")
-    block = {k: selection[k] for k in keep if k in selection}
+    block = {k: selection[k] for k in keep}
     block["selection_seeds"] = block.pop("seeds")
     return {
         "name": "tuned",

@@ -69,7 +69,7 @@ def check_protocol(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"protocol.lr_factors={factors} must be positive numbers, e.g. [0.3, 1, 3]"
         )
-    for side, factors in dict(p.get("lr_extend", {})).items():
+    for side, factors in dict(p.lr_extend).items():
         if side not in ("low", "high") or any(
             isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0
             for f in list(factors)
@@ -79,7 +79,7 @@ def check_protocol(config: ml_collections.ConfigDict) -> None:
                 ' factors of train_b.lr, e.g. {"low": [0.1], "high": [10.0]}'
             )
     for name, least in (("screen_seeds", 0), ("screen_keep", 1)):
-        value = p.get(name, least)
+        value = p[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ConfigError(f"protocol.{name}={value!r} must be an int >= {least}, e.g. 2")
     for strategy, knobs in dict(p.knobs).items():
@@ -162,7 +162,7 @@ def beyond_edge(
       >>> beyond_edge(base_config(), [3e-4, 1e-3, 3e-3], best=3e-4) is None  # doctest: +SKIP
       True
     """
-    extend = dict(config.protocol.get("lr_extend", {}))
+    extend = dict(config.protocol.lr_extend)
     base = float(config.train_b.lr)
     for side, edge in (("high", max(tried)), ("low", min(tried))):
         if best != edge:
@@ -312,10 +312,8 @@ def search(
       {'lr': 0.001}
     """
     settings = grid(config, strategy, knobs)
-    keep = int(config.protocol.get("screen_keep", 2))
-    screened = screening(
-        range(len(seeds)), len(settings), int(config.protocol.get("screen_seeds", 0)), keep
-    )
+    keep = config.protocol.screen_keep
+    screened = screening(range(len(seeds)), len(settings), config.protocol.screen_seeds, keep)
     losses: dict[tuple[int, int], float] = {}
     run = lambda pairs: losses.update(score(settings, pairs))
     loss = lambda i, js: [losses[i, j] for j in js]
