@@ -10,14 +10,16 @@ step that drops one of its two settings.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 from jaxtl import freeze, runner
+from jaxtl.runner.jobs import step_costs
 from jaxtl.runner.tasks import init_variables
-from jaxtl.train import AdamW, PhaseStep, get_strategy, hparams
+from jaxtl.train import PROGRAMS, AdamW, PhaseStep, get_strategy, hparams
 
 L2SP_BF16 = ("strategies=['l2_sp']", "compute_dtype=bfloat16", "protocol.name=fixed")
 
@@ -73,3 +75,44 @@ def test_reported_flops_are_the_cost_of_the_l2sp_bf16_step_that_trained(trained)
     for l2sp, dtype in ((False, None), (True, None), (False, "bfloat16")):
         other = step_cost(config, l2sp=l2sp, compute_dtype=dtype)["flops"]
         assert other != want["flops"], (l2sp, dtype)
+
+
+def test_step_costs_are_analysed_once_per_step_and_shapes(tiny_config, monkeypatch):
+    """A cell's seeds and grid points share one analysis (tracing it anew per run cost a study
+    ~40 s); another batch size or another step is analysed on its own."""
+    config = tiny_config(*L2SP_BF16)
+    tasks = runner.build_tasks(config)
+    model = runner.model_for(config, tasks.b.num_classes)
+    variables = init_variables(model, 0, tasks.b.x_train)
+    (phase,) = get_strategy("l2_sp").phases(model.layer_groups)
+    plan = freeze.plan(variables["params"], phase.rules(model.layer_groups))
+    optimizer = AdamW(clip_norm=1.0, weight_decay=1e-4)
+    run_of = lambda step: SimpleNamespace(
+        job=SimpleNamespace(x=tasks.b.x_train, variables=variables, reference=None),
+        steps={"ft": step},
+    )
+    plain = run_of(PhaseStep(model, plan, optimizer))
+    l2sp = run_of(PhaseStep(model, plan, optimizer, l2sp=True))
+
+    traced = []
+    init_state = PhaseStep.init_state
+    monkeypatch.setattr(
+        PhaseStep, "init_state", lambda self, *a: traced.append(self) or init_state(self, *a)
+    )
+    first = step_costs(plain, model, 8)
+    assert len(traced) == 1
+    misses = PROGRAMS.misses
+    again = step_costs(run_of(PhaseStep(model, plan, optimizer)), model, 8)
+    assert again == first and PROGRAMS.misses == misses and len(traced) == 1
+    # A copy must not alias the cached value.
+    again[0]["flops"] = -1.0
+    assert step_costs(plain, model, 8) == first
+
+    larger = step_costs(plain, model, 16)
+    assert larger[0]["flops"] > first[0]["flops"]
+    assert step_costs(l2sp, model, 8)[0]["flops"] != first[0]["flops"]
+    x = jax.ShapeDtypeStruct((8, *tasks.b.x_train.shape[1:]), jnp.float32)
+    y = jax.ShapeDtypeStruct((8,), jnp.int32)
+    state = plain.steps["ft"].init_state(variables, hparams(), None, 0)
+    want = freeze.cost(plain.steps["ft"].step_fn(), state, x, y, jax.random.key(0))
+    assert first[0]["flops"] == want["flops"]

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from jaxtl.runner.tasks import mesh_for, slots_for
-from jaxtl.train import AdamW, Job, TrainRun, TrainSpec, hparams, outputs
+from jaxtl.train import PROGRAMS, AdamW, Job, TrainRun, TrainSpec, hparams, outputs, signature
 from jaxtl.train import checkpoint as ckpt_lib
 
 
@@ -68,22 +68,35 @@ def non_finite(record: dict, pack: Sequence[Job]) -> list[tuple[int, float]]:
 
 
 def step_costs(run: TrainRun, model, batch_size: int) -> list[dict[str, float]]:
-    """XLA's cost and memory analysis of each phase's step exactly as it trained (one model)."""
+    """XLA's cost and memory analysis of each phase's step exactly as it trained (one model).
+
+    Every seed and grid point of a cell trains the same steps on the same shapes, so the
+    analysis is cached by them (the engine's one cache): tracing the state and feature shapes
+    anew for each of a study's ~1,000 runs took ~40 s.
+    """
     job = run.job
     one = jax.ShapeDtypeStruct((batch_size, *np.shape(job.x)[1:]), np.float32)
     reference = job.variables["params"] if job.reference is None else job.reference
-    costs = []
-    for step in run.steps.values():
-        state = jax.eval_shape(
-            lambda step=step: step.init_state(job.variables, hparams(), reference, 0)
+    shapes = signature((job.variables, reference, one))
+    return [
+        dict(
+            PROGRAMS.get(
+                ("step_cost", step, model, shapes),
+                lambda step=step: _step_cost(step, model, job.variables, reference, one),
+            )
         )
-        x_shape = one.shape
-        if step.start:
-            x_shape = jax.eval_shape(
-                lambda v, x, step=step: model.apply(v, x, stop=step.start), job.variables, one
-            ).shape
-        costs.append(step.cost(state, x_shape))
-    return costs
+        for step in run.steps.values()
+    ]
+
+
+def _step_cost(step, model, variables, reference, one: jax.ShapeDtypeStruct) -> dict[str, float]:
+    state = jax.eval_shape(lambda: step.init_state(variables, hparams(), reference, 0))
+    x_shape = one.shape
+    if step.start:
+        x_shape = jax.eval_shape(
+            lambda v, x: model.apply(v, x, stop=step.start), variables, one
+        ).shape
+    return step.cost(state, x_shape)
 
 
 def write_chunk(

@@ -14,7 +14,7 @@ from jaxtl.train.driver import Callbacks, Interrupted, TrainRun, pack_jobs, trai
 from jaxtl.train.features import cacheable_groups, compute_features, frozen_prefix
 from jaxtl.train.inference import adabn, eval_batch_size, evaluate, evaluate_many
 from jaxtl.train.optimizers import HPARAM_DEFAULTS, AdamW, FixedTx, hparams
-from jaxtl.train.phase import PROGRAMS, PhaseStep
+from jaxtl.train.phase import PROGRAMS, PhaseStep, signature
 from jaxtl.train.schedules import GroupCosineDecay, scale_by_group_decay, scale_by_group_schedule
 from jaxtl.train.sharding import (
     data_mesh,
@@ -94,6 +94,7 @@ __all__ = [
     "scale_by_group_decay",
     "scale_by_group_schedule",
     "shard_batch",
+    "signature",
     "slot_count",
     "stack_trees",
     "train",
