@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -103,30 +104,31 @@ def source_models(
     slots = slots_for(config, model)
     parts = _key_parts(config, which, slots)
     root = out_dir / "sources" / f"{which}-{fingerprint(**parts)}"
-    paths = {s: root / f"seed_{s}" for s in seeds}
-    missing = [s for s in seeds if not (paths[s] / "model.json").exists()]
-    if missing:
-        if not root.exists():
-            _note_why_new(root, {**parts, "data_contents": parts["data_contents"]})
-        root.mkdir(parents=True, exist_ok=True)
-        key_file = json.dumps({**parts, "code": code_version()}, default=str, sort_keys=True)
-        outputs.atomic_write_text(root / "key.json", key_file + "\n")
-        _train(config, task, model, which, missing, paths, show_progress, stop_requested)
-    template = init_variables(model, seeds[0], task.x_train)
-    loaded = {}
-    for s in seeds:
-        try:
-            loaded[s] = _load(str(paths[s]), template)
-        except ckpt_lib.CheckpointCorruptError as e:
-            # The cache is ours: a damaged entry is set aside and trained again (seed slots are
-            # fixed, so it comes back with the same bits).
-            damaged = paths[s].with_name(f".damaged-{paths[s].name}")
-            shutil.rmtree(damaged, ignore_errors=True)
-            shutil.move(str(paths[s]), str(damaged))
-            outputs.notice(f"cached source model {paths[s]} is unreadable ({e}); retraining it")
-            _train(config, task, model, which, [s], paths, show_progress, stop_requested)
-            loaded[s] = _load(str(paths[s]), template)
-    return [loaded[s] for s in seeds]
+    with _lock_of(root):  # two study parts in threads asking for the same ones train them once
+        paths = {s: root / f"seed_{s}" for s in seeds}
+        missing = [s for s in seeds if not (paths[s] / "model.json").exists()]
+        if missing:
+            if not root.exists():
+                _note_why_new(root, {**parts, "data_contents": parts["data_contents"]})
+            root.mkdir(parents=True, exist_ok=True)
+            key_file = json.dumps({**parts, "code": code_version()}, default=str, sort_keys=True)
+            outputs.atomic_write_text(root / "key.json", key_file + "\n")
+            _train(config, task, model, which, missing, paths, show_progress, stop_requested)
+        template = init_variables(model, seeds[0], task.x_train)
+        loaded = {}
+        for s in seeds:
+            try:
+                loaded[s] = _load(str(paths[s]), template)
+            except ckpt_lib.CheckpointCorruptError as e:
+                # The cache is ours: a damaged entry is set aside and trained again (seed slots are
+                # fixed, so it comes back with the same bits).
+                damaged = paths[s].with_name(f".damaged-{paths[s].name}")
+                shutil.rmtree(damaged, ignore_errors=True)
+                shutil.move(str(paths[s]), str(damaged))
+                outputs.notice(f"cached source model {paths[s]} is unreadable ({e}); retraining it")
+                _train(config, task, model, which, [s], paths, show_progress, stop_requested)
+                loaded[s] = _load(str(paths[s]), template)
+        return [loaded[s] for s in seeds]
 
 
 def source_record(config: ml_collections.ConfigDict) -> dict | None:
@@ -162,6 +164,13 @@ def source_record(config: ml_collections.ConfigDict) -> dict | None:
 
 
 _LOADED: dict[str, dict] = {}
+_LOCKS: dict[Path, threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def _lock_of(root: Path) -> threading.Lock:
+    with _LOCKS_LOCK:
+        return _LOCKS.setdefault(root, threading.Lock())
 
 
 def _load(path: str, template: dict) -> dict:

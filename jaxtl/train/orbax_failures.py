@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,21 +47,27 @@ def quiet_orbax() -> Iterator[None]:
       >>> with quiet_orbax():
       ...     variables, meta = load_variables(path)
     """
-    absl = logging.getLogger("absl")
-    level, previous_hook = absl.level, sys.unraisablehook
+    with _ORBAX:
+        absl = logging.getLogger("absl")
+        level, previous_hook = absl.level, sys.unraisablehook
 
-    def hook(unraisable: Any) -> None:
-        if not is_orbax_noise(unraisable):
-            previous_hook(unraisable)
+        def hook(unraisable: Any) -> None:
+            if not is_orbax_noise(unraisable):
+                previous_hook(unraisable)
 
-    absl.setLevel(logging.CRITICAL)
-    sys.unraisablehook = hook
-    try:
-        yield
-    finally:
-        absl.setLevel(level)
-        if sys.unraisablehook is hook:
-            sys.unraisablehook = previous_hook
+        absl.setLevel(logging.CRITICAL)
+        sys.unraisablehook = hook
+        try:
+            yield
+        finally:
+            absl.setLevel(level)
+            if sys.unraisablehook is hook:
+                sys.unraisablehook = previous_hook
+
+
+# One orbax call at a time across threads (study parts run in threads, jaxtl.runner.streams):
+# the log level and unraisable hook swapped above are process-wide.
+_ORBAX = threading.RLock()
 
 
 # Disk errors come from tensorstore as text in a ValueError ("... No space left on device

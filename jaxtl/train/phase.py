@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import threading
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
@@ -66,6 +67,9 @@ class ProgramCache:
         self.hits = 0
         self.misses = 0
         self._entries: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
+        # Study parts run in threads (jaxtl.runner.streams). The lock guards the entries, not
+        # the build: two threads missing one key both build it, and the first stored is kept.
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -76,14 +80,18 @@ class ProgramCache:
 
     def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
         """The value under ``key``, built with ``build()`` on a miss."""
-        if key in self._entries:
-            self.hits += 1
+        with self._lock:
+            if key in self._entries:
+                self.hits += 1
+                self._entries.move_to_end(key)
+                return self._entries[key]
+            self.misses += 1
+        value = build()
+        with self._lock:
+            value = self._entries.setdefault(key, value)
             self._entries.move_to_end(key)
-            return self._entries[key]
-        self.misses += 1
-        value = self._entries[key] = build()
-        if len(self._entries) > self.maxsize:
-            self._entries.popitem(last=False)
+            if len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
         return value
 
     def compiled(self, key: Hashable, jitted: Callable[[], Any], args: tuple) -> Any:
