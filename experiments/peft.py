@@ -18,6 +18,7 @@ def get_config():
     config.experiment = "study"
     config.parts = ["peft_mlp", "peft_cnn"]
     config.keep_weights = False
+    config.parallel_parts = 2  # the MLP and the CNN part at once (jaxtl.defaults)
     config.part_overrides = {"peft_mlp": [], "peft_cnn": []}
     return config
 

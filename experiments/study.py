@@ -20,6 +20,9 @@ def get_config():
     config.experiment = "study"
     config.parts = ["strategies", "strategies_cnn", "cross_domain", "cross_domain_cnn"]
     config.keep_weights = False  # ~1,000 final runs: their numbers are the product, not weights
+    # Two parts at once: each one's compiling and Python leave a core idle that the other's
+    # training uses (jaxtl.defaults: parallel_parts; docs/benchmarks.md).
+    config.parallel_parts = 2
     # Per-pipeline "key=value" overrides, e.g. {"strategies": ["n_per_class=[5]"]}. Fields set on
     # the study itself (--set seeds=[0,1,2]) apply to every part.
     config.part_overrides = {

@@ -121,6 +121,12 @@ def _engine_defaults(c: ml_collections.ConfigDict) -> None:
     # compiled before. "" = off.
     c.compilation_cache_dir = "~/.cache/jaxtl/xla"
     c.parts = []  # study: experiment names run into one output directory
+    # Study parts trained at once, each in its own thread (jaxtl.runner.streams): a part's
+    # single-threaded stretches (compiling, tracing, Python between compiled calls) leave a core
+    # idle that the other's training uses. Results are the same bits; per-run times
+    # (wall_time_s) then include the other part's load, so time strategies with 1 (or `jaxtl
+    # bench`).
+    c.parallel_parts = 1
     c.part_overrides = {}  # study: experiment name -> list of "key=value" overrides
 
 

@@ -384,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     anatomy = Anatomy()
     ledger = SeedLedger()
     missing = install(anatomy, ledger)
-    overrides = list(args.set)
+    overrides = [*args.set, "parallel_parts=1"]  # its timers follow one thread: one part at once
     temporary = []
     if args.fresh_cache:
         temporary.append(tempfile.mkdtemp(prefix="jaxtl-xla-"))

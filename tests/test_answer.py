@@ -198,3 +198,21 @@ def test_p_values_are_finite_or_nan_only_when_untested(tmp_path):
     claims = answer_claims(group_cells(load_results(write(tmp_path, cross_domain()))))
     assert claims and all(0.0 <= c.p_adjusted <= 1.0 for c in claims)
     assert not any(math.isnan(c.test.sign_flip_p) for c in claims)
+
+
+def test_wall_time_of_parts_trained_at_once_is_not_called_a_timing():
+    from jaxtl.report.cells import group_cells
+    from jaxtl.report.wording import cost_phrase
+
+    probe = cell("strategies", "linear_probe", {"n_per_class": 5}, 0.7)
+    full = cell("strategies", "full_ft", {"n_per_class": 5}, 0.8)
+    for i, (p, f) in enumerate(zip(probe, full)):
+        p["metrics"]["wall_time_s"], f["metrics"]["wall_time_s"] = 1.0 + 0.01 * (i - 2), 4.0
+    x, y = group_cells(probe)[0], group_cells(full)[0]
+    assert cost_phrase(x, y).endswith("and 75% less wall time (0.25×, supported)")
+    full[2]["config"] = {"parallel_parts": 2}
+    y = group_cells(full)[0]
+    assert cost_phrase(x, y).endswith(
+        "and 75% less wall time (0.25×, measured with 2 study parts training at once, so not a"
+        " timing)"
+    )

@@ -180,13 +180,22 @@ def flops_phrase(x: Cell, y: Cell) -> str:
     )
 
 
+def parts_at_once(record: dict) -> int:
+    """How many study parts trained side by side when ``record`` ran (``parallel_parts``;
+    1 for a record without it): its ``wall_time_s`` then includes the others' load."""
+    return int((record.get("config") or {}).get("parallel_parts") or 1)
+
+
 def cost_phrase(x: Cell, y: Cell) -> str:
     """ "75% less training FLOPs (0.25×) and 75% less wall time (0.25×, supported)".
 
     Exploratory: the wall-time note uses the uncorrected paired 95% CI, outside any family.
     """
     time = contrast([per_seed(x, "wall_time_s"), per_seed(y, "wall_time_s")])
-    if time.method == "insufficient":
+    beside = max(parts_at_once(r) for r in (*x.runs, *y.runs))
+    if beside > 1:
+        note = f"measured with {beside} study parts training at once, so not a timing"
+    elif time.method == "insufficient":
         note = "too few seeds to tell noise"
     elif time.low > 0 or time.high < 0:
         note = "supported"

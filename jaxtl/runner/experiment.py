@@ -32,6 +32,7 @@ from jaxtl.freeze import path_str
 from jaxtl.runner.cell import run_cell
 from jaxtl.runner.locks import run_lock
 from jaxtl.runner.protocol import check_protocol
+from jaxtl.runner.streams import run_streams
 from jaxtl.runner.sweep import TUNABLE_EXPERIMENTS, Cell, experiment_cells
 from jaxtl.runner.tasks import Tasks, build_tasks, file_source, model_for, with_file_source
 from jaxtl.suggest import did_you_mean
@@ -222,14 +223,15 @@ def run_experiment(
     outputs.RunDir(out_dir)  # validates the output directory before any work
     # A checkpoint source decides each part's model before anything is built or fingerprinted.
     check_fields(config)
+    _positive_int("parallel_parts", config.parallel_parts)
     parts = [with_file_source(part) for part in expand_parts(config)]
-    jobs: list[tuple[ml_collections.ConfigDict, Cell]] = []
+    streams: list[list[tuple[ml_collections.ConfigDict, Cell]]] = []
     for part in parts:
         check_values(part)
         groups = model_for(part, 2).layer_groups
         cells = experiment_cells(part, groups)
         check_part(part, cells, groups)
-        jobs += [(part, cell) for cell in cells]
+        streams.append([(part, cell) for cell in cells])
         interrupts.raise_if_pending()  # one that landed where it could not be raised
     enable_compilation_cache(config.compilation_cache_dir)
     with (
@@ -238,17 +240,21 @@ def run_experiment(
         run_lock(out_dir),
     ):
         bar = outputs.progress(
-            len(jobs),
+            sum(map(len, streams)),
             desc=f"jaxtl {config.experiment}",
             disable=None if show_progress is None else not show_progress,
         )
+
+        def one(job: tuple[ml_collections.ConfigDict, Cell], halt) -> None:
+            part, cell = job
+            if stop():  # arrived while the last cell evaluated or wrote its results
+                raise interrupts.Stopped(stop.signum)
+            bar.set_description_str(f"jaxtl {config.experiment}: {cell.id}", refresh=True)
+            run_cell(part, cell, out_dir, stop_requested=halt, show_progress=show_progress)
+            bar.update(1)
+
         try:
-            for part, cell in jobs:
-                if stop():  # arrived while the last cell evaluated or wrote its results
-                    raise interrupts.Stopped(stop.signum)
-                bar.set_description_str(f"jaxtl {config.experiment}: {cell.id}", refresh=True)
-                run_cell(part, cell, out_dir, stop_requested=stop, show_progress=show_progress)
-                bar.update(1)
+            run_streams(streams, one, config.parallel_parts, stop)
         except Interrupted as e:
             # Which signal stopped training decides the exit status (130 SIGINT, 143 SIGTERM).
             e.signum = stop.signum

@@ -31,6 +31,7 @@ _NOT_RESULT_FIELDS = (
     "compilation_cache_dir",
     "parts",
     "part_overrides",
+    "parallel_parts",
     "strategies",
     "n_per_class",
     "experiment",
