@@ -23,6 +23,7 @@ from jaxtl.runner.protocol import (
     check_protocol,
     grid,
     screen,
+    screen_margin,
     screening,
     search,
     select,
@@ -280,6 +281,31 @@ def test_screen_keeps_the_lowest_pooled_losses_in_grid_order_never_a_diverged_on
     assert screen([[0.5], [0.4]], keep=5) == [0, 1]
 
 
+def test_screen_margin_is_the_cut_between_the_last_kept_and_the_best_dropped_in_se():
+    # Kept 1 and 2 (pooled 0.55 each); the best dropped is 3 (0.65): differences 3 - 2 on the
+    # two seeds are -0.1 and +0.3, mean 0.1, SE 0.2 (sd 0.283 / sqrt 2): 0.5 SE.
+    rows = [[0.9, 0.8], [0.5, 0.6], [0.7, 0.4], [0.6, 0.7]]
+    assert screen_margin(rows, keep=2) == pytest.approx(0.5)
+    # The last kept is the worse of the kept ones: with keep=1 the cut is 2 against 1.
+    assert screen_margin(rows, keep=1) == pytest.approx(0.0)  # the exact tie, broken by order
+    assert screen_margin(rows, keep=4) is None  # nothing screened out
+    assert screen_margin([[0.5, 0.6], [math.inf, 0.2]], keep=1) is None  # dropped one diverged
+    assert screen_margin([[0.5, 0.5], [0.75, 0.75]], keep=1) == math.inf  # both by 0.25
+
+
+def test_search_records_the_screen_cut_margin_only_where_it_screened():
+    # The screening seeds put lr 1e-3 and 3e-3 a hair apart; 3e-4 is far behind.
+    loss = lambda lr, j: {3e-4: 2.0, 1e-3: 1.0 + 0.01 * j, 3e-3: 1.005 + 0.02 * (j == 1)}[
+        min((3e-4, 1e-3, 3e-3), key=lambda x: abs(math.log(x / lr)))
+    ]
+    found, _ = _search(loss, "protocol.screen_keep=1")
+    assert [found.settings[i]["lr"] for i in found.survivors] == pytest.approx([1e-3])
+    # 3e-3 - 1e-3 on seeds 0 and 1: 0.005 and 0.015, mean 0.01, SE 0.005: 2 SE.
+    assert found.screen_margin_se == pytest.approx(2.0)
+    unscreened, _ = _search(loss, "protocol.screen_seeds=0")
+    assert unscreened.screen_margin_se is None
+
+
 # ---- end to end through the runner ------------------------------------------------------------
 
 E2E = (
@@ -379,6 +405,12 @@ def test_other_confirmation_seeds_leave_the_selection_and_each_seeds_result_unch
 def test_results_and_report_carry_the_tuned_protocol(clean):
     selection = clean["selection"]
     assert selection["seeds"] == [1000, 1001] and selection["score"] == "val_loss"
+    # Two selection seeds screen nothing out: every point on both, no cut to report.
+    assert selection["screen"] == {
+        "seeds": [1000, 1001],
+        "kept": [g["setting"] for g in selection["grid"]],
+        "margin_se": None,
+    }
     lrs = [1e-3 * f for f in (0.3, 1.0, 3.0)]
     tried = [g["setting"]["lr"] for g in selection["grid"]]
     assert [g["setting"] for g in selection["grid"]] == [{"lr": lr} for lr in tried]

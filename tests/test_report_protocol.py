@@ -122,6 +122,13 @@ def test_report_lists_chosen_hyperparameters_with_margins_and_plots_sensitivity(
     assert row.format("scratch", "20/class", "lr=0.001 ‡", "0.900", "lr=0.01", "∞") in text
     assert "‡ marks a learning rate on the edge of those tried" in text
     assert "| margin (SE) | selection seeds |" in text
+    # A screened grid also shows the screen's cut, † under 1 SE.
+    screen = {"seeds": [1000, 1001], "kept": [{"lr": 1e-3}, {"lr": 1e-2}], "margin_se": 0.3}
+    other = write_report(write(tmp_path / "cut", tuned_records(0.6, screen=screen))).read_text()
+    cut = row.format("scratch", "5/class", "lr=0.001 ‡", "0.900", "lr=0.01", "0.6 †; cut 0.3 †")
+    assert cut in other
+    assert row.format("full_ft", "5/class", "lr=0.003 ‡", "0.500", "lr=0.001", "2.5") in other
+    assert "*cut*: where the grid was screened" in other
     png = tmp_path / "sensitivity_strategies-a-b-cnn.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png.name})" in text
     assert "**Selection seeds**: 1000, 1001, 1002, 1003, 1004" in text
@@ -223,6 +230,11 @@ def _older_block() -> dict:
         (lambda p: p.update(grid=[]), "'protocol.grid' must be a non-empty list"),
         (lambda p: p["selected"].update(lr=[1]), "'protocol.selected.lr' must be a number"),
         (lambda p: p.update(margin_se=-1.0), "'protocol.margin_se' must be a number >= 0"),
+        (lambda p: p.update(screen=[1000]), "'protocol.screen' must be an object like"),
+        (
+            lambda p: p.update(screen={"margin_se": "wide"}),
+            "'protocol.screen.margin_se' must be a number >= 0",
+        ),
         (lambda p: p.update(selected_score=math.inf), "'protocol.selected_score' must be a"),
         (lambda p: p.update(val_examples=[10, 10]), "'protocol.val_examples' must be a list of 5"),
         (lambda p: p.clear() or p.update(_older_block()), "the protocol block of an older jaxtl"),

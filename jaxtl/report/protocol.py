@@ -169,6 +169,22 @@ def margin_se(cell: Cell) -> float | None:
     return math.inf if value == "inf" else float(value)
 
 
+def screen_margin_se(cell: Cell) -> float | None:
+    """How clearly the screen's cut fell (:func:`jaxtl.runner.protocol.screen_margin`): the best
+    screened-out setting's loss minus the last kept one's on the screening seeds, in standard
+    errors; None where nothing was screened out (or the runner did not record it).
+
+    Example:
+      >>> screen_margin_se(cell)  # doctest: +SKIP
+      0.3
+    """
+    block = selection_block(cell)
+    value = None if block is None else (block.get("screen") or {}).get("margin_se")
+    if value is None:
+        return None
+    return math.inf if value == "inf" else float(value)
+
+
 def validation_examples(cell: Cell) -> str:
     """Validation examples per selection seed behind a tuned cell's choice ("5", "3–4"; "–")."""
     block = selection_block(cell)

@@ -157,6 +157,18 @@ def _check_selection_record(protocol: dict, source: str, seeds: int) -> None:
             f"{source}: key 'protocol.margin_se' must be a number >= 0, \"inf\" or null, "
             f"got {margin!r}"
         )
+    screen = protocol.get("screen")
+    if screen is not None and not isinstance(screen, dict):
+        raise ResultsError(
+            f"{source}: key 'protocol.screen' must be an object like {{\"seeds\": [1000, "
+            f'1001], "kept": [...], "margin_se": 0.4}} or null, got {screen!r}'
+        )
+    cut = (screen or {}).get("margin_se")
+    if not (cut is None or cut == "inf" or (_is_number(cut) and cut >= 0)):
+        raise ResultsError(
+            f"{source}: key 'protocol.screen.margin_se' must be a number >= 0, \"inf\" or "
+            f"null, got {cut!r}"
+        )
     examples = protocol.get("val_examples")
     if examples is not None and not (
         isinstance(examples, list)
@@ -199,6 +211,8 @@ def validate_protocol(protocol: object, source: str) -> dict:
       {"name": "tuned", "score": "val_loss", "selection_seeds": [int, ...],
        "selected": {knob: value}, "selected_score": float | null,
        "runner_up": {knob: value} | null, "margin_se": float | "inf" | null,
+       "screen": {"seeds": [int, ...], "kept": [{knob: value}, ...],
+                  "margin_se": float | "inf" | null} (optional),
        "selection": str, "val_examples": [int per selection seed],
        "grid": [{"setting": {knob: value}, "val_loss": [float | null per selection seed],
                  "val_acc": [...], "test_acc": [...]}, ...]}

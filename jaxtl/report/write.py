@@ -49,6 +49,7 @@ from jaxtl.report.protocol import (
     lr_on_edge,
     margin_se,
     protocol_name,
+    screen_margin_se,
     selection_block,
     selection_rules,
     selection_score,
@@ -59,14 +60,19 @@ from jaxtl.report.rows import CSV_FILE, write_rows
 from jaxtl.report.tables import markdown_table, pivot, pivot_table, stats_table
 
 
-def _margin_label(cell: Cell) -> str:
-    """The runner-up's margin in standard errors, † when under 1 (within selection noise)."""
-    margin = margin_se(cell)
-    if margin is None:
-        return "–"
+def _se_label(margin: float) -> str:
+    """A margin in standard errors, † when under 1 (within selection noise)."""
     if math.isinf(margin):
         return "∞"
     return f"{margin:.1f}" + (" †" if margin < 1.0 else "")
+
+
+def _margin_label(cell: Cell) -> str:
+    """The runner-up's margin in standard errors and, where the grid was screened, the
+    screen's cut ("2.9; cut 0.0 †"): a near-tie there decided what the final choice saw."""
+    margin, cut = margin_se(cell), screen_margin_se(cell)
+    label = "–" if margin is None else _se_label(margin)
+    return label if cut is None else f"{label}; cut {_se_label(cut)}"
 
 
 def _hyperparameter_row(problem: tuple, label: str, cell: Cell) -> list[str]:
@@ -127,7 +133,9 @@ def hyperparameters_section(cells: list[Cell], out: Path) -> str:
         "(SE)*: the runner-up's pooled loss minus the selected one's, in standard errors of "
         "their per-selection-seed differences; † marks a margin under 1 SE, where the "
         "runner-up is within the selection's noise and another draw of selection seeds could "
-        "choose it. ‡ marks a learning rate on the edge of those tried, where the optimum may "
+        "choose it. *cut*: where the grid was screened, the same margin at the screen's cut "
+        "(the best setting screened out against the last one kept, on the screening seeds); "
+        "under 1 SE, which settings the other seeds trained was itself a near-tie. ‡ marks a learning rate on the edge of those tried, where the optimum may "
         "lie beyond it: the grid grows past its top edge as far as `protocol.lr_extend` allows, "
         "and by default not below its bottom one (there, validation cross-entropy on a few "
         "examples per class favours the least-trained model).",

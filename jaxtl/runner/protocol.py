@@ -260,6 +260,34 @@ def screen(val_loss: Sequence[Sequence[float]], keep: int) -> list[int]:
     return sorted(order[:keep])
 
 
+def screen_margin(val_loss: Sequence[Sequence[float]], keep: int) -> float | None:
+    """How clearly the screen's cut fell: the best screened-out setting's pooled loss minus the
+    last kept one's, in standard errors of their per-seed differences (:func:`select`'s margin
+    between the two). A cut within about one SE is a coin flip that decides which settings the
+    other seeds ever see, which the final choice's own margin cannot show.
+
+    Args:
+      val_loss: per setting, the validation loss of each screening seed.
+      keep: how many settings the screen keeps (:func:`screen`).
+
+    Returns:
+      The margin in SE (inf when every seed agrees exactly); None when nothing was screened
+      out, the best screened-out setting diverged, or there are fewer than two seeds.
+
+    Example:
+      >>> screen_margin([[0.9, 0.8], [0.5, 0.6], [0.7, 0.4], [0.6, 0.7]], keep=2)
+      0.5
+    """
+    kept = screen(val_loss, keep)
+    dropped = [i for i in range(len(val_loss)) if i not in kept]
+    if not dropped:
+        return None
+    pooled = lambda i: (float(np.mean(val_loss[i])), i)
+    last_kept, first_dropped = max(kept, key=pooled), min(dropped, key=pooled)
+    # The kept one goes first, so an exact tie (which screen broke by grid order) reads as 0.
+    return select([{}, {}], [val_loss[last_kept], val_loss[first_dropped]]).margin_se
+
+
 class Search(NamedTuple):
     """The outcome of :func:`search`.
 
@@ -273,6 +301,8 @@ class Search(NamedTuple):
       chosen: :func:`select` over the candidates (its ``index`` and ``runner_up`` index
         ``candidates``).
       losses: ``{(setting, seed position): validation loss}`` of every run (inf: diverged).
+      screen_margin_se: :func:`screen_margin` at the screen's cut, None where nothing was
+        screened out.
     """
 
     settings: list[dict[str, Any]]
@@ -281,6 +311,7 @@ class Search(NamedTuple):
     candidates: list[int]
     chosen: Selection
     losses: dict[tuple[int, int], float]
+    screen_margin_se: float | None = None
 
 
 def search(
@@ -301,10 +332,9 @@ def search(
     Args:
       config: the experiment config (``train_b.lr`` and ``protocol``).
       strategy: the cell's strategy.
-      knobs: the strategy's tuned knobs.
-      seeds: the selection seeds.
-      score: trains ``(setting index, seed position)`` pairs and returns each one's validation
-        loss (inf for a diverged run); ``settings`` is the list those indices refer to.
+      knobs, seeds: the strategy's tuned knobs; the selection seeds.
+      score: trains ``(setting index, seed position)`` pairs of ``settings`` (its first
+        argument) and returns each one's validation loss (inf for a diverged run).
 
     Example:
       >>> found = search(config, "full_ft", (), [1000, 1001], score)  # doctest: +SKIP
@@ -332,9 +362,10 @@ def search(
     # A boundary optimum means the strategy is not yet tuned: grow before anything is kept.
     while grow(screen([loss(i, screened) for i in range(len(settings))], 1)[0], screened):
         pass
-    candidates = list(range(len(settings)))
+    candidates, cut = list(range(len(settings))), None
     if len(screened) < len(seeds):
-        candidates = screen([loss(i, screened) for i in candidates], keep)
+        rows = [loss(i, screened) for i in candidates]
+        candidates, cut = screen(rows, keep), screen_margin(rows, keep)
         run([(i, j) for i in candidates for j in range(len(screened), len(seeds))])
     survivors = list(candidates)
     every = range(len(seeds))
@@ -344,7 +375,7 @@ def search(
     while added := grow(candidates[chosen.index], every):
         candidates += added
         chosen = choose()
-    return Search(settings, list(screened), survivors, candidates, chosen, losses)
+    return Search(settings, list(screened), survivors, candidates, chosen, losses, cut)
 
 
 def describe(

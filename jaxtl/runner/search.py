@@ -42,7 +42,8 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
     accuracy and grid-model test accuracy, one value per selection seed), ``selected``,
     ``selected_score``, ``runner_up``, ``margin_se``, ``selection`` (the rule in words),
     ``val_examples`` (per seed), ``screen`` (the seeds that scored every grid point and the
-    settings kept for the others; a screened-out setting's values on those others are null).
+    settings kept for the others, with the cut's margin in SE, ``margin_se``; a screened-out
+    setting's values on those others are null).
     """
     config, key, cell_dir = run.config, run.key, run.cell_dir
     path = cell_dir / "selection.json"
@@ -98,7 +99,9 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
     selected = settings[found.candidates[chosen.index]]
     lrs = [float(setting["lr"]) for setting in settings]
     edge = [side for side, lr in (("low", min(lrs)), ("high", max(lrs))) if lr == selected["lr"]]
-    screened = [seeds[j] for j in found.screened]
+    screened, cut = [seeds[j] for j in found.screened], found.screen_margin_se
+    screen = {"seeds": screened, "kept": [settings[i] for i in found.survivors]}
+    screen["margin_se"] = None if cut is None else _json_number(cut)  # a near-tie at the cut?
     record = {
         "fingerprint": key,
         "seeds": seeds,
@@ -112,7 +115,7 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
             }
             for i, setting in enumerate(settings)
         ],
-        "screen": {"seeds": screened, "kept": [settings[i] for i in found.survivors]},
+        "screen": screen,
         "selected": selected,
         # The selected learning rate still on an edge of those tried (lr_extend ran out, or
         # does not grow that way): the optimum may lie beyond it.
