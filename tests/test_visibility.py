@@ -3,6 +3,7 @@ naming the cell it is on, a bar and a metrics.jsonl for source training, ratios 
 the digits they need.
 """
 
+import functools
 import io
 import json
 import math
@@ -14,6 +15,7 @@ import pytest
 
 from jaxtl import runner
 from jaxtl.report.answer import ratio_phrase
+from jaxtl.train import outputs
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +25,9 @@ def two_cell_run(tmp_path_factory, tiny_config):
     capture = pytest.MonkeyPatch()
     stderr = io.StringIO()
     capture.setattr(sys, "stderr", stderr)
+    # Every update drawn: tqdm's 0.1 s refresh limit would let a fast machine finish a cell
+    # between two refreshes and never draw its rate and time left.
+    capture.setattr(outputs, "tqdm", functools.partial(outputs.tqdm, mininterval=0))
     try:
         runner.run_experiment(
             tiny_config("protocol.name=fixed", "n_per_class=[5, 6]"), out, show_progress=True
