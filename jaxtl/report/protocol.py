@@ -163,10 +163,7 @@ def margin_se(cell: Cell) -> float | None:
       2.7
     """
     block = selection_block(cell)
-    value = None if block is None else block.get("margin_se")
-    if value is None:
-        return None
-    return math.inf if value == "inf" else float(value)
+    return _se(None if block is None else block.get("margin_se"))
 
 
 def screen_margin_se(cell: Cell) -> float | None:
@@ -179,7 +176,11 @@ def screen_margin_se(cell: Cell) -> float | None:
       0.3
     """
     block = selection_block(cell)
-    value = None if block is None else (block.get("screen") or {}).get("margin_se")
+    return _se(None if block is None else (block.get("screen") or {}).get("margin_se"))
+
+
+def _se(value: float | str | None) -> float | None:
+    """A recorded margin in SE as a float ("inf" as math.inf; None stays None)."""
     if value is None:
         return None
     return math.inf if value == "inf" else float(value)

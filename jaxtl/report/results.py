@@ -141,6 +141,14 @@ def _check_selection_seeds(protocol: dict, source: str) -> int:
     return len(seeds)
 
 
+def _check_margin(margin: object, source: str, field: str) -> None:
+    """A margin in standard errors: a number >= 0, "inf" (every seed agreed) or null."""
+    if not (margin is None or margin == "inf" or (_is_number(margin) and margin >= 0)):
+        raise ResultsError(
+            f"{source}: key '{field}' must be a number >= 0, \"inf\" or null, got {margin!r}"
+        )
+
+
 def _check_selection_record(protocol: dict, source: str, seeds: int) -> None:
     """The optional summary of the choice: its score, runner-up, margin, validation sizes."""
     if not isinstance(protocol.get("score", "val_loss"), str):
@@ -151,24 +159,14 @@ def _check_selection_record(protocol: dict, source: str, seeds: int) -> None:
     _check_number(protocol.get("selected_score"), source, "protocol.selected_score", True)
     if protocol.get("runner_up") is not None:
         _check_setting(protocol["runner_up"], source, "protocol.runner_up")
-    margin = protocol.get("margin_se")
-    if not (margin is None or margin == "inf" or (_is_number(margin) and margin >= 0)):
-        raise ResultsError(
-            f"{source}: key 'protocol.margin_se' must be a number >= 0, \"inf\" or null, "
-            f"got {margin!r}"
-        )
+    _check_margin(protocol.get("margin_se"), source, "protocol.margin_se")
     screen = protocol.get("screen")
     if screen is not None and not isinstance(screen, dict):
         raise ResultsError(
             f"{source}: key 'protocol.screen' must be an object like {{\"seeds\": [1000, "
             f'1001], "kept": [...], "margin_se": 0.4}} or null, got {screen!r}'
         )
-    cut = (screen or {}).get("margin_se")
-    if not (cut is None or cut == "inf" or (_is_number(cut) and cut >= 0)):
-        raise ResultsError(
-            f"{source}: key 'protocol.screen.margin_se' must be a number >= 0, \"inf\" or "
-            f"null, got {cut!r}"
-        )
+    _check_margin((screen or {}).get("margin_se"), source, "protocol.screen.margin_se")
     examples = protocol.get("val_examples")
     if examples is not None and not (
         isinstance(examples, list)

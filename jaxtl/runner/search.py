@@ -101,7 +101,7 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
     edge = [side for side, lr in (("low", min(lrs)), ("high", max(lrs))) if lr == selected["lr"]]
     screened, cut = [seeds[j] for j in found.screened], found.screen_margin_se
     screen = {"seeds": screened, "kept": [settings[i] for i in found.survivors]}
-    screen["margin_se"] = None if cut is None else _json_number(cut)  # a near-tie at the cut?
+    screen["margin_se"] = None if cut is None else _json_number(cut)
     record = {
         "fingerprint": key,
         "seeds": seeds,
