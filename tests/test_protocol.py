@@ -164,6 +164,47 @@ def test_select_reports_the_margin_over_the_runner_up_in_standard_errors():
     assert select(settings[:1], [[0.5, 0.5]]).runner_up is None
 
 
+def test_one_se_rule_takes_the_smallest_learning_rate_within_one_se_of_the_lowest_loss():
+    settings = [{"lr": 1e-3}, {"lr": 3e-3}, {"lr": 1e-2}]
+    # lr 3e-3 is lowest; 1e-3 trails by 0.01 with per-seed differences +0.03, -0.01 (SE 0.02:
+    # 0.5 SE), 1e-2 by 0.5 SE too: the band is all three and the smallest lr wins.
+    rows = [[0.53, 0.59], [0.50, 0.60], [0.53, 0.59]]
+    chosen = select(settings, rows, rule="one_se")
+    assert (chosen.index, chosen.best) == (0, 1)
+    assert chosen.score == pytest.approx(0.56)
+    # The runner-up is the lowest loss, ahead of the pick: a negative margin, above -1 SE.
+    assert chosen.runner_up == 1 and chosen.margin == pytest.approx(-0.01)
+    assert chosen.margin_se == pytest.approx(-0.5)
+    assert select(settings, rows).index == 1 == select(settings, rows).best  # "lowest"
+    # 0.67 SE behind (per-seed differences +0.05, -0.01: mean 0.02, SE 0.03) is in the band,
+    # 1.5 SE behind (+0.05, +0.01: mean 0.03, SE 0.02) is not.
+    assert select(settings, [[0.55, 0.59], [0.50, 0.60], [0.9, 0.9]], "one_se").index == 0
+    assert select(settings, [[0.55, 0.61], [0.50, 0.60], [0.9, 0.9]], "one_se").index == 1
+    # Listed in any order, the learning rate decides, not the grid position; ties in lr go to
+    # the lower loss; a diverged setting is never in the band; one seed has no SE: lowest.
+    flipped = select(settings[::-1], rows[::-1], "one_se")
+    assert settings[::-1][flipped.index] == {"lr": 1e-3}
+    same_lr = [{"lr": 1e-3, "k": 1}, {"lr": 1e-3, "k": 2}, {"lr": 3e-3, "k": 1}]
+    assert select(same_lr, [[0.55, 0.59], [0.53, 0.59], [0.5, 0.6]], "one_se").index == 1
+    assert select(settings, [[0.5, math.nan], [0.50, 0.60], [0.9, 0.9]], "one_se").index == 1
+    assert select(settings, [[0.51], [0.50], [0.9]], "one_se").index == 1
+    with pytest.raises(ValueError, match="unknown selection rule 'median'; choices: one_se"):
+        select(settings, rows, rule="median")
+
+
+def test_the_lowest_loss_not_the_one_se_pick_decides_where_the_grid_grows():
+    # 1e-3 is lowest, inside the grid; 3e-4 (the bottom edge) is within noise of it, so the
+    # rule picks it, and the grid must not grow below it: the loss minimum is inside.
+    noise = [0.04, -0.04, 0.02, -0.02, 0.0]
+    loss = lambda lr, j: {3e-4: 1.01 + noise[j], 1e-3: 1.0}.get(round(lr, 6), 2.0)
+    found, _ = _search(
+        loss, "protocol.select=one_se", "protocol.screen_seeds=0", "protocol.lr_extend.low=[0.1]"
+    )
+    assert [s["lr"] for s in found.settings] == pytest.approx([3e-4, 1e-3, 3e-3])
+    assert found.settings[found.candidates[found.chosen.best]]["lr"] == pytest.approx(1e-3)
+    assert found.settings[found.candidates[found.chosen.index]]["lr"] == pytest.approx(3e-4)
+
+
 def test_the_grid_grows_past_the_edge_the_best_learning_rate_sits_on():
     assert base_config().protocol.lr_extend.to_dict() == {"low": [], "high": [10.0, 30.0]}
     assert beyond_edge(base_config(), [3e-4, 1e-3, 3e-3], best=3e-4) is None  # not downward
@@ -342,6 +383,25 @@ def clean(tiny_config, tmp_path_factory):
     return run(tiny_config(*E2E), tmp_path_factory.mktemp("clean"))
 
 
+def test_the_one_se_rule_is_what_a_run_records_and_reports(clean, tiny_config, tmp_path):
+    one_se = run(tiny_config(*E2E, "protocol.select=one_se"), tmp_path)["selection"]
+    assert [g["val_loss"] for g in one_se["grid"]] == [
+        g["val_loss"] for g in clean["selection"]["grid"]
+    ]
+    # Worked out here from the recorded losses: the smallest lr within 1 SE of the lowest.
+    rows = [np.asarray(g["val_loss"], np.float64) for g in one_se["grid"]]
+    low = min(range(len(rows)), key=lambda i: (rows[i].mean(), i))
+    d = [rows[i] - rows[low] for i in range(len(rows))]
+    band = [i for i in range(len(rows)) if d[i].mean() <= d[i].std(ddof=1) / np.sqrt(len(d[i]))]
+    pick = min(band, key=lambda i: (one_se["grid"][i]["setting"]["lr"], rows[i].mean()))
+    assert one_se["selected"] == one_se["grid"][pick]["setting"]
+    assert one_se["selected_score"] == pytest.approx(rows[pick].mean())
+    assert one_se["margin_se"] is None or one_se["margin_se"] == "inf" or one_se["margin_se"] >= -1
+    assert one_se["selection"].startswith(
+        "smallest learning rate within one standard error of the lowest validation cross-entropy"
+    )
+
+
 def _poisoned(build_tasks, few_shot, confirmation):
     """``build_tasks`` whose B has every test label moved to the next class, and ``few_shot``
     whose subsets of the ``confirmation`` seeds have every training label moved too."""
@@ -419,12 +479,13 @@ def test_results_and_report_carry_the_tuned_protocol(clean):
         best = tried[int(np.argmin([np.mean(g["val_loss"]) for g in selection["grid"][:n]]))]
         assert best == max(tried[:n]) and tried[n] == pytest.approx(1e-3 * (10.0, 30.0)[n - 3])
     pooled = [float(np.mean(g["val_loss"])) for g in selection["grid"]]
-    assert selection["selected"] == selection["grid"][int(np.argmin(pooled))]["setting"]
+    pick = int(np.argmin(pooled))
+    assert selection["selected"] == selection["grid"][pick]["setting"]
     lr = selection["selected"]["lr"]
     edge = "low" if lr == min(tried) else "high" if lr == max(tried) else None
     assert selection["lr_at_edge"] == edge
     assert edge != "high" or len(tried) == 5  # the top edge only once lr_extend ran out
-    assert selection["selected_score"] == pytest.approx(min(pooled))
+    assert selection["selected_score"] == pytest.approx(pooled[pick])
     rule = (
         "lowest validation cross-entropy pooled over selection seeds 1000,1001 (80/20 split of"
         " B's training examples, per class; never the reported seeds or the test set)"
@@ -545,6 +606,7 @@ def test_a_search_stopped_in_its_second_rung_resumes_to_the_same_choice(
     [
         ("protocol.screen_seeds=-1", "protocol.screen_seeds=-1 must be an int >= 0, e.g. 2"),
         ("protocol.screen_keep=0", "protocol.screen_keep=0 must be an int >= 1, e.g. 2"),
+        ("protocol.select=median", "unknown protocol.select 'median'; choices: one_se, lowest"),
         (
             "protocol.lr_extend.high=[10,0]",
             (

@@ -229,7 +229,7 @@ def _older_block() -> dict:
         (lambda p: p["grid"][0].pop("val_loss"), "missing key 'protocol.grid[0].val_loss'"),
         (lambda p: p.update(grid=[]), "'protocol.grid' must be a non-empty list"),
         (lambda p: p["selected"].update(lr=[1]), "'protocol.selected.lr' must be a number"),
-        (lambda p: p.update(margin_se=-1.0), "'protocol.margin_se' must be a number >= 0"),
+        (lambda p: p.update(margin_se=-1.5), "'protocol.margin_se' must be a number >= -1"),
         (lambda p: p.update(screen=[1000]), "'protocol.screen' must be an object like"),
         (
             lambda p: p.update(screen={"margin_se": "wide"}),

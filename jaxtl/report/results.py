@@ -141,11 +141,14 @@ def _check_selection_seeds(protocol: dict, source: str) -> int:
     return len(seeds)
 
 
-def _check_margin(margin: object, source: str, field: str) -> None:
-    """A margin in standard errors: a number >= 0, "inf" (every seed agreed) or null."""
-    if not (margin is None or margin == "inf" or (_is_number(margin) and margin >= 0)):
+def _check_margin(margin: object, source: str, field: str, least: float = 0.0) -> None:
+    """A margin in standard errors: a number >= ``least``, "inf" (every seed agreed) or null.
+    The selection's own margin may be down to -1: the one-SE rule picks a smaller learning
+    rate up to one SE behind the lowest loss."""
+    if not (margin is None or margin == "inf" or (_is_number(margin) and margin >= least)):
         raise ResultsError(
-            f"{source}: key '{field}' must be a number >= 0, \"inf\" or null, got {margin!r}"
+            f"{source}: key '{field}' must be a number >= {least:g}, \"inf\" or null,"
+            f" got {margin!r}"
         )
 
 
@@ -159,7 +162,7 @@ def _check_selection_record(protocol: dict, source: str, seeds: int) -> None:
     _check_number(protocol.get("selected_score"), source, "protocol.selected_score", True)
     if protocol.get("runner_up") is not None:
         _check_setting(protocol["runner_up"], source, "protocol.runner_up")
-    _check_margin(protocol.get("margin_se"), source, "protocol.margin_se")
+    _check_margin(protocol.get("margin_se"), source, "protocol.margin_se", least=-1.0)
     screen = protocol.get("screen")
     if screen is not None and not isinstance(screen, dict):
         raise ResultsError(

@@ -123,6 +123,12 @@ def hyperparameters_section(cells: list[Cell], out: Path) -> str:
     tuned = [c for c in cells if protocol_name(c) != "fixed"]
     if not tuned:
         return ""
+    one_se = (
+        "; a negative margin is the one-SE rule's pick (`protocol.select=one_se`): a smaller"
+        " learning rate than the lowest loss's, behind it by less than 1 SE"
+        if any((margin_se(c) or 0.0) < 0 for c in tuned)
+        else ""
+    )
     lines = [
         "## Hyperparameters",
         "",
@@ -133,9 +139,9 @@ def hyperparameters_section(cells: list[Cell], out: Path) -> str:
         "(SE)*: the runner-up's pooled loss minus the selected one's, in standard errors of "
         "their per-selection-seed differences; † marks a margin under 1 SE, where the "
         "runner-up is within the selection's noise and another draw of selection seeds could "
-        "choose it. *cut*: where the grid was screened, the same margin at the screen's cut "
-        "(the best setting screened out against the last one kept, on the screening seeds); "
-        "under 1 SE, which settings the other seeds trained was itself a near-tie. ‡ marks a "
+        "choose it" + one_se + ". *cut*: where the grid was screened, the same margin at the "
+        "screen's cut (the best setting screened out against the last one kept, on the "
+        "screening seeds); under 1 SE, which settings the other seeds trained was itself a near-tie. ‡ marks a "
         "learning rate on the edge of those tried, where the optimum may lie beyond it: the "
         "grid grows past its top edge as far as `protocol.lr_extend` allows, and by default "
         "not below its bottom one (there, validation cross-entropy on a few examples per class "

@@ -62,6 +62,10 @@ def check_protocol(config: ml_collections.ConfigDict) -> None:
             f"seeds {shared} are both reported and used for selection; the confirmation seeds"
             " (seeds) must be disjoint from protocol.selection_seeds"
         )
+    if p.select not in SELECTION_RULES:
+        raise ConfigError(
+            f"unknown protocol.select {p.select!r}; choices: {', '.join(SELECTION_RULES)}"
+        )
     if not 0.0 < p.val_fraction < 1.0:
         raise ConfigError(f"protocol.val_fraction={p.val_fraction} must be in (0, 1), e.g. 0.2")
     factors = list(p.lr_factors)
@@ -178,13 +182,18 @@ class Selection(NamedTuple):
     """The outcome of :func:`select`.
 
     Attributes:
-      index: the selected setting (lowest pooled validation loss).
+      index: the selected setting.
       score: its pooled validation loss (mean cross-entropy over every validation example of
         every selection seed).
-      runner_up: the next best setting, or None for a one-setting grid.
-      margin: runner-up's pooled loss minus the selected one's (>= 0), or None.
+      runner_up: the setting with the lowest loss other than the selected one, or None for a
+        one-setting grid.
+      margin: runner-up's pooled loss minus the selected one's, or None. Under the "lowest"
+        rule it is >= 0; under "one_se" it is negative where the selected setting is the
+        smaller learning rate within one standard error of a lower loss.
       margin_se: that margin in standard errors of the per-seed differences (paired by
-        selection seed), or None with fewer than two seeds; inf when every seed agrees exactly.
+        selection seed), or None with fewer than two seeds; +-inf when every seed agrees
+        exactly.
+      best: the setting with the lowest pooled loss (``index`` under the "lowest" rule).
     """
 
     index: int
@@ -192,41 +201,74 @@ class Selection(NamedTuple):
     runner_up: int | None
     margin: float | None
     margin_se: float | None
+    best: int = 0
 
 
-def select(settings: Sequence[Mapping[str, Any]], val_loss: Sequence[Sequence[float]]) -> Selection:
-    """The setting with the lowest validation loss pooled over the selection seeds.
+SELECTION_RULES = ("one_se", "lowest")
+
+
+def _paired_se(d: np.ndarray) -> float | None:
+    """A mean per-seed difference in its standard errors (None under two seeds; a difference
+    every seed shows exactly is 0 when it is 0, else +-inf)."""
+    margin = float(np.mean(d))
+    if len(d) < 2:
+        return None
+    se = float(np.std(d, ddof=1)) / math.sqrt(len(d))
+    return (0.0 if margin == 0 else math.copysign(math.inf, margin)) if se == 0 else margin / se
+
+
+def select(
+    settings: Sequence[Mapping[str, Any]],
+    val_loss: Sequence[Sequence[float]],
+    rule: str = "lowest",
+) -> Selection:
+    """The setting chosen by validation loss pooled over the selection seeds.
 
     Validation cross-entropy is a continuous, proper score: unlike accuracy on a handful of
     validation examples it rarely ties and does not flip with one prediction. A diverged grid
     point (NaN or inf) never wins; exact ties go to the earlier setting in grid order.
 
+    Rules:
+      "lowest": the setting with the lowest pooled loss.
+      "one_se": the one-standard-error rule (Breiman et al. 1984; Hastie, Tibshirani and
+        Friedman, *Elements of Statistical Learning*, 7.10): of the settings whose loss is
+        within one standard error of the lowest (paired by selection seed), the smallest
+        learning rate, the one that moves the weights least from where they start; ties in
+        learning rate go to the lower loss. Near the optimum a learning rate's validation loss
+        is flat to within its noise, so the plain argmin among near-ties is decided by noise
+        (another CPU's rounding moved it between 1e-3 and 3e-3 for the same seeds, and the
+        tested model with it); the rule decides those ties the same way every time.
+
     Args:
-      settings: the grid.
+      settings: the grid (each with an "lr" under "one_se").
       val_loss: per setting, the mean validation cross-entropy of each selection seed (every
         seed's validation split has the same size, so the pooled loss is their mean).
+      rule: one of :data:`SELECTION_RULES`.
 
     Example:
       >>> select([{"lr": 1}, {"lr": 2}], [[0.9, 0.7], [0.6, 0.5]]).index
       1
+      >>> select([{"lr": 1}, {"lr": 2}], [[0.53, 0.59], [0.5, 0.6]], rule="one_se").index
+      0
     """
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; choices: {', '.join(SELECTION_RULES)}")
     if len(val_loss) != len(settings):
         raise ValueError(f"{len(val_loss)} loss rows for {len(settings)} settings")
     rows = [np.asarray(r, np.float64) for r in val_loss]
     pooled = [float(np.mean(r)) if np.all(np.isfinite(r)) else math.inf for r in rows]
     order = sorted(range(len(pooled)), key=lambda i: (pooled[i], i))
-    best = order[0]
-    if len(order) < 2 or not math.isfinite(pooled[order[1]]):
-        return Selection(best, pooled[best], None, None, None)
-    second = order[1]
-    d = rows[second] - rows[best]
-    margin = float(np.mean(d))
-    margin_se = None
-    if len(d) >= 2:
-        se = float(np.std(d, ddof=1)) / math.sqrt(len(d))
-        # Every seed agreeing exactly: a tie (0) or an unanimous margin (inf).
-        margin_se = (0.0 if margin == 0 else math.inf) if se == 0 else margin / se
-    return Selection(best, pooled[best], second, margin, margin_se)
+    best = pick = order[0]
+    if rule == "one_se" and math.isfinite(pooled[best]):
+        near = lambda i: (se := _paired_se(rows[i] - rows[best])) is not None and se <= 1.0
+        within = [i for i in order if math.isfinite(pooled[i]) and (i == best or near(i))]
+        pick = min(within, key=lambda i: (float(settings[i]["lr"]), pooled[i], i))
+    others = [i for i in order if i != pick and math.isfinite(pooled[i])]
+    if not others:
+        return Selection(pick, pooled[pick], None, None, None, best)
+    second = others[0]
+    d = rows[second] - rows[pick]
+    return Selection(pick, pooled[pick], second, float(np.mean(d)), _paired_se(d), best)
 
 
 def screening(seeds: Sequence[int], settings: int, screen_seeds: int, keep: int) -> list[int]:
@@ -369,21 +411,33 @@ def search(
         run([(i, j) for i in candidates for j in range(len(screened), len(seeds))])
     survivors = list(candidates)
     every = range(len(seeds))
-    choose = lambda: select([settings[i] for i in candidates], [loss(i, every) for i in candidates])
+    rule = config.protocol.select
+    choose = lambda: select(
+        [settings[i] for i in candidates], [loss(i, every) for i in candidates], rule
+    )
     chosen = choose()
-    # The choice on every seed may land on an edge the screening seeds did not favour.
-    while added := grow(candidates[chosen.index], every):
+    # The lowest loss on every seed may land on an edge the screening seeds did not favour.
+    while added := grow(candidates[chosen.best], every):
         candidates += added
         chosen = choose()
     return Search(settings, list(screened), survivors, candidates, chosen, losses, cut)
 
 
 def describe(
-    seeds: Sequence[int], fraction: float, screened: Sequence[int] = (), keep: int = 0
+    seeds: Sequence[int],
+    fraction: float,
+    screened: Sequence[int] = (),
+    keep: int = 0,
+    select_rule: str = "lowest",
 ) -> str:
     """The selection rule, as the report states it."""
+    which = {
+        "lowest": "lowest validation cross-entropy",
+        "one_se": "smallest learning rate within one standard error of the lowest validation"
+        " cross-entropy",
+    }[select_rule]
     rule = (
-        f"lowest validation cross-entropy pooled over selection seeds {','.join(map(str, seeds))}"
+        f"{which} pooled over selection seeds {','.join(map(str, seeds))}"
         f" ({round((1 - fraction) * 100)}/{round(fraction * 100)} split of B's training"
         " examples, per class; never the reported seeds or the test set)"
     )

@@ -126,7 +126,9 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
         ),
         "margin": chosen.margin,
         "margin_se": None if chosen.margin_se is None else _json_number(chosen.margin_se),
-        "selection": protocol_lib.describe(seeds, fraction, screened, config.protocol.screen_keep),
+        "selection": protocol_lib.describe(
+            seeds, fraction, screened, config.protocol.screen_keep, config.protocol.select
+        ),
         "val_examples": [len(splits[s][1].y_train) for s in seeds],
     }
     outputs.atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
