@@ -129,6 +129,12 @@ def test_report_lists_chosen_hyperparameters_with_margins_and_plots_sensitivity(
     assert cut in other
     assert row.format("full_ft", "5/class", "lr=0.003 ‡", "0.500", "lr=0.001", "2.5") in other
     assert "*cut*: where the grid was screened" in other
+    assert "negative margin" not in text + other  # no one-SE pick, nothing to explain
+    # The one-SE rule's pick trails the lowest loss by under 1 SE: a negative margin, explained.
+    one_se = tuned_records(0.6, margin_se=-0.4)
+    picked = write_report(write(tmp_path / "one_se", one_se)).read_text()
+    assert row.format("scratch", "5/class", "lr=0.001 ‡", "0.900", "lr=0.01", "-0.4 †") in picked
+    assert "a negative margin is the one-SE rule's pick (`protocol.select=one_se`)" in picked
     png = tmp_path / "sensitivity_strategies-a-b-cnn.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png.name})" in text
     assert "**Selection seeds**: 1000, 1001, 1002, 1003, 1004" in text

@@ -424,18 +424,15 @@ def search(
 
 
 def describe(
-    seeds: Sequence[int],
-    fraction: float,
-    screened: Sequence[int] = (),
-    keep: int = 0,
-    select_rule: str = "lowest",
+    seeds: Sequence[int], screened: Sequence[int], protocol: ml_collections.ConfigDict
 ) -> str:
-    """The selection rule, as the report states it."""
+    """The selection rule, as the report states it (``protocol``: the config's)."""
     which = {
         "lowest": "lowest validation cross-entropy",
         "one_se": "smallest learning rate within one standard error of the lowest validation"
         " cross-entropy",
-    }[select_rule]
+    }[protocol.select]
+    fraction, keep = protocol.val_fraction, protocol.screen_keep
     rule = (
         f"{which} pooled over selection seeds {','.join(map(str, seeds))}"
         f" ({round((1 - fraction) * 100)}/{round(fraction * 100)} split of B's training"

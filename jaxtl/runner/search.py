@@ -100,8 +100,8 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
     lrs = [float(setting["lr"]) for setting in settings]
     edge = [side for side, lr in (("low", min(lrs)), ("high", max(lrs))) if lr == selected["lr"]]
     screened, cut = [seeds[j] for j in found.screened], found.screen_margin_se
-    screen = {"seeds": screened, "kept": [settings[i] for i in found.survivors]}
-    screen["margin_se"] = None if cut is None else _json_number(cut)
+    cut = None if cut is None else _json_number(cut)
+    screen = {"seeds": screened, "kept": [settings[i] for i in found.survivors], "margin_se": cut}
     record = {
         "fingerprint": key,
         "seeds": seeds,
@@ -126,9 +126,7 @@ def choose_hyperparameters(run: CellRun) -> dict[str, Any]:
         ),
         "margin": chosen.margin,
         "margin_se": None if chosen.margin_se is None else _json_number(chosen.margin_se),
-        "selection": protocol_lib.describe(
-            seeds, fraction, screened, config.protocol.screen_keep, config.protocol.select
-        ),
+        "selection": protocol_lib.describe(seeds, screened, config.protocol),
         "val_examples": [len(splits[s][1].y_train) for s in seeds],
     }
     outputs.atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
