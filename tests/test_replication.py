@@ -73,12 +73,18 @@ def test_claims_are_matched_and_the_moved_ones_come_first(runs):
 
 def test_agreement_counts_claims_supported_in_either_run(runs):
     comparison = compare_studies(*runs)
-    # Supported in either run: Q2 at 5/class (both), Q2 at 20/class (A), Q1 and Q3 at 5/class
-    # (opposite signs), Q2 at all (B only): one of five agrees.
-    assert comparison.agreement == pytest.approx(1 / 5)
+    # Supported in either run: Q2 at 5/class (both), Q2 at 20/class (A), Q1 at 5/class
+    # (opposite signs), Q2 at all (B only): one of four agrees. Q3 compares the same cells as
+    # Q1 at both sizes (full_ft is the best that trains everything in both runs): at 5/class
+    # that comparison is supported, and it counts once.
+    assert comparison.repeats == {
+        m.key for m in comparison.claims if m.key[0] == "Q3" and m.key[3] in ("5/class", "20/class")
+    }
+    assert comparison.agreement == pytest.approx(1 / 4)
     assert comparison.agreement_line() == (
-        "Of the 5 primary claims supported in either run, 1 (20%) are supported in both with "
-        "the same sign."
+        "Of the 4 distinct primary claims supported in either run (1 more repeats the comparison"
+        " of a claim of an earlier question and counts once), 1 (25%) are supported in both with"
+        " the same sign."
     )
     assert comparison.disjoint and comparison.a.seeds == (0, 1, 2, 3, 4)
     assert comparison.b.seeds == (5, 6, 7, 8, 9)
@@ -96,7 +102,9 @@ def test_the_comparison_is_written_as_markdown(runs, tmp_path):
     assert "supported: Q1 1 of 2, Q2 2 of 2, Q3 1 of 2." in text  # run A's families
     assert "- **Confirmation seeds disjoint**: yes." in text
     assert "- **Selection seeds**: the same in both runs." in text
-    assert "- **Agreement**: Of the 5 primary claims supported in either run, 1 (20%)" in text
+    assert (
+        "- **Agreement**: Of the 4 distinct primary claims supported in either run (1 more" in text
+    )
     assert "- **Decisions that differ**: 4 of 7 primary claims." in text
     assert "1 of the 6 tuned cells of both runs selected another setting" in text
     rows = [line for line in text.splitlines() if line.startswith("| Q")]
@@ -119,3 +127,15 @@ def test_a_directory_without_results_is_a_one_line_error(runs, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ResultsError, match="no results.json found under"):
         compare_studies(runs[0], tmp_path / "empty")
+
+
+def test_q3_counts_as_its_own_claim_where_a_run_picked_another_best(tmp_path, monkeypatch):
+    a = write(tmp_path / "a", study(range(5), gain_at_20=0.1, probe_at_5=0.05))
+    # Run B's validation losses make scratch the best that trains everything: its Q3 compares
+    # linear_probe with scratch, another comparison than Q1's, so nothing repeats.
+    monkeypatch.setitem(LOSS, "scratch", 0.3)
+    b = write(tmp_path / "b", study(range(5, 10), gain_at_20=0.1, probe_at_5=0.05))
+    comparison = compare_studies(a, b)
+    q3 = next(m for m in comparison.claims if m.key[0] == "Q3" and m.key[3] == "5/class")
+    assert (q3.a.y, q3.b.y) == ("full_ft", "scratch")
+    assert q3.key not in comparison.repeats

@@ -5,7 +5,7 @@ another floating-point arithmetic). ``compare_studies`` computes each directory'
 (the Answer's declared families, Holm within each question's family), matches them by
 (question, problem, role, slot, metric), and reports every claim's decision, estimate and CI in
 both runs, the claims whose decision differs, and the agreement: of the claims supported in
-either run, the share supported in both with the same sign. ``write_comparison`` writes it as
+either run, the share supported in both with the same sign, each comparison counted once. ``write_comparison`` writes it as
 Markdown.
 
 Example:
@@ -95,6 +95,11 @@ def load_study(path: str | Path, test: DecisionTest = "t") -> Study:
     )
 
 
+def _comparison(claim: Claim) -> tuple:
+    """What a claim compares: its problem, data size, metric and the two sides."""
+    return (claim.problem, claim.slot, claim.metric, claim.x, claim.y)
+
+
 def _decision(claim: Claim | None) -> str:
     return "absent" if claim is None else claim.decision
 
@@ -159,10 +164,31 @@ class Comparison(NamedTuple):
         return [m for m in self.claims if m.moved]
 
     @property
+    def repeats(self) -> set[ClaimKey]:
+        """Claims that make, in both runs, the same comparison as a claim of an earlier
+        question: the same cells, metric and data size. Q3 (best frozen vs the best that trains
+        everything) is Q1's claim on B wherever the best that trains everything is full_ft;
+        one comparison is one finding, so the agreement counts it once."""
+        first: set[tuple] = set()
+        repeated = set()
+        for m in sorted(self.claims, key=lambda m: m.key[0]):  # stable: Answer order within
+            if m.a is None or m.b is None:
+                continue
+            made = (_comparison(m.a), _comparison(m.b))
+            if made in first:
+                repeated.add(m.key)
+            first.add(made)
+        return repeated
+
+    def _supported_either(self) -> list[Matched]:
+        repeats = self.repeats
+        return [m for m in self.claims if m.supported_either and m.key not in repeats]
+
+    @property
     def agreement(self) -> float | None:
-        """Of the claims supported in either run, the share supported in both with the same
-        sign; None when no claim is supported in either run."""
-        either = [m for m in self.claims if m.supported_either]
+        """Of the distinct claims supported in either run (:attr:`repeats` left out), the share
+        supported in both with the same sign; None when no claim is supported in either run."""
+        either = self._supported_either()
         return sum(m.agrees for m in either) / len(either) if either else None
 
     @property
@@ -177,16 +203,24 @@ class Comparison(NamedTuple):
           >>> comparison.agreement_line()  # doctest: +SKIP
           'Of the 9 primary claims supported in either run, 3 (33%) are supported in both ...'
         """
-        either = [m for m in self.claims if m.supported_either]
+        either = self._supported_either()
         if not either:
             return (
                 f"No primary claim is supported in either run ({len(self.claims)} compared), "
                 "so there is no supported claim to agree on."
             )
         both = sum(m.agrees for m in either)
+        repeated = sum(m.supported_either for m in self.claims) - len(either)
+        verbs = ("repeats", "counts") if repeated == 1 else ("repeat", "count")
+        once = (
+            f" ({repeated} more {verbs[0]} the comparison of a claim of an earlier question and"
+            f" {verbs[1]} once)"
+            if repeated
+            else ""
+        )
         return (
-            f"Of the {len(either)} primary claims supported in either run, {both} "
-            f"({100 * both / len(either):.0f}%) are supported in both with the same sign."
+            f"Of the {len(either)} distinct primary claims supported in either run{once}, "
+            f"{both} ({100 * both / len(either):.0f}%) are supported in both with the same sign."
         )
 
     def selections_moved(self) -> list[tuple[str, dict | None, dict | None]]:
