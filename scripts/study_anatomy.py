@@ -75,7 +75,7 @@ HOOKS = (
     ("jaxtl.runner.cell", "init_variables", "model init"),
     ("jaxtl.runner.pretraining", "init_variables", "model init"),
     ("jaxtl.runner.pretraining", "_train", "source models: train (Python)"),
-    ("jaxtl.train.checkpoint", "save_variables", "source models: save"),
+    ("jaxtl.train.checkpoint", "save_variables", "weights: save (source models, runs)"),
     ("jaxtl.train.checkpoint", "load_variables", "source models: load"),
     ("jaxtl.train.driver", "_train_pack", "phase setup (states, stacking, carry)"),
     ("jaxtl.train.features", "compute_features", "feature caching"),
