@@ -74,7 +74,7 @@ def _protocol_defaults(c: ml_collections.ConfigDict) -> None:
             # How the pooled validation losses choose (protocol.select): "lowest", or "one_se",
             # the smallest learning rate within one standard error of the lowest loss. Measured
             # on the study, one_se moved as many claims between two arithmetics as lowest and
-            # cost 1.1 pp of grid-model test accuracy where it chose otherwise (docs/study.md).
+            # cost 0.7-1.1 pp of grid-model test accuracy where it chose otherwise (docs/study.md).
             "select": "lowest",
             # Each strategy's own knob, tried at every learning rate.
             "knobs": {

@@ -274,8 +274,10 @@ class SeedLedger:
 
     def table(self) -> str:
         lines = [
-            "| part | selection s | source models s | confirmation s | confirmation seeds |"
-            " one more confirmation seed s |",
+            (
+                "| part | selection s | source models s | confirmation s | confirmation seeds |"
+                " one more confirmation seed s |"
+            ),
             "|---|---:|---:|---:|---:|---:|",
         ]
         marginal = self.marginal()

@@ -188,7 +188,7 @@ def test_one_se_rule_takes_the_smallest_learning_rate_within_one_se_of_the_lowes
     assert select(same_lr, [[0.55, 0.59], [0.53, 0.59], [0.5, 0.6]], "one_se").index == 1
     assert select(settings, [[0.5, math.nan], [0.50, 0.60], [0.9, 0.9]], "one_se").index == 1
     assert select(settings, [[0.51], [0.50], [0.9]], "one_se").index == 1
-    with pytest.raises(ValueError, match="unknown selection rule 'median'; choices: one_se"):
+    with pytest.raises(ValueError, match="unknown selection rule 'median'; choices: lowest"):
         select(settings, rows, rule="median")
 
 
@@ -606,7 +606,7 @@ def test_a_search_stopped_in_its_second_rung_resumes_to_the_same_choice(
     [
         ("protocol.screen_seeds=-1", "protocol.screen_seeds=-1 must be an int >= 0, e.g. 2"),
         ("protocol.screen_keep=0", "protocol.screen_keep=0 must be an int >= 1, e.g. 2"),
-        ("protocol.select=median", "unknown protocol.select 'median'; choices: one_se, lowest"),
+        ("protocol.select=median", "unknown protocol.select 'median'; choices: lowest, one_se"),
         (
             "protocol.lr_extend.high=[10,0]",
             (

@@ -133,7 +133,8 @@ def test_report_lists_chosen_hyperparameters_with_margins_and_plots_sensitivity(
     # The one-SE rule's pick trails the lowest loss by under 1 SE: a negative margin, explained.
     one_se = tuned_records(0.6, margin_se=-0.4)
     picked = write_report(write(tmp_path / "one_se", one_se)).read_text()
-    assert row.format("scratch", "5/class", "lr=0.001 ‡", "0.900", "lr=0.01", "-0.4 †") in picked
+    negative = row.format("scratch", "5/class", "lr=0.001 ‡", "0.900", "lr=0.01", "-0.4 †")
+    assert negative in picked
     assert "a negative margin is the one-SE rule's pick (`protocol.select=one_se`)" in picked
     png = tmp_path / "sensitivity_strategies-a-b-cnn.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png.name})" in text

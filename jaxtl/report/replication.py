@@ -5,8 +5,8 @@ another floating-point arithmetic). ``compare_studies`` computes each directory'
 (the Answer's declared families, Holm within each question's family), matches them by
 (question, problem, role, slot, metric), and reports every claim's decision, estimate and CI in
 both runs, the claims whose decision differs, and the agreement: of the claims supported in
-either run, the share supported in both with the same sign, each comparison counted once. ``write_comparison`` writes it as
-Markdown.
+either run, the share supported in both with the same sign, each comparison counted once.
+``write_comparison`` writes it as Markdown.
 
 Example:
   >>> comparison = compare_studies("runs/study", "runs/study_b")  # doctest: +SKIP

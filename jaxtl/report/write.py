@@ -141,11 +141,11 @@ def hyperparameters_section(cells: list[Cell], out: Path) -> str:
         "runner-up is within the selection's noise and another draw of selection seeds could "
         "choose it" + one_se + ". *cut*: where the grid was screened, the same margin at the "
         "screen's cut (the best setting screened out against the last one kept, on the "
-        "screening seeds); under 1 SE, which settings the other seeds trained was itself a near-tie. ‡ marks a "
-        "learning rate on the edge of those tried, where the optimum may lie beyond it: the "
-        "grid grows past its top edge as far as `protocol.lr_extend` allows, and by default "
-        "not below its bottom one (there, validation cross-entropy on a few examples per class "
-        "favours the least-trained model).",
+        "screening seeds); under 1 SE, which settings the other seeds trained was itself a "
+        "near-tie. ‡ marks a learning rate on the edge of those tried, where the optimum may "
+        "lie beyond it: the grid grows past its top edge as far as `protocol.lr_extend` "
+        "allows, and by default not below its bottom one (there, validation cross-entropy on "
+        "a few examples per class favours the least-trained model).",
         "",
     ]
     rows = []

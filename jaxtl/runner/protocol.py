@@ -204,7 +204,7 @@ class Selection(NamedTuple):
     best: int = 0
 
 
-SELECTION_RULES = ("one_se", "lowest")
+SELECTION_RULES = ("lowest", "one_se")
 
 
 def _paired_se(d: np.ndarray) -> float | None:
