@@ -130,6 +130,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_agreement(comparison) -> None:
+    """The agreement, and among the claims not marked fragile, one line each."""
+    print(comparison.agreement_line())
+    if comparison.solid_agreement_line():
+        print(comparison.solid_agreement_line())
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     with interrupts.held():
         from jaxtl.report import replication
@@ -137,7 +144,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     comparison = replication.compare_studies(args.a, args.b, test=args.test)
     out = Path(args.out) if args.out else Path(args.b) / replication.COMPARISON_FILE
     path = replication.write_comparison(comparison, out)
-    print(comparison.agreement_line())
+    _print_agreement(comparison)
     print(
         f"{len(comparison.moved)} of {len(comparison.claims)} primary claims moved;"
         f" comparison: {path}"
@@ -167,7 +174,7 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
     runner.run_experiment(config, out, show_progress=None)
     comparison = replication.compare_studies(of, out, test="t")
     path = replication.write_comparison(comparison, out / replication.COMPARISON_FILE)
-    print(comparison.agreement_line())
+    _print_agreement(comparison)
     print(f"report: {out / 'report.md'}; comparison with {of}: {path}")
     return 0
 

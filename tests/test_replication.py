@@ -139,3 +139,21 @@ def test_q3_counts_as_its_own_claim_where_a_run_picked_another_best(tmp_path, mo
     q3 = next(m for m in comparison.claims if m.key[0] == "Q3" and m.key[3] == "5/class")
     assert (q3.a.y, q3.b.y) == ("full_ft", "scratch")
     assert q3.key not in comparison.repeats
+
+
+def test_claims_marked_fragile_are_left_out_of_the_second_agreement(tmp_path):
+    # Q2 at 20/class: +1.5 pp in run A, supported but fragile (its CI ends 0.5 pp above 0);
+    # nothing in run B. The other supported claims (Q1 = Q3 and Q2 at 5/class) agree.
+    a = write(tmp_path / "a", study(range(5), gain_at_20=0.015, probe_at_5=0.05))
+    b = write(tmp_path / "b", study(range(5, 10), gain_at_20=0.0, probe_at_5=0.05))
+    comparison = compare_studies(a, b)
+    q2 = next(m for m in comparison.claims if m.key[0] == "Q2" and m.key[3] == "20/class")
+    assert q2.a.supported and q2.a.fragile and not q2.b.supported and q2.moved
+    assert comparison.agreement == pytest.approx(2 / 3)
+    assert comparison.solid_agreement == 1.0
+    assert comparison.solid_agreement_line() == (
+        "Of the 2 supported without a fragile mark in either run, 2 (100%) are supported in both"
+        " with the same sign."
+    )
+    text = write_comparison(comparison, tmp_path / "comparison.md").read_text()
+    assert f"- **Claims not marked fragile**: {comparison.solid_agreement_line()}" in text

@@ -121,6 +121,11 @@ class Matched(NamedTuple):
         return any(c is not None and c.supported for c in (self.a, self.b))
 
     @property
+    def solid_either(self) -> bool:
+        """Supported without the *fragile* mark in at least one run."""
+        return any(c is not None and c.supported and not c.fragile for c in (self.a, self.b))
+
+    @property
     def agrees(self) -> bool:
         """Supported in both runs with the same sign."""
         return (
@@ -192,6 +197,15 @@ class Comparison(NamedTuple):
         return sum(m.agrees for m in either) / len(either) if either else None
 
     @property
+    def solid_agreement(self) -> float | None:
+        """Of the distinct claims supported without the *fragile* mark in either run, the share
+        supported in both with the same sign (fragile or not); None when there is none. Whether
+        the mark tells a reader which claims to trust: a fragile claim sits at the decision
+        boundary, where another draw of seeds decides it either way."""
+        either = [m for m in self._supported_either() if m.solid_either]
+        return sum(m.agrees for m in either) / len(either) if either else None
+
+    @property
     def disjoint(self) -> bool:
         """Whether the two runs' confirmation seeds share none."""
         return not set(self.a.seeds) & set(self.b.seeds)
@@ -221,6 +235,22 @@ class Comparison(NamedTuple):
         return (
             f"Of the {len(either)} distinct primary claims supported in either run{once}, "
             f"{both} ({100 * both / len(either):.0f}%) are supported in both with the same sign."
+        )
+
+    def solid_agreement_line(self) -> str:
+        """:attr:`solid_agreement` in one sentence ("" when no claim is supported unmarked).
+
+        Example:
+          >>> comparison.solid_agreement_line()  # doctest: +SKIP
+          'Of the 10 supported without a fragile mark in either run, 9 (90%) are supported ...'
+        """
+        either = [m for m in self._supported_either() if m.solid_either]
+        if not either:
+            return ""
+        both = sum(m.agrees for m in either)
+        return (
+            f"Of the {len(either)} supported without a fragile mark in either run, {both} "
+            f"({100 * both / len(either):.0f}%) are supported in both with the same sign."
         )
 
     def selections_moved(self) -> list[tuple[str, dict | None, dict | None]]:
@@ -367,6 +397,11 @@ def write_comparison(comparison: Comparison, path: str | Path) -> Path:
         *_run_lines("B", c.b),
         *_seed_lines(c),
         f"- **Agreement**: {c.agreement_line()}",
+        *(
+            [f"- **Claims not marked fragile**: {c.solid_agreement_line()}"]
+            if c.solid_agreement_line()
+            else []
+        ),
         f"- **Decisions that differ**: {len(c.moved)} of {len(c.claims)} primary claims.",
         *_selection_lines(c),
         "",
@@ -376,7 +411,8 @@ def write_comparison(comparison: Comparison, path: str | Path) -> Path:
             "matched by question, problem, contrast, data size and metric. A claim is *supported* "
             "(better or worse) or *not supported*; a claim that is not supported in one run and "
             "supported in the other has moved, which is not a contradiction unless the signs "
-            "differ. Estimates are in pp."
+            "differ. A supported claim is *fragile* when its Holm p is above 0.025 or its CI "
+            "ends within 1 pp of 0 (the report's mark). Estimates are in pp."
         ),
         "",
         markdown_table(
