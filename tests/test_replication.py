@@ -152,8 +152,8 @@ def test_claims_marked_fragile_are_left_out_of_the_second_agreement(tmp_path):
     assert comparison.agreement == pytest.approx(2 / 3)
     assert comparison.solid_agreement == 1.0
     assert comparison.solid_agreement_line() == (
-        "Of the 2 supported without a fragile mark in either run, 2 (100%) are supported in both"
-        " with the same sign."
+        "Of the 2 claims supported without a fragile mark in either run, 2 (100%) are supported in"
+        " both with the same sign."
     )
     text = write_comparison(comparison, tmp_path / "comparison.md").read_text()
     assert f"- **Claims not marked fragile**: {comparison.solid_agreement_line()}" in text

@@ -199,9 +199,9 @@ class Comparison(NamedTuple):
     @property
     def solid_agreement(self) -> float | None:
         """Of the distinct claims supported without the *fragile* mark in either run, the share
-        supported in both with the same sign (fragile or not); None when there is none. Whether
-        the mark tells a reader which claims to trust: a fragile claim sits at the decision
-        boundary, where another draw of seeds decides it either way."""
+        supported in both with the same sign (fragile or not); None when there is none. It says
+        whether the mark tells a reader which claims to trust: a fragile claim sits at the
+        decision boundary, where another draw of seeds decides it either way."""
         either = [m for m in self._supported_either() if m.solid_either]
         return sum(m.agrees for m in either) / len(either) if either else None
 
@@ -215,7 +215,7 @@ class Comparison(NamedTuple):
 
         Example:
           >>> comparison.agreement_line()  # doctest: +SKIP
-          'Of the 9 primary claims supported in either run, 3 (33%) are supported in both ...'
+          'Of the 9 distinct primary claims supported in either run, 3 (33%) are supported ...'
         """
         either = self._supported_either()
         if not either:
@@ -242,14 +242,14 @@ class Comparison(NamedTuple):
 
         Example:
           >>> comparison.solid_agreement_line()  # doctest: +SKIP
-          'Of the 10 supported without a fragile mark in either run, 9 (90%) are supported ...'
+          'Of the 10 claims supported without a fragile mark in either run, 9 (90%) are ...'
         """
         either = [m for m in self._supported_either() if m.solid_either]
         if not either:
             return ""
         both = sum(m.agrees for m in either)
         return (
-            f"Of the {len(either)} supported without a fragile mark in either run, {both} "
+            f"Of the {len(either)} claims supported without a fragile mark in either run, {both} "
             f"({100 * both / len(either):.0f}%) are supported in both with the same sign."
         )
 
