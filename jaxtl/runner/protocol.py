@@ -18,7 +18,7 @@ choice is made among those on every selection seed. In the 20-seed study of 2026
 setting chosen on all five seeds ranked first or second on the first two in 44 of 46 cells.
 Where the best learning rate on the screening seeds is on the grid's edge, the grid grows past
 that edge (``protocol.lr_extend``, :func:`beyond_edge`) before anything is kept, and again on
-every selection seed where the final choice lands on an edge: in that study
+every selection seed where the lowest loss over all of them lands on an edge: in that study
 32 of 46 cells had chosen an edge of the fixed 3-point grid.
 """
 
@@ -339,9 +339,9 @@ class Search(NamedTuple):
       screened: the selection seeds (positions in ``seeds``) that scored every setting.
       survivors: the settings (indices) the screen kept for the other seeds.
       candidates: the settings scored on every selection seed: the survivors, then any added
-        past the edge the choice on every seed landed on.
-      chosen: :func:`select` over the candidates (its ``index`` and ``runner_up`` index
-        ``candidates``).
+        past the edge the lowest loss on every seed landed on.
+      chosen: :func:`select` over the candidates (its ``index``, ``runner_up`` and ``best``
+        index ``candidates``).
       losses: ``{(setting, seed position): validation loss}`` of every run (inf: diverged).
       screen_margin_se: :func:`screen_margin` at the screen's cut, None where nothing was
         screened out.
@@ -367,9 +367,9 @@ def search(
 
     Every grid point is scored on the screening seeds (:func:`screening`); while the best
     learning rate there is on the grid's edge, the grid grows past it (:func:`beyond_edge`);
-    the ``protocol.screen_keep`` best (:func:`screen`) are scored on the other seeds; the choice
-    among them on every seed (:func:`select`) grows the grid again, on every seed, wherever it
-    lands on an edge.
+    the ``protocol.screen_keep`` best (:func:`screen`) are scored on the other seeds; the lowest
+    loss among them on every seed grows the grid again, on every seed, wherever it lands on an
+    edge; then ``protocol.select`` (:func:`select`) chooses.
 
     Args:
       config: the experiment config (``train_b.lr`` and ``protocol``).
