@@ -133,8 +133,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _print_agreement(comparison) -> None:
     """The agreement, and among the claims not marked fragile, one line each."""
     print(comparison.agreement_line())
-    if comparison.solid_agreement_line():
-        print(comparison.solid_agreement_line())
+    if solid := comparison.solid_agreement_line():
+        print(solid)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

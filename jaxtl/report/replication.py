@@ -390,6 +390,7 @@ def write_comparison(comparison: Comparison, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     c = comparison
+    solid = c.solid_agreement_line()
     lines = [
         "# Replication: primary claims of two runs",
         "",
@@ -397,11 +398,7 @@ def write_comparison(comparison: Comparison, path: str | Path) -> Path:
         *_run_lines("B", c.b),
         *_seed_lines(c),
         f"- **Agreement**: {c.agreement_line()}",
-        *(
-            [f"- **Claims not marked fragile**: {c.solid_agreement_line()}"]
-            if c.solid_agreement_line()
-            else []
-        ),
+        *([f"- **Claims not marked fragile**: {solid}"] if solid else []),
         f"- **Decisions that differ**: {len(c.moved)} of {len(c.claims)} primary claims.",
         *_selection_lines(c),
         "",

@@ -201,7 +201,7 @@ class Selection(NamedTuple):
     runner_up: int | None
     margin: float | None
     margin_se: float | None
-    best: int = 0
+    best: int
 
 
 SELECTION_RULES = ("lowest", "one_se")
