@@ -284,8 +284,25 @@ def evaluable(strategy, variables: dict) -> dict:
 
 
 def init_variables(model, seed: int, x: np.ndarray) -> dict:
-    """The model's initial variables for ``seed`` (one compiled initialiser per model)."""
-    return models.init_variables(model, jax.random.key(seed), jnp.asarray(x[:1]))
+    """The model's initial variables for ``seed``, initialised on ``x[:1]`` (one compiled
+    initialiser per model; each seed's variables computed once per example).
+
+    Example:
+      >>> init_variables(model, 3, ds.x_train)["params"].keys()  # doctest: +SKIP
+      dict_keys(['stem', 'block1', 'head'])
+    """
+    first = np.ascontiguousarray(x[:1])
+    initial = _initial_variables(model, seed, first.tobytes(), first.shape, first.dtype.str)
+    return jax.tree.map(lambda leaf: leaf, initial)  # fresh dicts, the same immutable arrays
+
+
+@functools.lru_cache(maxsize=64)
+def _initial_variables(model, seed: int, data: bytes, shape: tuple, dtype: str) -> dict:
+    # Every strategy and data size of a study starts from the same init per seed (a transfer
+    # keeps its head), and on CPU the initialiser runs unoptimised (it is compiled for compile
+    # speed): the MLP's took 11 ms, 1.4 s of a 37 s part when every cell computed its own.
+    first = np.frombuffer(data, dtype).reshape(shape)
+    return models.init_variables(model, jax.random.key(seed), jnp.asarray(first))
 
 
 def slots_for(config: ml_collections.ConfigDict, model) -> int:

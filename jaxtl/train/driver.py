@@ -308,6 +308,10 @@ class _Pack:
         phase_step = self.phase_step(index, 0)
         if shapes:
             return phase_step.initial_shapes(args)
+        # Placed first, so the state is made where it trains: a state made on the default device
+        # and split over the slot devices afterwards costs one compiled slicing program per
+        # leaf shape (0.4 s of the CNN part's 33 s).
+        args = (*self.place(args[:3]), args[3])
         return phase_step.initializer(args)(*args)
 
     def for_each_slot(self, fn: Callable[[PyTree, np.ndarray], Any], variables: PyTree) -> list:

@@ -12,6 +12,7 @@ the file's name, which the command prints as one line: a rerun continues where i
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib
 import importlib.metadata
 import json
@@ -503,21 +504,28 @@ def environment_info() -> dict[str, Any]:
     """
     import jax
 
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name, distribution in _DISTRIBUTIONS.items():
-        try:
-            versions[name] = importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
     devices = jax.devices()
     return {
-        "versions": versions,
+        "versions": dict(_versions()),
         "device": devices[0].device_kind,
         "platform": devices[0].platform,
         "device_count": len(devices),
         "hostname": socket.gethostname(),
         "date": _now_iso(),
     }
+
+
+@functools.cache
+def _versions() -> tuple[tuple[str, str | None], ...]:
+    # Read once per process: each lookup parses a package's METADATA, and a study writes
+    # ~1,000 results records (measured: 0.4 s of a 37 s part).
+    versions: list[tuple[str, str | None]] = [("python", platform.python_version())]
+    for name, distribution in _DISTRIBUTIONS.items():
+        try:
+            versions.append((name, importlib.metadata.version(distribution)))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append((name, None))
+    return tuple(versions)
 
 
 def progress(total: int | None, desc: str = "", disable: bool | None = None) -> tqdm:
