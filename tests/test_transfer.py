@@ -103,3 +103,22 @@ def test_other_architecture_is_a_clear_error(target):
         transfer_variables(cnn_variables, target)
     with pytest.raises(TransferError, match="no 'params'"):
         transfer_variables(cnn_variables["params"], target)
+
+
+def test_a_studys_initial_variables_are_made_once_per_seed_and_handed_out_as_fresh_trees():
+    from jaxtl.runner.tasks import init_variables
+
+    model = models.create("mlp", num_classes=3, widths=(4,))
+    x = np.random.default_rng(0).normal(size=(6, 2, 2, 1)).astype(np.float32)
+    first, again = init_variables(model, 5, x), init_variables(model, 5, x[:2])
+    direct = models.init_variables(model, 5, jax.numpy.asarray(x[:1]))
+    for a, b, c in zip(jax.tree.leaves(first), jax.tree.leaves(again), jax.tree.leaves(direct)):
+        assert a is b  # computed once ...
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(c))  # ... as the model makes it
+    first["params"].pop(next(iter(first["params"])))  # a caller's edit stays its own
+    assert jax.tree.structure(init_variables(model, 5, x)) == jax.tree.structure(direct)
+    kernels = lambda v: [np.asarray(k) for k in jax.tree.leaves(v["params"]) if k.ndim == 2]
+    assert all(
+        not np.array_equal(a, b)
+        for a, b in zip(kernels(init_variables(model, 6, x)), kernels(direct))
+    )
