@@ -122,3 +122,18 @@ def test_a_studys_initial_variables_are_made_once_per_seed_and_handed_out_as_fre
         not np.array_equal(a, b)
         for a, b in zip(kernels(init_variables(model, 6, x)), kernels(direct))
     )
+
+
+def test_initial_variables_held_within_a_byte_budget():
+    from jaxtl.runner.tasks import _InitialVariables
+
+    leaf = lambda n: {"params": {"w": np.zeros(n, np.float32)}}  # 4n bytes
+    cache = _InitialVariables(budget=800)
+    cache.put("big", leaf(26))  # 104 bytes > budget / 8: never held
+    assert cache.get("big") is None
+    for key in "abcdefgh":
+        cache.put(key, leaf(25))  # 100 bytes each: eight fit
+    assert cache.get("a") is not None  # now the most recently used
+    cache.put("i", leaf(25))  # the least recently used ("b") goes
+    assert cache.get("b") is None
+    assert all(cache.get(k) is not None for k in "acdefghi")

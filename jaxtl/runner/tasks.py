@@ -9,11 +9,13 @@ when its data is given) are normalised with the statistics its weights were trai
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import functools
 import json
 import os
+import threading
 from typing import Any
 
 import jax
@@ -285,24 +287,54 @@ def evaluable(strategy, variables: dict) -> dict:
 
 def init_variables(model, seed: int, x: np.ndarray) -> dict:
     """The model's initial variables for ``seed``, initialised on ``x[:1]`` (one compiled
-    initialiser per model; each seed's variables computed once per example).
+    initialiser per model; a small model's variables computed once per seed and example).
 
     Example:
       >>> init_variables(model, 3, ds.x_train)["params"].keys()  # doctest: +SKIP
       dict_keys(['stem', 'block1', 'head'])
     """
     first = np.ascontiguousarray(x[:1])
-    initial = _initial_variables(model, seed, first.tobytes(), first.shape, first.dtype.str)
+    key = (model, seed, first.tobytes(), first.shape, first.dtype.str)
+    initial = _INITIAL.get(key)
+    if initial is None:
+        initial = models.init_variables(model, jax.random.key(seed), jnp.asarray(first))
+        _INITIAL.put(key, initial)
     return jax.tree.map(lambda leaf: leaf, initial)  # fresh dicts, the same immutable arrays
 
 
-@functools.lru_cache(maxsize=64)
-def _initial_variables(model, seed: int, data: bytes, shape: tuple, dtype: str) -> dict:
-    # Every strategy and data size of a study starts from the same init per seed (a transfer
-    # keeps its head), and on CPU the initialiser runs unoptimised (it is compiled for compile
-    # speed): the MLP's took 11 ms, 1.4 s of a 37 s part when every cell computed its own.
-    first = np.frombuffer(data, dtype).reshape(shape)
-    return models.init_variables(model, jax.random.key(seed), jnp.asarray(first))
+class _InitialVariables:
+    """Initial variables by (model, seed, example), least recently used out past ``budget``
+    bytes; a model over an eighth of it is never held.
+
+    Every strategy and data size of a study starts from the same init per seed (a transfer
+    keeps its head), and on CPU the initialiser runs unoptimised (it is compiled for compile
+    speed): the MLP's took 11 ms, 1.4 s of a 37 s part when every cell computed its own. Large
+    models are not held, so a ResNet study's seeds do not pin gigabytes.
+    """
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self._entries: collections.OrderedDict[tuple, tuple[dict, int]] = collections.OrderedDict()
+        self._lock = threading.Lock()  # study parts may run in threads
+
+    def get(self, key: tuple) -> dict | None:
+        with self._lock:
+            if key not in self._entries:
+                return None
+            self._entries.move_to_end(key)
+            return self._entries[key][0]
+
+    def put(self, key: tuple, variables: dict) -> None:
+        size = sum(leaf.nbytes for leaf in jax.tree.leaves(variables))
+        if size > self.budget // 8:
+            return
+        with self._lock:
+            self._entries[key] = (variables, size)
+            while sum(n for _, n in self._entries.values()) > self.budget:
+                self._entries.popitem(last=False)
+
+
+_INITIAL = _InitialVariables(budget=256 << 20)
 
 
 def slots_for(config: ml_collections.ConfigDict, model) -> int:
