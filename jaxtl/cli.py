@@ -131,10 +131,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_agreement(comparison) -> None:
-    """The agreement, and among the claims not marked fragile, one line each."""
+    """The agreement, among the claims not marked fragile, and how many moved claims compare a
+    cell whose selected setting moved: one line each."""
     print(comparison.agreement_line())
-    if solid := comparison.solid_agreement_line():
-        print(solid)
+    for line in (comparison.solid_agreement_line(), comparison.moved_with_settings_line()):
+        if line:
+            print(line)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

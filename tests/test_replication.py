@@ -93,6 +93,30 @@ def test_agreement_counts_claims_supported_in_either_run(runs):
     ]
 
 
+def test_a_moved_claim_names_the_cells_whose_selected_setting_moved_with_it(runs):
+    comparison = compare_studies(*runs)
+    reasons = {(m.key[0], m.key[3]): comparison.settings_moved(m) for m in comparison.moved}
+    # scratch chose another lr at 20/class: the claim that compares it names it; the sign flip
+    # at 5/class happened on the same settings; a claim run A lacks has no reason to give.
+    assert reasons == {
+        ("Q1", "5/class"): [], ("Q3", "5/class"): [], ("Q2", "all"): [],
+        ("Q2", "20/class"): ["strategies scratch, 20/class, a → b (cnn)"],
+    }  # fmt: skip
+    assert comparison.moved_with_settings_line() == (
+        "Of the 3 claims that moved, 1 compares a cell whose selected setting differs between the"
+        " runs (or a different best strategy); 2 moved on the same settings (their seeds and"
+        " arithmetic alone)."
+    )
+
+
+def test_jaxtl_compare_prints_how_many_moved_claims_moved_with_a_setting(runs, tmp_path, capsys):
+    from jaxtl import cli
+
+    assert cli.main(["compare", *map(str, runs), "--out", str(tmp_path / "cmp.md")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert compare_studies(*runs).moved_with_settings_line() in printed
+
+
 def test_the_comparison_is_written_as_markdown(runs, tmp_path):
     path = write_comparison(compare_studies(*runs), tmp_path / "out" / "comparison.md")
     text = path.read_text()
@@ -109,8 +133,11 @@ def test_the_comparison_is_written_as_markdown(runs, tmp_path):
     assert "1 of the 6 tuned cells of both runs selected another setting" in text
     rows = [line for line in text.splitlines() if line.startswith("| Q")]
     assert [r.rsplit("|", 2)[-2].strip() for r in rows] == [
-        "sign flipped", "sign flipped", "support moved", "only in run B", "same", "same", "same",
+        "sign flipped", "sign flipped",
+        "support moved; setting moved: strategies scratch, 20/class, a → b (cnn)",
+        "only in run B", "same", "same", "same",
     ]  # fmt: skip
+    assert "- **Moved with a setting**: Of the 3 claims that moved, 1 compares" in text
     q2 = next(r for r in rows if "| Q2 |" in r and "20/class" in r)
     assert "| better: +10.40 pp (95% CI " in q2 and ", n=5, Holm p=" in q2
     assert "| not supported: +0.90 pp (95% CI " in q2 and "; detects ≥ " in q2

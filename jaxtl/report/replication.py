@@ -253,6 +253,45 @@ class Comparison(NamedTuple):
             f"({100 * both / len(either):.0f}%) are supported in both with the same sign."
         )
 
+    def settings_moved(self, matched: Matched) -> list[str]:
+        """Why a claim may have moved besides its seeds: the cells it compares whose selected
+        setting differs between the runs (their names), and "another best" when the runs
+        compare different cells (a "best" side picked otherwise).
+
+        Example:
+          >>> [comparison.settings_moved(m) for m in comparison.moved]  # doctest: +SKIP
+          [['strategies full_ft, 5/class, mnist5k → mnist5k (cnn)'], []]
+        """
+        if matched.a is None or matched.b is None:
+            return []
+        moved = {name for name, _, _ in self.selections_moved()}
+        keys = {cell_key(c.runs[0]) for claim in (matched.a, matched.b) for c in claim.cells}
+        names = sorted(self.a.selected[k][0] for k in keys if k in self.a.selected)
+        reasons = [name for name in names if name in moved]
+        if (matched.a.x, matched.a.y) != (matched.b.x, matched.b.y):
+            reasons.append("another best")
+        return reasons
+
+    def moved_with_settings_line(self) -> str:
+        """How many of the claims that moved (in both runs) compare a cell whose selected
+        setting moved too ("" when none moved).
+
+        Example:
+          >>> comparison.moved_with_settings_line()  # doctest: +SKIP
+          'Of the 5 claims that moved, 3 compare a cell whose selected setting differs ...'
+        """
+        moved = [m for m in self.moved if m.a is not None and m.b is not None]
+        if not moved:
+            return ""
+        with_settings = sum(bool(self.settings_moved(m)) for m in moved)
+        verb = "compares" if with_settings == 1 else "compare"
+        return (
+            f"Of the {len(moved)} claims that moved, {with_settings} {verb} a cell whose selected"
+            " setting differs between the runs (or a different best strategy); "
+            f"{len(moved) - with_settings} moved on the same settings (their seeds and "
+            "arithmetic alone)."
+        )
+
     def selections_moved(self) -> list[tuple[str, dict | None, dict | None]]:
         """Tuned cells of both runs that selected different settings: (cell, in A, in B)."""
         return [
@@ -314,11 +353,14 @@ def _figures(claim: Claim | None, other: Claim | None) -> str:
     return text + ")"
 
 
-def _row(m: Matched) -> list[str]:
+def _row(m: Matched, settings_moved: list[str]) -> list[str]:
     question, problem, role, slot, metric = m.key
     contrast = f"{role} ({METRIC_NAMES.get(metric, metric)})"
     if m.a is not None and m.b is not None and (m.a.x, m.a.y) == (m.b.x, m.b.y):
         contrast += f": {m.a.x} − {m.a.y}"
+    change = m.change() or "same"
+    if m.moved and settings_moved:
+        change += f"; setting moved: {', '.join(settings_moved)}"
     return [
         question,
         problem_label(problem),
@@ -326,7 +368,7 @@ def _row(m: Matched) -> list[str]:
         contrast,
         _figures(m.a, m.b),
         _figures(m.b, m.a),
-        m.change() or "same",
+        change,
     ]
 
 
@@ -390,7 +432,7 @@ def write_comparison(comparison: Comparison, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     c = comparison
-    solid = c.solid_agreement_line()
+    solid, with_settings = c.solid_agreement_line(), c.moved_with_settings_line()
     lines = [
         "# Replication: primary claims of two runs",
         "",
@@ -400,6 +442,7 @@ def write_comparison(comparison: Comparison, path: str | Path) -> Path:
         f"- **Agreement**: {c.agreement_line()}",
         *([f"- **Claims not marked fragile**: {solid}"] if solid else []),
         f"- **Decisions that differ**: {len(c.moved)} of {len(c.claims)} primary claims.",
+        *([f"- **Moved with a setting**: {with_settings}"] if with_settings else []),
         *_selection_lines(c),
         "",
         (
@@ -414,7 +457,7 @@ def write_comparison(comparison: Comparison, path: str | Path) -> Path:
         "",
         markdown_table(
             ["question", "problem", "where", "contrast", "run A", "run B", "change"],
-            [_row(m) for m in c.claims],
+            [_row(m, c.settings_moved(m)) for m in c.claims],
         ),
         "",
     ]
