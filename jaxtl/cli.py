@@ -131,10 +131,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_agreement(comparison) -> None:
-    """The agreement, among the claims not marked fragile, and how many moved claims compare a
-    cell whose selected setting moved: one line each."""
+    """The agreement, among the claims not marked fragile, of the estimates, and how many moved
+    claims compare a cell whose selected setting moved: one line each."""
     print(comparison.agreement_line())
-    for line in (comparison.solid_agreement_line(), comparison.moved_with_settings_line()):
+    lines = (
+        comparison.solid_agreement_line(),
+        comparison.consistency_line(),
+        comparison.moved_with_settings_line(),
+    )
+    for line in lines:
         if line:
             print(line)
 

@@ -184,3 +184,22 @@ def test_claims_marked_fragile_are_left_out_of_the_second_agreement(tmp_path):
     )
     text = write_comparison(comparison, tmp_path / "comparison.md").read_text()
     assert f"- **Claims not marked fragile**: {comparison.solid_agreement_line()}" in text
+
+
+def test_estimates_are_compared_within_their_prediction_interval(runs):
+    comparison = compare_studies(*runs)
+    by_key = {(m.key[0], m.key[3], m.key[4]): m for m in comparison.claims}
+    same = by_key[("Q2", "5/class", "acc_b")]  # +10 pp in both runs
+    flipped = by_key[("Q1", "5/class", "acc_b")]  # +5 pp against -5 pp
+    assert same.consistent is True and flipped.consistent is False
+    a, b = flipped.a.test, flipped.b.test
+    assert abs(a.estimate - b.estimate) > 1.96 * (a.se**2 + b.se**2) ** 0.5
+    assert by_key[("Q2", "all", "acc_b")].consistent is None  # only run B has it
+    compared = [
+        m for m in comparison.claims if m.key not in comparison.repeats and m.consistent is not None
+    ]
+    agree = sum(m.consistent for m in compared)
+    assert comparison.consistency_line().startswith(
+        f"The estimates of {agree} of the {len(compared)} distinct primary claims both runs compare"
+    )
+    assert 0 < agree < len(compared)

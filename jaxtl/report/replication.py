@@ -135,6 +135,24 @@ class Matched(NamedTuple):
             and self.a.decision == self.b.decision
         )
 
+    @property
+    def consistent(self) -> bool | None:
+        """Whether the runs' estimates agree within the 95% prediction interval one gives for
+        the other: ``|a - b| <= 1.96 * sqrt(se_a**2 + se_b**2)``. None when a run lacks the
+        claim, the runs compare different cells, or an estimate has no standard error.
+
+        This asks whether the *numbers* replicate, which a decision near its threshold does
+        not show: an effect of -0.61 pp (SE 0.13) and one of -0.23 pp (SE 0.17) agree, though
+        only the first is supported.
+        """
+        if self.a is None or self.b is None or (self.a.x, self.a.y) != (self.b.x, self.b.y):
+            return None
+        ta, tb = self.a.test, self.b.test
+        spread = math.hypot(ta.se, tb.se)
+        if not math.isfinite(spread) or not math.isfinite(ta.estimate - tb.estimate):
+            return None
+        return abs(ta.estimate - tb.estimate) <= 1.96 * spread
+
     def change(self) -> str:
         """ "sign flipped", "support moved", "only in run A" ... or "" when nothing moved."""
         if self.a is None or self.b is None:
@@ -251,6 +269,25 @@ class Comparison(NamedTuple):
         return (
             f"Of the {len(either)} claims supported without a fragile mark in either run, {both} "
             f"({100 * both / len(either):.0f}%) are supported in both with the same sign."
+        )
+
+    def consistency_line(self) -> str:
+        """How many distinct claims' estimates agree within their prediction interval ("" when
+        none can be compared).
+
+        Example:
+          >>> comparison.consistency_line()  # doctest: +SKIP
+          'The estimates of 28 of the 30 distinct primary claims both runs compare agree ...'
+        """
+        repeats = self.repeats
+        compared = [m for m in self.claims if m.key not in repeats and m.consistent is not None]
+        if not compared:
+            return ""
+        agree = sum(bool(m.consistent) for m in compared)
+        return (
+            f"The estimates of {agree} of the {len(compared)} distinct primary claims both runs "
+            f"compare ({100 * agree / len(compared):.0f}%) agree within the 95% prediction "
+            "interval (|A − B| ≤ 1.96 √(SE_A² + SE_B²)), supported or not."
         )
 
     def settings_moved(self, matched: Matched) -> list[str]:
@@ -433,6 +470,7 @@ def write_comparison(comparison: Comparison, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     c = comparison
     solid, with_settings = c.solid_agreement_line(), c.moved_with_settings_line()
+    consistency = c.consistency_line()
     lines = [
         "# Replication: primary claims of two runs",
         "",
@@ -441,6 +479,7 @@ def write_comparison(comparison: Comparison, path: str | Path) -> Path:
         *_seed_lines(c),
         f"- **Agreement**: {c.agreement_line()}",
         *([f"- **Claims not marked fragile**: {solid}"] if solid else []),
+        *([f"- **Estimates**: {consistency}"] if consistency else []),
         f"- **Decisions that differ**: {len(c.moved)} of {len(c.claims)} primary claims.",
         *([f"- **Moved with a setting**: {with_settings}"] if with_settings else []),
         *_selection_lines(c),
