@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import signal
 import subprocess
@@ -148,7 +149,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     with interrupts.held():
         from jaxtl.report import replication
 
-    comparison = replication.compare_studies(args.a, args.b, test=args.test)
+    comparison = replication.compare_studies(
+        args.a, args.b, test=args.test, smallest_effect=_smallest_effect(args)
+    )
     out = Path(args.out) if args.out else Path(args.b) / replication.COMPARISON_FILE
     path = replication.write_comparison(comparison, out)
     _print_agreement(comparison)
@@ -160,6 +163,40 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 _ISAS = ("SSE4_2", "AVX", "AVX2", "AVX512")
+
+
+def _percentage_points(text: str) -> float:
+    """``--smallest-effect 0.5`` (pp) as a fraction of accuracy, or argparse's one-line error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 100.0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of percentage points in [0, 100), e.g. 0.5 or 0"
+        )
+    return value / 100.0
+
+
+def _add_smallest_effect(parser: argparse.ArgumentParser) -> None:
+    # No default here: the declared one lives in jaxtl.report.stats, which the parser does not
+    # import (scipy would slow every command's start).
+    parser.add_argument(
+        "--smallest-effect",
+        type=_percentage_points,
+        metavar="PP",
+        help=(
+            "smallest effect of interest in percentage points: a claim is supported only with "
+            "its 95%% CI beyond +-PP (default 0: the CI need only exclude 0; "
+            "jaxtl.report.stats.SMALLEST_EFFECT)"
+        ),
+    )
+
+
+def _smallest_effect(args: argparse.Namespace) -> float:
+    from jaxtl.report.stats import SMALLEST_EFFECT
+
+    return SMALLEST_EFFECT if args.smallest_effect is None else args.smallest_effect
 
 
 def _cmd_replicate(args: argparse.Namespace) -> int:
@@ -220,7 +257,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     with interrupts.held():
         from jaxtl import report
 
-    _print_written(Path(report.write_report(args.dir, args.out)))
+    written = report.write_report(args.dir, args.out, smallest_effect=_smallest_effect(args))
+    _print_written(Path(written))
     return 0
 
 
@@ -410,11 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("b", help="the second run's output directory")
     compare.add_argument("--out", help="where to write the comparison (default: B/comparison.md)")
     compare.add_argument("--test", choices=("t", "sign_flip"), default="t")
+    _add_smallest_effect(compare)
     compare.set_defaults(handler=_cmd_compare)
 
     report = sub.add_parser("report", help="write report.md from a directory of results")
     report.add_argument("dir")
     report.add_argument("--out", help="where to write report.md and plots (default: DIR)")
+    _add_smallest_effect(report)
     report.set_defaults(handler=_cmd_report)
 
     listing = sub.add_parser("list", help="list experiments, strategies, datasets, models")

@@ -14,11 +14,14 @@ from jaxtl.report import load_results
 from jaxtl.report.answer import answer_claims, answer_section
 from jaxtl.report.cells import group_cells
 from jaxtl.report.literature import literature_section
-from jaxtl.report.stats import minimum_detectable_effect
+from jaxtl.report.stats import SMALLEST_EFFECT, minimum_detectable_effect
 
 
-def answer_of(tmp_path: Path, records: list[dict], test: str = "t") -> str:
-    return answer_section(group_cells(load_results(write(tmp_path, records))), test)
+def answer_of(
+    tmp_path: Path, records: list[dict], test: str = "t", smallest_effect: float = SMALLEST_EFFECT
+) -> str:
+    cells = group_cells(load_results(write(tmp_path, records)))
+    return answer_section(cells, test, smallest_effect=smallest_effect)
 
 
 def cross_domain(model="cnn", lift=0.1, pair=("mnist", "usps")) -> list[dict]:
@@ -67,12 +70,15 @@ def test_holm_turns_two_marginal_claims_into_no_claim(tmp_path):
         params = {"dataset_a": "a", "dataset_b": "b", "model": "mlp", "n_per_class": size}
         records += cell("strategies", "scratch", params, 0.6)
         records += cell("strategies", "full_ft", params, 0.6, d)
-    claims = answer_claims(group_cells(load_results(write(tmp_path, records))))
+    # Holm's step alone: no smallest effect of interest.
+    claims = answer_claims(group_cells(load_results(write(tmp_path, records))), smallest_effect=0)
     assert len(claims) == 2
     for c in claims:
         assert 0.025 < c.test.p < 0.05 and c.p_adjusted >= 0.05
         assert c.decision == "not supported"
-    one = answer_claims(group_cells(load_results(write(tmp_path / "one", records[10:]))))
+    one = answer_claims(
+        group_cells(load_results(write(tmp_path / "one", records[10:]))), smallest_effect=0
+    )
     assert [c.decision for c in one] == ["better"]  # the same claim in a family of one
 
 
@@ -81,15 +87,38 @@ def test_fragile_and_sign_flip_decision(tmp_path):
     records = cell("strategies", "scratch", params, 0.6) + cell(
         "strategies", "full_ft", params, 0.605, (0.0, 0.001, -0.001, 0.0, 0.0)
     )
-    answer = answer_of(tmp_path / "t", records)
+    answer = answer_of(tmp_path / "t", records, smallest_effect=0)
     assert "full_ft is better than scratch on accuracy on B by 0.50 pp" in answer
     assert "— *fragile*" in answer  # the CI's lower end is within 1 pp of 0
     # The exact sign-flip p cannot go below 2/2^5 = 0.0625 with 5 seeds: no claim.
-    flipped = answer_of(tmp_path / "s", records, test="sign_flip")
+    flipped = answer_of(tmp_path / "s", records, test="sign_flip", smallest_effect=0)
     assert "transfer not supported: full_ft − scratch = +0.50 pp" in flipped
     assert "— *fragile*" not in flipped
     # Nor could any effect have been: the floor 2/2^5 is above alpha / m = 0.05.
     assert "the exact sign-flip p cannot fall below 2/2^5, so no effect of any size" in flipped
+
+
+def test_a_significant_effect_inside_the_smallest_effect_of_interest_is_not_supported(tmp_path):
+    # +0.5 pp, Holm p 5e-05, 95% CI +0.41 to +0.59 pp: beyond 0 but inside ±0.6 pp.
+    params = {"dataset_a": "a", "dataset_b": "b", "model": "mlp", "n_per_class": 5}
+    records = cell("strategies", "scratch", params, 0.6) + cell(
+        "strategies", "full_ft", params, 0.605, (0.0, 0.001, -0.001, 0.0, 0.0)
+    )
+    cells = group_cells(load_results(write(tmp_path, records)))
+    (beyond,) = answer_claims(cells, smallest_effect=0.004)
+    (inside,) = answer_claims(cells, smallest_effect=0.006)
+    assert beyond.decision == "better" and not beyond.below_interest
+    assert inside.decision == "not supported" and inside.below_interest
+    assert inside.p_adjusted < 0.001 and 0.004 < inside.test.low < 0.006
+    answer = answer_section(cells, smallest_effect=0.006)
+    assert (
+        "transfer not supported: full_ft − scratch = +0.50 pp on accuracy on B (paired over 5 "
+        "seeds: 95% CI +0.41 to +0.59 pp"
+    ) in answer
+    assert (
+        "significant after Holm, but its interval reaches inside ±0.60 pp, the smallest" in answer
+    )
+    assert "the 95% CI lies wholly beyond ±0.6 pp, the smallest effect of interest" in answer
 
 
 def test_model_families_disagreement_is_reported(tmp_path):

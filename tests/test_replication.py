@@ -117,6 +117,42 @@ def test_jaxtl_compare_prints_how_many_moved_claims_moved_with_a_setting(runs, t
     assert compare_studies(*runs).moved_with_settings_line() in printed
 
 
+def test_jaxtl_compare_decides_with_the_smallest_effect_it_is_given(runs, tmp_path, capsys):
+    from jaxtl import cli
+
+    out = tmp_path / "cmp.md"
+    assert cli.main(["compare", *map(str, runs), "--out", str(out), "--smallest-effect", "1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert compare_studies(*runs, smallest_effect=0.01).agreement_line() in printed
+    assert "its 95% CI beyond ±1 pp, the smallest effect of interest)" in out.read_text()
+    assert cli.main(["compare", *map(str, runs), "--out", str(out)]) == 0
+    assert "its 95% CI beyond 0)" in out.read_text()
+    for given, rule in (
+        (["0.5"], "the 95% CI lies wholly beyond ±0.5 pp"),
+        ([], "the 95% CI excl"),
+    ):
+        flag = ["--smallest-effect", *given] if given else []
+        assert cli.main(["report", str(runs[0]), "--out", str(tmp_path / "r"), *flag]) == 0
+        assert rule in (tmp_path / "r" / "report.md").read_text()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", *map(str, runs), "--smallest-effect", "-0.5"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        "jaxtl compare: error: argument --smallest-effect: '-0.5' is not a number of percentage"
+        " points in [0, 100), e.g. 0.5 or 0"
+    )
+
+
+def test_a_smallest_effect_outside_zero_to_one_is_one_line_naming_the_range(runs):
+    with pytest.raises(ValueError) as info:
+        compare_studies(*runs, smallest_effect=float("nan"))
+    assert str(info.value) == (
+        "smallest effect of interest nan must be a fraction of accuracy in [0, 1) (e.g. 0.005 "
+        "for 0.5 pp; 0 decides on the interval excluding 0)"
+    )
+
+
 def test_the_comparison_is_written_as_markdown(runs, tmp_path):
     path = write_comparison(compare_studies(*runs), tmp_path / "out" / "comparison.md")
     text = path.read_text()
@@ -173,7 +209,7 @@ def test_claims_marked_fragile_are_left_out_of_the_second_agreement(tmp_path):
     # nothing in run B. The other supported claims (Q1 = Q3 and Q2 at 5/class) agree.
     a = write(tmp_path / "a", study(range(5), gain_at_20=0.015, probe_at_5=0.05))
     b = write(tmp_path / "b", study(range(5, 10), gain_at_20=0.0, probe_at_5=0.05))
-    comparison = compare_studies(a, b)
+    comparison = compare_studies(a, b, smallest_effect=0.0)
     q2 = next(m for m in comparison.claims if m.key[0] == "Q2" and m.key[3] == "20/class")
     assert q2.a.supported and q2.a.fragile and not q2.b.supported and q2.moved
     assert comparison.agreement == pytest.approx(2 / 3)
@@ -203,3 +239,18 @@ def test_estimates_are_compared_within_their_prediction_interval(runs):
         f"The estimates of {agree} of the {len(compared)} distinct primary claims both runs compare"
     )
     assert 0 < agree < len(compared)
+
+
+def test_a_claim_inside_the_smallest_effect_of_interest_is_not_supported_in_either_run(tmp_path):
+    # The fragile claim above (+1.5 pp, CI from +0.5 pp) with a smallest effect of 1 pp: its
+    # interval reaches inside it, so neither run supports it and it no longer moves.
+    a = write(tmp_path / "a", study(range(5), gain_at_20=0.015, probe_at_5=0.05))
+    b = write(tmp_path / "b", study(range(5, 10), gain_at_20=0.0, probe_at_5=0.05))
+    comparison = compare_studies(a, b, smallest_effect=0.01)
+    q2 = next(m for m in comparison.claims if m.key[0] == "Q2" and m.key[3] == "20/class")
+    assert q2.a.p_adjusted < 0.05 and q2.a.test.low > 0
+    assert q2.a.decision == "not supported" and q2.a.below_interest and not q2.moved
+    assert comparison.agreement == 1.0
+    text = write_comparison(comparison, tmp_path / "comparison.md").read_text()
+    assert "its 95% CI beyond ±1 pp, the smallest effect of interest" in text
+    assert "; inside ±1.00 pp; detects ≥" in text

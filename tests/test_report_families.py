@@ -16,7 +16,7 @@ from jaxtl.report.cells import group_cells
 from jaxtl.report.claims import adjust_family
 from jaxtl.report.families import answer_claims, family_counts
 from jaxtl.report.literature import literature_section
-from jaxtl.report.stats import minimum_detectable_effect
+from jaxtl.report.stats import detectable_effect, minimum_detectable_effect
 
 PARAMS = {"dataset_a": "a", "dataset_b": "b", "model": "mlp"}
 # full_ft - scratch per seed: paired t p = 0.018 with 5 seeds, between 0.05/6 and 0.05/2.
@@ -83,19 +83,32 @@ def test_the_rule_states_the_families_and_their_sizes(tmp_path):
 
 
 def test_a_claim_that_is_not_supported_states_its_minimum_detectable_effect(tmp_path):
-    answer = answer_section(group_cells(load_results(write(tmp_path, two_sizes()))))
+    cells = group_cells(load_results(write(tmp_path, two_sizes())))
     # Q1 on B at 5/class: linear_probe - full_ft per seed, in a family of 4.
     d = np.array([0.02, -0.01, 0.0, -0.02, 0.01]) - GAIN
-    mde = minimum_detectable_effect(float(d.std(ddof=1)), 5, 0.05 / 4)
-    q1 = answer.split("### Q1", 1)[1].split("### Q2", 1)[0]
-    line = next(x for x in q1.splitlines() if x.startswith("- **5/class**"))
+    sd = float(d.std(ddof=1))
+
+    def line_of(answer: str) -> str:
+        q1 = answer.split("### Q1", 1)[1].split("### Q2", 1)[0]
+        return next(x for x in q1.splitlines() if x.startswith("- **5/class**"))
+
+    # Without a smallest effect of interest: the paired t test's own MDE (G*Power's value).
+    line = line_of(answer_section(cells, smallest_effect=0.0))
     assert line.startswith(
         f"- **5/class**: not supported: linear_probe − full_ft = {100 * d.mean():+.2f} pp on "
         "accuracy on B (paired over 5 seeds: 95% CI "
     )
+    mde = minimum_detectable_effect(sd, 5, 0.05 / 4)
     assert (
         f"; this run would detect ≥ {100 * mde:.2f} pp with 80% power (paired t, α/m = "
         "0.05/4 = 0.013)" in line
+    )
+    # With a smallest effect of interest, detection also needs the CI beyond it: a larger effect.
+    beyond = detectable_effect(sd / 5**0.5, 4, 0.05 / 4, smallest_effect=0.005)
+    assert beyond > mde
+    assert (
+        f"; this run would detect ≥ {100 * beyond:.2f} pp with 80% power (paired t, CI beyond "
+        "±0.50 pp, α/m = 0.05/4 = 0.013)" in line_of(answer_section(cells, smallest_effect=0.005))
     )
 
 

@@ -19,6 +19,7 @@ from jaxtl.report.stats import (
     minimum_detectable_effect,
     paired_t,
     sign_flip_p,
+    t_test_power,
     welch_contrast,
 )
 
@@ -131,6 +132,17 @@ def test_decision_rule_and_fragility():
     assert decide(close, 0.001) == "better" and is_fragile(close, 0.001)  # CI end < 1 pp from 0
 
 
+def test_a_supported_claim_needs_its_interval_beyond_the_smallest_effect_of_interest():
+    per_seed = lambda v: {s: x for s, x in enumerate(v)}
+    close = contrast([per_seed([0.805, 0.806, 0.807]), per_seed([0.8, 0.8, 0.8])])
+    assert close.low == pytest.approx(0.00352, abs=1e-5)  # CI +0.35 to +0.85 pp
+    assert decide(close, 0.001, smallest_effect=0.003) == "better"
+    assert decide(close, 0.001, smallest_effect=0.005) == "not supported"
+    flipped = contrast([per_seed([0.8, 0.8, 0.8]), per_seed([0.805, 0.806, 0.807])])
+    assert decide(flipped, 0.001, smallest_effect=0.003) == "worse"
+    assert decide(flipped, 0.001, smallest_effect=0.005) == "not supported"
+
+
 # ---- minimum detectable effect ------------------------------------------------------------------
 
 # G*Power 3.1, "t tests - Means: Difference from constant (one sample case)" (the paired t),
@@ -159,6 +171,34 @@ def test_mde_has_the_stated_power_in_a_simulation():
     # 200,000 draws: the simulated power's standard error is about 0.001.
     assert power(mde) == pytest.approx(0.80, abs=0.005)
     assert power(0.9 * mde) < 0.74 and power(1.1 * mde) > 0.85
+
+
+def test_mde_beyond_a_smallest_effect_has_the_stated_power_in_a_simulation():
+    # Supported needs |t| beyond the test's level AND the 95% CI beyond ±delta.
+    n, sd, alpha, delta = 20, 0.02, 0.05 / 12, 0.005
+    mde = detectable_effect(sd / math.sqrt(n), n - 1, alpha, smallest_effect=delta)
+    assert mde > max(delta, minimum_detectable_effect(sd, n, alpha))
+    rng = np.random.default_rng(1)
+    test, ci = stats.t.ppf(1 - alpha / 2, n - 1), stats.t.ppf(0.975, n - 1)
+
+    def power(shift: float) -> float:
+        d = rng.normal(shift, sd, size=(200_000, n))
+        mean, se = d.mean(axis=1), d.std(axis=1, ddof=1) / math.sqrt(n)
+        return float(np.mean((mean > test * se) & (mean - ci * se > delta)))
+
+    assert power(mde) == pytest.approx(0.80, abs=0.005)
+    # Its power function agrees with the plain t test's as delta goes to 0.
+    for shift in (0.5, 2.0, 3.5):
+        plain = t_test_power(shift, 1.0, 4, 0.05 / 4)
+        assert t_test_power(shift, 1.0, 4, 0.05 / 4, 1e-12) == pytest.approx(plain, abs=1e-4)
+
+
+def test_mde_beyond_a_smallest_effect_approaches_the_normal_formula_with_many_seeds():
+    # Known variance, the CI's condition the stricter: delta + (z_0.975 + z_0.8) SE.
+    se, delta = 0.001, 0.005
+    normal = delta + (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * se
+    assert detectable_effect(se, 10**6, smallest_effect=delta) == pytest.approx(normal, rel=1e-4)
+    assert detectable_effect(0.0, 19, smallest_effect=delta) == delta  # no spread: anything past
 
 
 def test_mde_approaches_the_normal_formula_with_many_seeds():

@@ -22,7 +22,7 @@ from jaxtl.report.families import (
     yosinski_name,
 )
 from jaxtl.report.peft import peft_lines
-from jaxtl.report.stats import ALPHA, POWER
+from jaxtl.report.stats import ALPHA, POWER, SMALLEST_EFFECT
 from jaxtl.report.wording import (
     METRIC_NAMES,
     claim_clause,
@@ -57,13 +57,33 @@ def _tested(m: int) -> str:
     return f"{m} tested claim{'s' * (m != 1)}"
 
 
-def rule_lines(test: DecisionTest, counts: dict[str, tuple[int, int]]) -> list[str]:
+def _beyond(smallest_effect: float) -> str:
+    """How far the interval must reach: past 0, or past the declared smallest effect."""
+    if smallest_effect == 0.0:
+        return "the 95% CI excludes 0"
+    return (
+        f"the 95% CI lies wholly beyond ±{100 * smallest_effect:.2g} pp, the smallest effect of "
+        "interest this report was written with (a Holm-significant difference whose interval "
+        "reaches inside it is not supported, and says so)"
+    )
+
+
+def _mde_beyond(smallest_effect: float) -> str:
+    if smallest_effect == 0.0:
+        return ""
+    return f" and with its 95% CI beyond ±{100 * smallest_effect:.2g} pp"
+
+
+def rule_lines(
+    test: DecisionTest, counts: dict[str, tuple[int, int]], smallest_effect: float = SMALLEST_EFFECT
+) -> list[str]:
     """The decision rule: the declared families and their sizes, support, the minimum
     detectable effect, how "best" is picked, the marks, and what is exploratory.
 
     Args:
       test: which p-value decides ("t" or "sign_flip").
       counts: ``families.family_counts`` of the Answer's claims.
+      smallest_effect: the smallest effect of interest (fraction of accuracy).
 
     Example:
       >>> rule_lines("t", {"Q1": (1, 4), "Q2": (0, 2), "Q3": (0, 2)})[0]
@@ -93,7 +113,7 @@ def rule_lines(test: DecisionTest, counts: dict[str, tuple[int, int]]) -> list[s
         ),
         (
             f"- **Supported** when {decider}, Holm-adjusted within its family, is below {ALPHA:g} "
-            "and the 95% CI excludes 0. Differences are paired by seed (every strategy of a seed "
+            f"and {_beyond(smallest_effect)}. Differences are paired by seed (every strategy of a seed "
             "shares its few-shot subset, source model and head initialisation): the mean per-seed "
             "difference with its 95% paired t interval. Cells that share fewer than 2 seeds fall "
             "back to Welch's unpaired interval and say so; with fewer than 2 seeds no claim is "
@@ -105,8 +125,8 @@ def rule_lines(test: DecisionTest, counts: dict[str, tuple[int, int]]) -> list[s
             "paired t test (its n seeds, the observed SD of its per-seed differences) would "
             "detect with "
             f"{100 * POWER:.0f}% power at α/m, {ALPHA:g} over its family's size m (Holm's first "
-            "and strictest step: a p below it is supported whatever the family's other p-values), "
-            "from the noncentral t distribution."
+            "and strictest step: a p below it is supported whatever the family's other p-values)"
+            f"{_mde_beyond(smallest_effect)}, from the noncentral t distribution."
         ),
         (
             '- **"Best"** (the best frozen strategy, the best one that trains everything, the '
@@ -339,7 +359,10 @@ def _question_lines(key: str, here: list[Claim], mine: list[Cell]) -> list[str]:
 
 
 def answer_section(
-    cells: Sequence[Cell], test: DecisionTest = "t", claims: Sequence[Claim] | None = None
+    cells: Sequence[Cell],
+    test: DecisionTest = "t",
+    claims: Sequence[Claim] | None = None,
+    smallest_effect: float = SMALLEST_EFFECT,
 ) -> str:
     """Markdown "Answer" section: the rule, then per question its family and, per problem, its
     claims; then where model families disagree (exploratory).
@@ -347,7 +370,8 @@ def answer_section(
     Args:
       cells: cells of every experiment.
       test: which p-value decides ("t" or "sign_flip").
-      claims: ``answer_claims(cells, test)`` when the caller has them already.
+      claims: ``answer_claims(cells, test, smallest_effect)`` when the caller has them.
+      smallest_effect: the smallest effect of interest (fraction of accuracy).
 
     Returns:
       The section text, starting with "## Answer".
@@ -355,9 +379,9 @@ def answer_section(
     Example:
       >>> print(answer_section(group_cells(load_results("out"))))  # doctest: +SKIP
     """
-    claims = list(answer_claims(cells, test) if claims is None else claims)
+    claims = list(answer_claims(cells, test, smallest_effect) if claims is None else claims)
     counts = family_counts(claims)
-    lines = ["## Answer", "", *rule_lines(test, counts)]
+    lines = ["## Answer", "", *rule_lines(test, counts, smallest_effect)]
     grouped = problems(cells)
     for q in QUESTIONS:
         supported, tested = counts[q.key]

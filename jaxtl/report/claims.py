@@ -3,8 +3,10 @@
 A *problem* is what a claim is about: the experiment, the dataset pair, the model and (surgical)
 the shift. Every claim is tested, and the p-values of its family (one question's primary
 claims, or the exploratory Literature check) are Holm-adjusted together before any is called
-supported. A claim that is not supported carries the smallest effect its test could have
-detected (``stats.contrast_mde``) at its family's strictest Holm level, alpha / m.
+supported. A claim is supported only when its
+95% interval also lies beyond the smallest effect of interest (``adjust_family``'s
+``smallest_effect``; by default none, ``stats.SMALLEST_EFFECT``). A claim that is not supported carries the smallest effect its test
+could have detected (``stats.contrast_mde``) at its family's strictest Holm level, alpha / m.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from jaxtl.report.cells import Cell, context_label, context_of, summarize
 from jaxtl.report.protocol import protocol_name, robustness, selection_score, selection_seeds
 from jaxtl.report.stats import (
     ALPHA,
+    SMALLEST_EFFECT,
     Contrast,
     Decision,
     contrast,
@@ -145,8 +148,10 @@ class Claim(NamedTuple):
       robust: "robust", "setting-dependent" or None (no grid, or not supported).
       decision_p: the p-value that was adjusted ("t" test or "sign_flip").
       family: m, the number of distinct tested contrasts in the claim's Holm family.
-      mde: minimum detectable effect (80% power) of the claim's test at alpha / m, in the
-        metric's units; inf when no effect could reach alpha / m; nan when untested.
+      mde: minimum detectable effect (80% power) of the claim's test at alpha / m with its CI
+        beyond ±smallest_effect, in the metric's units; inf when no effect could reach
+        alpha / m; nan when untested.
+      smallest_effect: the smallest effect of interest the claim was decided with.
       note: how a "best" side was picked when it was not on validation loss ("" otherwise).
     """
 
@@ -165,6 +170,7 @@ class Claim(NamedTuple):
     family: int = 0
     mde: float = math.nan
     note: str = ""
+    smallest_effect: float = 0.0
 
     @property
     def level(self) -> float:
@@ -173,11 +179,21 @@ class Claim(NamedTuple):
 
     @property
     def decision(self) -> Decision:
-        return decide(self.test, self.p_adjusted)
+        return decide(self.test, self.p_adjusted, smallest_effect=self.smallest_effect)
 
     @property
     def supported(self) -> bool:
         return self.decision in ("better", "worse")
+
+    @property
+    def below_interest(self) -> bool:
+        """Holm-significant, but the 95% CI reaches inside ±smallest_effect: not supported."""
+        c = self.test
+        return (
+            self.decision == "not supported"
+            and self.p_adjusted < ALPHA
+            and (c.low > 0 or c.high < 0)
+        )
 
     @property
     def fragile(self) -> bool:
@@ -224,10 +240,26 @@ def _mde(claim: Claim, level: float, test: DecisionTest) -> float:
     # The exact sign-flip p cannot fall below 2 / 2^n: below that level nothing is detectable.
     if test == "sign_flip" and c.method == "paired" and 2.0 / 2**c.n >= level:
         return math.inf
-    return contrast_mde(c, level)
+    return contrast_mde(c, level, smallest_effect=claim.smallest_effect)
 
 
-def adjust_family(claims: Sequence[Claim], test: DecisionTest = "t") -> list[Claim]:
+def check_smallest_effect(smallest_effect: float) -> float:
+    """``smallest_effect`` if it is a finite number in [0, 1) (a fraction of accuracy).
+
+    Raises:
+      ValueError: anything else, naming the value and the valid range.
+    """
+    if not (isinstance(smallest_effect, (int, float)) and 0.0 <= smallest_effect < 1.0):
+        raise ValueError(
+            f"smallest effect of interest {smallest_effect!r} must be a fraction of accuracy in "
+            "[0, 1) (e.g. 0.005 for 0.5 pp; 0 decides on the interval excluding 0)"
+        )
+    return float(smallest_effect)
+
+
+def adjust_family(
+    claims: Sequence[Claim], test: DecisionTest = "t", smallest_effect: float = SMALLEST_EFFECT
+) -> list[Claim]:
     """Holm-adjust the claims as one family, mark supported ones robust/setting-dependent and
     give every tested claim its minimum detectable effect at alpha / m.
 
@@ -235,13 +267,15 @@ def adjust_family(claims: Sequence[Claim], test: DecisionTest = "t") -> list[Cla
       claims: every claim of one family (one question's primary claims, or the Literature
         check).
       test: "t" (paired t-test p decides) or "sign_flip" (exact sign-flip p decides).
+      smallest_effect: the smallest effect of interest, as a fraction of accuracy: supported
+        needs the 95% CI beyond ± it (0: beyond 0).
 
     Returns:
       The claims with ``p_adjusted``, ``decision_p``, ``family``, ``mde`` and ``robust``
       filled in.
 
     Raises:
-      ValueError: unknown ``test``.
+      ValueError: unknown ``test``, or a ``smallest_effect`` outside [0, 1).
 
     Example:
       >>> [c.decision for c in adjust_family(claims)]  # doctest: +SKIP
@@ -251,6 +285,7 @@ def adjust_family(claims: Sequence[Claim], test: DecisionTest = "t") -> list[Cla
         raise ValueError(
             f"unknown decision test {test!r}; choose one of {', '.join(DECISION_TESTS)}"
         )
+    smallest_effect = check_smallest_effect(smallest_effect)
     unique: dict[tuple, float] = {}
     for claim in claims:
         unique.setdefault(_identity(claim), _decision_p(claim, test))
@@ -259,7 +294,10 @@ def adjust_family(claims: Sequence[Claim], test: DecisionTest = "t") -> list[Cla
     out = []
     for claim in claims:
         claim = claim._replace(
-            p_adjusted=adjusted[_identity(claim)], decision_p=_decision_p(claim, test), family=m
+            p_adjusted=adjusted[_identity(claim)],
+            decision_p=_decision_p(claim, test),
+            family=m,
+            smallest_effect=smallest_effect,
         )
         if m and not math.isnan(claim.decision_p):
             claim = claim._replace(mde=_mde(claim, ALPHA / m, test))
@@ -270,7 +308,9 @@ def adjust_family(claims: Sequence[Claim], test: DecisionTest = "t") -> list[Cla
     return out
 
 
-def adjust_by_question(claims: Sequence[Claim], test: DecisionTest = "t") -> list[Claim]:
+def adjust_by_question(
+    claims: Sequence[Claim], test: DecisionTest = "t", smallest_effect: float = SMALLEST_EFFECT
+) -> list[Claim]:
     """Holm within each question's family (claims grouped by ``question``), order kept.
 
     Example:
@@ -280,7 +320,8 @@ def adjust_by_question(claims: Sequence[Claim], test: DecisionTest = "t") -> lis
     adjusted: dict[int, Claim] = {}
     for question in dict.fromkeys(c.question for c in claims):
         mine = [i for i, c in enumerate(claims) if c.question == question]
-        for i, claim in zip(mine, adjust_family([claims[i] for i in mine], test), strict=True):
+        family = adjust_family([claims[i] for i in mine], test, smallest_effect)
+        for i, claim in zip(mine, family, strict=True):
             adjusted[i] = claim
     return [adjusted[i] for i in range(len(claims))]
 

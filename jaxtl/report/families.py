@@ -40,6 +40,7 @@ from jaxtl.report.claims import (
     pick_best,
     problem_of,
 )
+from jaxtl.report.stats import SMALLEST_EFFECT
 
 YOSINSKI = ("baseB", "AnB", "AnB+", "BnB", "BnB+")
 
@@ -177,12 +178,16 @@ def _yosinski_claims(problem: tuple, cells: list[Cell]) -> list[Claim]:
     return out + _claim(problem, declared, yosinski_name, (frozen, trains_all))
 
 
-def answer_claims(cells: Sequence[Cell], test: DecisionTest = "t") -> list[Claim]:
+def answer_claims(
+    cells: Sequence[Cell], test: DecisionTest = "t", smallest_effect: float = SMALLEST_EFFECT
+) -> list[Claim]:
     """Every primary claim of every problem, Holm-adjusted within each question's family.
 
     Args:
       cells: cells of every experiment.
       test: which p-value decides ("t" or "sign_flip").
+      smallest_effect: the smallest effect of interest (fraction of accuracy) a supported
+        claim's 95% CI must clear.
 
     Returns:
       The adjusted claims, by problem, then slot and question.
@@ -197,7 +202,7 @@ def answer_claims(cells: Sequence[Cell], test: DecisionTest = "t") -> list[Claim
             continue
         build = _yosinski_claims if is_yosinski(mine) else _strategy_claims
         claims += build(problem, mine)
-    return adjust_by_question(claims, test)
+    return adjust_by_question(claims, test, smallest_effect)
 
 
 def family_counts(claims: Sequence[Claim]) -> dict[str, tuple[int, int]]:

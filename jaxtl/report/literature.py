@@ -33,7 +33,7 @@ from jaxtl.report.claims import (
     problem_label,
 )
 from jaxtl.report.families import is_yosinski, problems
-from jaxtl.report.stats import contrast
+from jaxtl.report.stats import SMALLEST_EFFECT, contrast
 from jaxtl.report.tables import markdown_table
 from jaxtl.report.wording import detectable, evidence, marks
 
@@ -239,7 +239,9 @@ def _strategies(problem: tuple, cells: list[Cell]) -> list[Claim]:
     return out
 
 
-def literature_claims(cells: Sequence[Cell], test: DecisionTest = "t") -> list[Claim]:
+def literature_claims(
+    cells: Sequence[Cell], test: DecisionTest = "t", smallest_effect: float = SMALLEST_EFFECT
+) -> list[Claim]:
     """Every claim of the Literature check, Holm-adjusted as one family.
 
     Example:
@@ -254,7 +256,7 @@ def literature_claims(cells: Sequence[Cell], test: DecisionTest = "t") -> list[C
             claims += _surgical(problem, mine) + _strategies(problem, mine)
         else:
             claims += _strategies(problem, mine)
-    return adjust_family(claims, test)
+    return adjust_family(claims, test, smallest_effect)
 
 
 # ---- rendering -----------------------------------------------------------------------------------
@@ -288,7 +290,9 @@ def _figures(claim: Claim) -> str:
     return figures + marks(claim)
 
 
-def literature_section(cells: Sequence[Cell], test: DecisionTest = "t") -> str:
+def literature_section(
+    cells: Sequence[Cell], test: DecisionTest = "t", smallest_effect: float = SMALLEST_EFFECT
+) -> str:
     """Markdown "Literature check": one table row per measured (effect, problem, slot).
 
     Effects these runs hold no cells for get no row; one sentence counts them.
@@ -296,6 +300,7 @@ def literature_section(cells: Sequence[Cell], test: DecisionTest = "t") -> str:
     Args:
       cells: cells of every experiment.
       test: which p-value decides ("t" or "sign_flip").
+      smallest_effect: the smallest effect of interest a supported claim's CI must clear.
 
     Returns:
       The section text, starting with "## Literature check".
@@ -303,7 +308,7 @@ def literature_section(cells: Sequence[Cell], test: DecisionTest = "t") -> str:
     Example:
       >>> print(literature_section(group_cells(load_results("out"))))  # doctest: +SKIP
     """
-    claims = literature_claims(cells, test)
+    claims = literature_claims(cells, test, smallest_effect)
     rows = []
     for effect in EFFECTS:
         for claim in (c for c in claims if c.question == effect.key):

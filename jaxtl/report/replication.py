@@ -28,6 +28,7 @@ from jaxtl.report.families import QUESTIONS, answer_claims, family_counts
 from jaxtl.report.protocol import protocol_name, selected_setting, setting_label
 from jaxtl.report.results import cell_key
 from jaxtl.report.settings import cell_name
+from jaxtl.report.stats import SMALLEST_EFFECT
 from jaxtl.report.tables import markdown_table, seed_list
 from jaxtl.report.wording import METRIC_NAMES, p_text, pp
 
@@ -66,8 +67,11 @@ class Study(NamedTuple):
     warnings: tuple[str, ...]
 
 
-def load_study(path: str | Path, test: DecisionTest = "t") -> Study:
-    """Read one study directory and compute its primary claims.
+def load_study(
+    path: str | Path, test: DecisionTest = "t", smallest_effect: float = SMALLEST_EFFECT
+) -> Study:
+    """Read one study directory and compute its primary claims (decided as ``answer_claims``
+    decides them).
 
     Raises:
       ResultsError: no results, or a malformed record (one line naming file and key).
@@ -78,7 +82,7 @@ def load_study(path: str | Path, test: DecisionTest = "t") -> Study:
     """
     runs = collect_runs(path, warn=False)
     cells = group_cells(runs.records)
-    claims = {claim_key(c): c for c in answer_claims(cells, test)}
+    claims = {claim_key(c): c for c in answer_claims(cells, test, smallest_effect)}
     chosen_on = {s for r in runs.records for s in r["protocol"].get("selection_seeds", [])}
     selected = {
         cell_key(c.runs[0]): (cell_name(c.runs[0]), selected_setting(c))
@@ -174,12 +178,14 @@ class Comparison(NamedTuple):
       b: the second study.
       claims: every primary claim of either run, the moved ones first.
       test: the p-value that decided ("t" or "sign_flip").
+      smallest_effect: the smallest effect of interest the claims were decided with.
     """
 
     a: Study
     b: Study
     claims: list[Matched]
     test: DecisionTest
+    smallest_effect: float = SMALLEST_EFFECT
 
     @property
     def moved(self) -> list[Matched]:
@@ -338,13 +344,20 @@ class Comparison(NamedTuple):
         ]
 
 
-def compare_studies(dir_a: str | Path, dir_b: str | Path, test: DecisionTest = "t") -> Comparison:
+def compare_studies(
+    dir_a: str | Path,
+    dir_b: str | Path,
+    test: DecisionTest = "t",
+    smallest_effect: float = SMALLEST_EFFECT,
+) -> Comparison:
     """Match the primary claims of two study directories.
 
     Args:
       dir_a: the first run's output directory (searched for results.json as by the report).
       dir_b: the replication's.
       test: which p-value decides a claim ("t" or "sign_flip"), the same for both runs.
+      smallest_effect: the smallest effect of interest (fraction of accuracy) a supported
+        claim's CI must clear, the same for both runs.
 
     Returns:
       The ``Comparison``: its ``claims`` hold every primary claim of either run (moved ones
@@ -360,11 +373,12 @@ def compare_studies(dir_a: str | Path, dir_b: str | Path, test: DecisionTest = "
       >>> [m.change() for m in c.moved]  # doctest: +SKIP
       ['support moved', 'sign flipped']
     """
-    a, b = load_study(dir_a, test), load_study(dir_b, test)
+    a = load_study(dir_a, test, smallest_effect)
+    b = load_study(dir_b, test, smallest_effect)
     keys = list(a.claims) + [k for k in b.claims if k not in a.claims]
     matched = [Matched(k, a.claims.get(k), b.claims.get(k)) for k in keys]
     matched.sort(key=lambda m: not m.moved)  # stable: Answer order within each group
-    return Comparison(a, b, matched, test)
+    return Comparison(a, b, matched, test, smallest_effect)
 
 
 # ---- Markdown ------------------------------------------------------------------------------------
@@ -385,6 +399,8 @@ def _figures(claim: Claim | None, other: Claim | None) -> str:
         f"{sides}{claim.decision}: {pp(c.estimate)} (95% CI {100 * c.low:+.2f} to "
         f"{100 * c.high:+.2f}, n={c.n}, Holm p={p_text(claim.p_adjusted)}"
     )
+    if claim.below_interest:
+        text += f"; inside ±{100 * claim.smallest_effect:.2f} pp"
     if claim.decision == "not supported" and math.isfinite(claim.mde):
         text += f"; detects ≥ {100 * claim.mde:.2f} pp"
     return text + ")"
@@ -452,6 +468,12 @@ def _selection_lines(comparison: Comparison) -> list[str]:
     return lines
 
 
+def _interest(smallest_effect: float) -> str:
+    if smallest_effect == 0.0:
+        return "0"
+    return f"±{100 * smallest_effect:.2g} pp, the smallest effect of interest"
+
+
 def write_comparison(comparison: Comparison, path: str | Path) -> Path:
     """Write the comparison as Markdown: the runs and their seeds, the agreement, then a table
     of every primary claim, the moved ones first.
@@ -488,7 +510,8 @@ def write_comparison(comparison: Comparison, path: str | Path) -> Path:
             "Primary claims are the Answer's declared families (Holm within each question's "
             f"family, decided by the {'paired t' if c.test == 't' else 'exact sign-flip'} p), "
             "matched by question, problem, contrast, data size and metric. A claim is *supported* "
-            "(better or worse) or *not supported*; a claim that is not supported in one run and "
+            f"(better or worse; its 95% CI beyond {_interest(c.smallest_effect)}) or *not "
+            "supported*; a claim that is not supported in one run and "
             "supported in the other has moved, which is not a contradiction unless the signs "
             "differ. A supported claim is *fragile* when its Holm p is above 0.025 or its CI "
             "ends within 1 pp of 0 (the report's mark). Estimates are in pp."

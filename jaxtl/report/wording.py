@@ -61,6 +61,11 @@ def marks(claim: Claim) -> str:
     return " — " + ", ".join(found) if found else ""
 
 
+def interest(claim: Claim) -> str:
+    """ "±0.50 pp": the smallest effect of interest a claim was decided with."""
+    return f"±{100 * claim.smallest_effect:.2f} pp"
+
+
 def level_text(claim: Claim) -> str:
     """ "α/m = 0.05/12 = 0.0042": the level a claim's MDE is computed at."""
     return f"α/m = {ALPHA:g}/{claim.family} = {p_text(claim.level)}"
@@ -82,10 +87,12 @@ def detectable(claim: Claim) -> str:
             f"2/2^{claim.test.n}, so no effect of any size could reach {level_text(claim)}"
         )
     test = "paired t" if claim.test.method == "paired" else "Welch t"
-    if claim.mde == 0.0:
+    if claim.smallest_effect:
+        test += f", CI beyond {interest(claim)}"
+    if claim.mde == claim.smallest_effect:
         return (
-            f"with no spread between seeds this run would detect any nonzero difference "
-            f"({test}, {level_text(claim)})"
+            f"with no spread between seeds this run would detect any difference beyond "
+            f"{100 * claim.smallest_effect:.2f} pp ({test}, {level_text(claim)})"
         )
     return (
         f"this run would detect ≥ {100 * claim.mde:.2f} pp with {power} "
@@ -113,9 +120,15 @@ def claim_clause(claim: Claim | None, what: str | None = None) -> str:
             f"{evidence(claim, sign=-1)}{marks(claim)}"
         )
     if decision == "not supported":
+        inside = (
+            f"significant after Holm, but its interval reaches inside {interest(claim)}, the "
+            "smallest effect of interest; "
+            if claim.below_interest
+            else ""
+        )
         return (
             f"not supported: {x} − {y} = {pp(c.estimate)} on {what} {evidence(claim)}; "
-            f"{detectable(claim)}"
+            f"{inside}{detectable(claim)}"
         )
     return (
         f"{x} − {y} = {pp(c.estimate)} on {what} with n={' vs '.join(map(str, c.sizes))} "

@@ -57,6 +57,7 @@ from jaxtl.report.protocol import (
     validation_examples,
 )
 from jaxtl.report.rows import CSV_FILE, write_rows
+from jaxtl.report.stats import SMALLEST_EFFECT
 from jaxtl.report.tables import markdown_table, pivot, pivot_table, stats_table
 
 
@@ -364,7 +365,10 @@ def results_section(cells: list[Cell]) -> str:
 
 
 def write_report(
-    results_dir: str | Path, out_dir: str | Path | None = None, test: DecisionTest = "t"
+    results_dir: str | Path,
+    out_dir: str | Path | None = None,
+    test: DecisionTest = "t",
+    smallest_effect: float = SMALLEST_EFFECT,
 ) -> Path:
     """Read every ``results.json`` under ``results_dir``; write ``report.md``, PNG plots and
     ``results.csv`` (one row per run the report uses, see ``jaxtl.report.rows``).
@@ -378,6 +382,8 @@ def write_report(
       out_dir: where to write the report, plots and csv; defaults to ``results_dir``.
       test: which p-value decides a claim: "t" (paired t-test, default) or "sign_flip" (exact
         sign-flip permutation test; needs at least 6 seeds to go below 0.05).
+      smallest_effect: the smallest effect of interest (fraction of accuracy) a supported
+        claim's 95% CI must lie beyond (default ``stats.SMALLEST_EFFECT``: none).
 
     Returns:
       Path of the written ``report.md``.
@@ -394,7 +400,7 @@ def write_report(
     out = Path(results_dir if out_dir is None else out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cells = group_cells(runs.records)
-    claims = answer_claims(cells, test)
+    claims = answer_claims(cells, test, smallest_effect)
 
     def of(experiment: str) -> list[Cell]:
         return [c for c in cells if c.experiment == experiment]
@@ -406,8 +412,8 @@ def write_report(
         results_section(cells),
         header_section(runs),
         source_section(runs.records),
-        answer_section(cells, test, claims),
-        literature_section(cells, test),
+        answer_section(cells, test, claims, smallest_effect),
+        literature_section(cells, test, smallest_effect),
         hyperparameters_section(cells, out),
         yosinski_section(of("yosinski"), out),
         strategies_sections(of("strategies"), out),
