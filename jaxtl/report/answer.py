@@ -58,7 +58,7 @@ def _tested(m: int) -> str:
 
 
 def _beyond(smallest_effect: float) -> str:
-    """How far the interval must reach: past 0, or past the declared smallest effect."""
+    """How far the interval must reach: past 0, or past the smallest effect of interest."""
     if smallest_effect == 0.0:
         return "the 95% CI excludes 0"
     return (
@@ -113,11 +113,11 @@ def rule_lines(
         ),
         (
             f"- **Supported** when {decider}, Holm-adjusted within its family, is below {ALPHA:g} "
-            f"and {_beyond(smallest_effect)}. Differences are paired by seed (every strategy of a seed "
-            "shares its few-shot subset, source model and head initialisation): the mean per-seed "
-            "difference with its 95% paired t interval. Cells that share fewer than 2 seeds fall "
-            "back to Welch's unpaired interval and say so; with fewer than 2 seeds no claim is "
-            f"made. {sign_flip}"
+            f"and {_beyond(smallest_effect)}. Differences are paired by seed (every strategy of a "
+            "seed shares its few-shot subset, source model and head initialisation): the mean "
+            "per-seed difference with its 95% paired t interval. Cells that share fewer than 2 "
+            "seeds fall back to Welch's unpaired interval and say so; with fewer than 2 seeds no "
+            f"claim is made. {sign_flip}"
         ),
         (
             "- **Not supported means not shown, not absent.** A claim that is not supported "

@@ -3,10 +3,10 @@
 A *problem* is what a claim is about: the experiment, the dataset pair, the model and (surgical)
 the shift. Every claim is tested, and the p-values of its family (one question's primary
 claims, or the exploratory Literature check) are Holm-adjusted together before any is called
-supported. A claim is supported only when its
-95% interval also lies beyond the smallest effect of interest (``adjust_family``'s
-``smallest_effect``; by default none, ``stats.SMALLEST_EFFECT``). A claim that is not supported carries the smallest effect its test
-could have detected (``stats.contrast_mde``) at its family's strictest Holm level, alpha / m.
+supported; with a smallest effect of interest (``adjust_family``'s ``smallest_effect``; none by
+default, ``stats.SMALLEST_EFFECT``) its 95% interval must also lie beyond it. A claim that is
+not supported carries the smallest effect its test could have detected (``stats.contrast_mde``)
+at its family's strictest Holm level, alpha / m.
 """
 
 from __future__ import annotations
