@@ -137,6 +137,7 @@ def _print_agreement(comparison) -> None:
     print(comparison.agreement_line())
     lines = (
         comparison.solid_agreement_line(),
+        comparison.expected_agreement_line(),
         comparison.consistency_line(),
         comparison.moved_with_settings_line(),
     )

@@ -3,6 +3,8 @@ matched, the ones that moved listed first, and the agreement on supported claims
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from report_records import cell, tuned_block, write
 
@@ -254,3 +256,27 @@ def test_a_claim_inside_the_smallest_effect_of_interest_is_not_supported_in_eith
     text = write_comparison(comparison, tmp_path / "comparison.md").read_text()
     assert "its 95% CI beyond ±1 pp, the smallest effect of interest" in text
     assert "; inside ±1.00 pp; detects ≥" in text
+
+
+def test_the_expected_agreement_follows_from_each_claims_power(runs):
+    comparison = compare_studies(*runs)
+    powers = [
+        (m.a.power + m.b.power) / 2
+        for m in comparison.claims
+        if m.key not in comparison.repeats and m.a is not None and m.b is not None
+    ]
+    powers = [p for p in powers if math.isfinite(p)]
+    assert powers and all(0.0 <= p <= 1.0 for p in powers)
+    expected = sum(p * p for p in powers) / sum(2 * p - p * p for p in powers)
+    assert comparison.expected_agreement == pytest.approx(expected, rel=1e-12)
+    assert f"would agree on about {100 * expected:.0f}% of the claims" in (
+        comparison.expected_agreement_line()
+    )
+
+
+@pytest.mark.parametrize("smallest_effect", [0.0, 0.005])
+def test_a_claim_at_its_minimum_detectable_effect_has_80_percent_power(runs, smallest_effect):
+    comparison = compare_studies(*runs, smallest_effect=smallest_effect)
+    claim = next(m.a for m in comparison.claims if m.a is not None and m.a.family)
+    at_mde = claim._replace(test=claim.test._replace(estimate=claim.mde))
+    assert at_mde.power == pytest.approx(0.8, abs=1e-9)

@@ -27,6 +27,7 @@ from jaxtl.report.stats import (
     decide,
     holm,
     is_fragile,
+    t_test_power,
 )
 
 # Params that, with the experiment, say which transfer problem a cell belongs to.
@@ -194,6 +195,17 @@ class Claim(NamedTuple):
             and self.p_adjusted < ALPHA
             and (c.low > 0 or c.high < 0)
         )
+
+    @property
+    def power(self) -> float:
+        """The chance that a run like this one supports the claim again (same seeds, family and
+        rule) if its true effect were the estimate: its test's power at alpha / m, the level of
+        its MDE (nan when untested). The estimate of a claim that just passed is inflated (the
+        winner's curse), so this is an optimistic figure for such a claim."""
+        c = self.test
+        if c.method == "insufficient" or not self.family or not math.isfinite(c.se):
+            return math.nan
+        return t_test_power(abs(c.estimate), c.se, c.df, self.level, self.smallest_effect)
 
     @property
     def fragile(self) -> bool:

@@ -230,6 +230,40 @@ class Comparison(NamedTuple):
         return sum(m.agrees for m in either) / len(either) if either else None
 
     @property
+    def expected_agreement(self) -> float | None:
+        """The agreement two independent runs would reach if each claim's effect were what these
+        runs estimate: each run supports a claim with its power p (the mean of the two runs'
+        ``Claim.power``), in either run with probability 2p - p^2 and in both with p^2, so the
+        share is sum(p^2) / sum(2p - p^2) over the distinct claims both runs test. A claim at
+        its MDE (p = 0.8) contributes 0.64 / 0.96: 67%. None when no claim has a power."""
+        repeats = self.repeats
+        powers = [
+            (m.a.power + m.b.power) / 2
+            for m in self.claims
+            if m.key not in repeats and m.a is not None and m.b is not None
+        ]
+        powers = [p for p in powers if math.isfinite(p)]
+        either = sum(2 * p - p * p for p in powers)
+        return sum(p * p for p in powers) / either if either > 0 else None
+
+    def expected_agreement_line(self) -> str:
+        """:attr:`expected_agreement` in one sentence ("" when there is none).
+
+        Example:
+          >>> comparison.expected_agreement_line()  # doctest: +SKIP
+          'If every claim's effect were what the two runs estimate, runs like these would ...'
+        """
+        expected = self.expected_agreement
+        if expected is None:
+            return ""
+        return (
+            "If every claim's effect were what the two runs estimate, runs like these would agree "
+            f"on about {100 * expected:.0f}% of the claims supported in either (from each "
+            "claim's power at α/m; claims all at their minimum detectable effect, 80% power, "
+            "would give 67%)."
+        )
+
+    @property
     def disjoint(self) -> bool:
         """Whether the two runs' confirmation seeds share none."""
         return not set(self.a.seeds) & set(self.b.seeds)
@@ -492,7 +526,7 @@ def write_comparison(comparison: Comparison, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     c = comparison
     solid, with_settings = c.solid_agreement_line(), c.moved_with_settings_line()
-    consistency = c.consistency_line()
+    consistency, expected = c.consistency_line(), c.expected_agreement_line()
     lines = [
         "# Replication: primary claims of two runs",
         "",
@@ -501,6 +535,7 @@ def write_comparison(comparison: Comparison, path: str | Path) -> Path:
         *_seed_lines(c),
         f"- **Agreement**: {c.agreement_line()}",
         *([f"- **Claims not marked fragile**: {solid}"] if solid else []),
+        *([f"- **Expected from power**: {expected}"] if expected else []),
         *([f"- **Estimates**: {consistency}"] if consistency else []),
         f"- **Decisions that differ**: {len(c.moved)} of {len(c.claims)} primary claims.",
         *([f"- **Moved with a setting**: {with_settings}"] if with_settings else []),
