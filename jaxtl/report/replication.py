@@ -234,8 +234,8 @@ class Comparison(NamedTuple):
         """The agreement two independent runs would reach if each claim's effect were what these
         runs estimate: each run supports a claim with its power p (the mean of the two runs'
         ``Claim.power``), in either run with probability 2p - p^2 and in both with p^2, so the
-        share is sum(p^2) / sum(2p - p^2) over the distinct claims both runs test. A claim at
-        its MDE (p = 0.8) contributes 0.64 / 0.96: 67%. None when no claim has a power."""
+        share is sum(p^2) / sum(2p - p^2) over the distinct claims both runs test: 0.64 / 0.96
+        = 67% if every claim sat at its MDE (p = 0.8). None when no claim has a power."""
         repeats = self.repeats
         powers = [
             (m.a.power + m.b.power) / 2
