@@ -30,7 +30,7 @@ from jaxtl.report.results import cell_key
 from jaxtl.report.settings import cell_name
 from jaxtl.report.stats import SMALLEST_EFFECT
 from jaxtl.report.tables import markdown_table, seed_list
-from jaxtl.report.wording import METRIC_NAMES, p_text, pp
+from jaxtl.report.wording import METRIC_NAMES, interest, p_text, pp
 
 COMPARISON_FILE = "comparison.md"
 # What identifies one primary claim across runs: question, problem, role, slot, metric.
@@ -434,7 +434,7 @@ def _figures(claim: Claim | None, other: Claim | None) -> str:
         f"{100 * c.high:+.2f}, n={c.n}, Holm p={p_text(claim.p_adjusted)}"
     )
     if claim.below_interest:
-        text += f"; inside ±{100 * claim.smallest_effect:.2f} pp"
+        text += f"; inside {interest(claim)}"
     if claim.decision == "not supported" and math.isfinite(claim.mde):
         text += f"; detects ≥ {100 * claim.mde:.2f} pp"
     return text + ")"

@@ -90,9 +90,14 @@ def detectable(claim: Claim) -> str:
     if claim.smallest_effect:
         test += f", CI beyond {interest(claim)}"
     if claim.mde == claim.smallest_effect:
+        what = (
+            f"difference beyond {interest(claim)}"
+            if claim.smallest_effect
+            else "nonzero difference"
+        )
         return (
-            f"with no spread between seeds this run would detect any difference beyond "
-            f"{100 * claim.smallest_effect:.2f} pp ({test}, {level_text(claim)})"
+            f"with no spread between seeds this run would detect any {what} "
+            f"({test}, {level_text(claim)})"
         )
     return (
         f"this run would detect ≥ {100 * claim.mde:.2f} pp with {power} "
